@@ -1,0 +1,27 @@
+"""kdkeras: knowledge distillation for Keras 3 on TensorFlow.
+
+`Distiller` trains a student from a frozen teacher through `methods`;
+`models` is the zoo, `data` the input pipelines, `export` the TFLite/LiteRT
+path and `vis` the explanations and plots. Subpackages that pull in heavy
+optional libraries are imported on first use.
+"""
+
+import importlib
+
+from kdkeras import methods, taps
+from kdkeras.distiller import Distiller
+
+__version__ = "0.1.0"
+
+_LAZY = ("models", "data", "export", "vis", "training")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = importlib.import_module(f"kdkeras.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'kdkeras' has no attribute {name!r}")
+
+
+__all__ = ["Distiller", "methods", "taps", *_LAZY]

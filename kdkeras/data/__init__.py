@@ -1,0 +1,37 @@
+"""Datasets for distillation: offline Fashion-MNIST/MNIST, image folders, tensorflow-datasets.
+
+`info(name)` describes a dataset; `load(name, split, ...)` returns batched
+`tf.data` pipelines of float32 [0, 1] NHWC images and int32 labels.
+"""
+
+from kdkeras.data.idx import parse_idx, read_idx, read_idx_shape
+from kdkeras.data.pipeline import (
+    augment_image,
+    convert_channels,
+    default_augment,
+    load,
+    preprocess_image,
+)
+from kdkeras.data.sources import (
+    FASHION_MNIST_CLASSES,
+    DatasetInfo,
+    DatasetNotFoundError,
+    DatasetUnavailableError,
+    info,
+)
+
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "DatasetUnavailableError",
+    "augment_image",
+    "convert_channels",
+    "default_augment",
+    "info",
+    "load",
+    "parse_idx",
+    "preprocess_image",
+    "read_idx",
+    "read_idx_shape",
+]

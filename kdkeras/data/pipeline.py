@@ -1,0 +1,165 @@
+"""From raw examples to training batches: index, shuffle, decode, preprocess, augment, batch.
+
+Order of operations (per split):
+    first `limit` examples -> enumerate (index 0..N-1, before any shuffling)
+    -> shuffle (raw elements: cheap) -> repeat -> decode -> float32 [0, 1]
+    -> resize (bilinear) -> channel conversion -> augment -> batch -> prefetch
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import tensorflow as tf
+
+from kdkeras.data.sources import DatasetInfo, get_source, split_base
+
+AUGMENT_PAD = 4
+# Flips change the meaning of these (or their images are tiny greyscale digits/clothes).
+NO_AUGMENT_BY_DEFAULT = frozenset({"fashion_mnist", "mnist"})
+
+
+# ------------------------------------------------------------------ image functions
+def convert_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
+    """Converts an (..., C) float image to `channels`: 1->3 repeats, 3/4->1 greyscale, 4->3 drops alpha."""
+    current = image.shape[-1]
+    if current == channels:
+        return image
+    if current == 1 and channels == 3:
+        return tf.repeat(image, 3, axis=-1)
+    if current in (3, 4) and channels == 1:
+        return tf.image.rgb_to_grayscale(image[..., :3])
+    if current == 4 and channels == 3:
+        return image[..., :3]
+    raise ValueError(f"Cannot convert images with {current} channels to channels={channels}; "
+                     f"accepted conversions: 1->3, 3->1, 4->3, 4->1")
+
+
+def preprocess_image(
+    image: tf.Tensor,
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
+) -> tf.Tensor:
+    """uint8 (or float) HWC image -> float32 in [0, 1], resized (bilinear) and channel-converted."""
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    if image_size is not None and tuple(image.shape[-3:-1]) != tuple(image_size):
+        image = tf.image.resize(image, image_size, method="bilinear")
+        image = tf.clip_by_value(image, 0.0, 1.0)
+    if channels is not None:
+        image = convert_channels(image, channels)
+    return image
+
+
+def augment_image(image: tf.Tensor, seed: tf.Tensor, pad: int = AUGMENT_PAD) -> tf.Tensor:
+    """Standard CIFAR-style augmentation of one HWC image, deterministic given `seed` (shape [2]).
+
+    Pads `pad` pixels per side with REFLECT padding (zero padding if the image is
+    not larger than `pad`), random-crops back to the original size, then flips
+    left-right with probability 1/2. Values stay in the input range.
+    """
+    height, width = image.shape[0], image.shape[1]
+    tiny = height is not None and width is not None and min(height, width) <= pad
+    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="CONSTANT" if tiny else "REFLECT")
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = tf.image.stateless_random_crop(padded, tf.shape(image), seed=crop_seed)
+    return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+
+
+# -------------------------------------------------------------------- validation
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_args(batch_size, image_size, channels, limit, seed) -> tuple[int, int] | None:
+    """Validates load()'s scalar arguments; returns image_size as a tuple (or None)."""
+    if not _is_int(batch_size) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if channels is not None and channels not in (1, 3):
+        raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
+    if limit is not None and (not _is_int(limit) or limit <= 0):
+        raise ValueError(f"limit must be None or a positive int, got {limit!r}")
+    if seed is not None and not _is_int(seed):
+        raise ValueError(f"seed must be None or an int, got {seed!r}")
+    if image_size is None:
+        return None
+    if (
+        not isinstance(image_size, (tuple, list))
+        or len(image_size) != 2
+        or not all(_is_int(v) and v > 0 for v in image_size)
+    ):
+        raise ValueError(
+            f"image_size must be None or a (height, width) pair of positive ints, got {image_size!r}"
+        )
+    return int(image_size[0]), int(image_size[1])
+
+
+def default_augment(info: DatasetInfo, split: str) -> bool:
+    """Augment the train split, except datasets where flips are wrong (mnist, fashion_mnist)."""
+    return split_base(split) == info.train_split and info.name not in NO_AUGMENT_BY_DEFAULT
+
+
+# ------------------------------------------------------------------------- load
+def _attach_augment_seeds(ds: tf.data.Dataset, augment: bool, seed: int | None) -> tf.data.Dataset:
+    """Pairs each element with an int64 that seeds its augmentation (fresh stream each epoch)."""
+    if not augment:
+        return ds.map(lambda index, item: ((index, item), tf.constant(0, tf.int64)))
+    noise = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    return tf.data.Dataset.zip(ds, noise)
+
+
+def load(
+    name: str,
+    split: str = "train",
+    *,
+    batch_size: int = 64,
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
+    augment: bool | None = None,
+    shuffle: bool | None = None,
+    limit: int | None = None,
+    with_index: bool = False,
+    seed: int | None = None,
+    data_dir: str | None = None,
+    drop_remainder: bool = False,
+    repeat: bool = False,
+) -> tf.data.Dataset:
+    """Batches `(x, y)` of one split: x float32 NHWC in [0, 1], y int32 of shape (B,).
+
+    With `with_index`, x is {"image": x, "index": int64}, where index is the
+    example's position among the first `limit` examples of the unshuffled split
+    (0..N-1), assigned before shuffling so it is stable across epochs.
+    shuffle/augment default to True on the train split only (augment: never for
+    mnist/fashion_mnist); augmentation is reflect-pad 4 + random crop + random
+    horizontal flip (see `augment_image`). `seed` makes shuffling and
+    augmentation reproducible.
+    """
+    image_size = _check_args(batch_size, image_size, channels, limit, seed)
+    source = get_source(name, data_dir)
+    info = source.info
+    split = source.resolve_split(split)
+    augment = default_augment(info, split) if augment is None else bool(augment)
+    shuffle = split_base(split) == info.train_split if shuffle is None else bool(shuffle)
+    if image_size is None and None in info.image_shape[:2]:
+        raise ValueError(
+            f"Images of {info.name!r} have varying sizes; pass image_size=(height, width)"
+        )
+
+    raw = source.raw(split, limit)
+    ds = raw.dataset.enumerate()  # (index, (raw, label)): index before any shuffling
+    if shuffle:
+        ds = ds.shuffle(raw.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = _attach_augment_seeds(ds, augment, seed)
+
+    def example(indexed, aug_seed):
+        index, (raw_x, label) = indexed
+        image = preprocess_image(raw.decode(raw_x), image_size, channels)
+        if augment:
+            image = augment_image(image, tf.stack([aug_seed, index]))
+        x = {"image": image, "index": index} if with_index else image
+        return x, tf.cast(label, tf.int32)
+
+    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,366 @@
+"""`Distiller`: a Keras model that trains a student from a frozen teacher.
+
+One training step runs the teacher's tap model once (inference mode, outside
+the gradient tape) and the student's tap model once, hands both dictionaries
+of named tensors to every method, and minimises
+
+    student_loss_weight * compiled_loss(y, z_s) + sum_i weight_i * term_i
+
+over the student's weights and the methods' own trainable parts. Every term
+is reduced per replica the way Keras scales a `Loss` under `tf.distribute`
+(divided by the number of replicas), so N replicas give the same update as
+one device on the same global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from kdkeras import taps as taps_lib
+from kdkeras.methods.base import Method, sparse_labels
+
+IMAGE_KEY = "image"
+INDEX_KEY = "index"
+
+
+def _num_replicas() -> int:
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _replica_scale(value):
+    """Divide by the replica count, as `keras.losses.Loss` does."""
+    n = _num_replicas()
+    return value if n == 1 else value * (1.0 / n)
+
+
+def split_inputs(x):
+    """Return (images, index or None) from `x` or `{"image": x, "index": i}`."""
+    if isinstance(x, dict):
+        if IMAGE_KEY not in x:
+            raise ValueError(
+                f"Dict inputs must have an {IMAGE_KEY!r} entry (and optionally "
+                f"{INDEX_KEY!r}); got keys {sorted(x)}."
+            )
+        return x[IMAGE_KEY], x.get(INDEX_KEY)
+    return x, None
+
+
+@keras.saving.register_keras_serializable(package="kdkeras")
+class Distiller(keras.Model):
+    """Trains `student` to match `teacher` through a list of methods.
+
+    Args:
+        teacher: a built Keras model returning logits, or `None` when every
+            method is teacher-free. It is frozen and always run with
+            `training=False`.
+        student: a built Keras model returning logits.
+        methods: distillation methods (`kdkeras.methods.*`), each a term.
+        student_loss_weight: weight of the student's own supervised loss
+            (the loss given to `compile`, sparse cross-entropy on logits by
+            default).
+
+    Example:
+
+    ```python
+    distiller = kdkeras.Distiller(teacher, student,
+                                  methods=[kdkeras.methods.KD(temperature=4.0, weight=0.9)],
+                                  student_loss_weight=0.1)
+    distiller.compile(optimizer="adam", metrics=["accuracy"])
+    distiller.fit(train_ds, validation_data=test_ds, epochs=5)
+    distiller.student.save("student.keras")
+    ```
+    """
+
+    def __init__(
+        self,
+        teacher: keras.Model | None,
+        student: keras.Model,
+        methods: Sequence[Method] = (),
+        student_loss_weight: float = 1.0,
+        name: str = "distiller",
+        **kwargs: Any,
+    ):
+        super().__init__(name=name, **kwargs)
+        methods = list(methods)
+        for method in methods:
+            if not isinstance(method, Method):
+                raise TypeError(
+                    "Distiller methods must be kdkeras.methods.Method instances "
+                    f"(e.g. kdkeras.methods.get('kd')); got {method!r}."
+                )
+        _check_models(teacher, student, methods)
+        self.teacher = teacher
+        self.student = student
+        self.student_loss_weight = float(student_loss_weight)
+        self.methods = _unique_names(methods)
+        if teacher is not None:
+            teacher.trainable = False
+        self.epoch = keras.Variable(0, dtype="int32", trainable=False, name="epoch")
+        for method in self.methods:
+            # A plain reference: the variable is the Distiller's, saved once.
+            object.__setattr__(method, "epoch", self.epoch)
+        self._build_taps()
+        self._make_trackers()
+        self.built = True
+
+    # -- construction ------------------------------------------------------------
+    def _build_taps(self):
+        teacher_names, student_names = [], []
+        for method in self.methods:
+            t, s = method.resolve_taps(self.teacher, self.student)
+            teacher_names += t
+            student_names += s
+        # Tap models share the networks' layers; keep them out of Keras'
+        # tracking so weights are not listed (or saved) twice.
+        object.__setattr__(
+            self,
+            "_teacher_tap",
+            taps_lib.build_tap_model(self.teacher, teacher_names)
+            if self.teacher is not None
+            else None,
+        )
+        object.__setattr__(
+            self, "_student_tap", taps_lib.build_tap_model(self.student, student_names)
+        )
+        t_shapes = _output_shapes(self._teacher_tap)
+        s_shapes = _output_shapes(self._student_tap)
+        for method in self.methods:
+            method.build_from_taps(t_shapes, s_shapes)
+
+    def _make_trackers(self):
+        mean = keras.metrics.Mean
+        self._student_loss_tracker = mean(name="student_loss")
+        self._term_trackers = {}
+        for method in self.methods:
+            self._term_trackers[method.name] = mean(name=method.name)
+            for key in method.log_keys:
+                name = f"{method.name}_{key}"
+                self._term_trackers[name] = mean(name=name)
+        self._agreement_tracker = mean(name="agreement") if self.teacher is not None else None
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """Keras' `compile`; the loss defaults to sparse cross-entropy on logits."""
+        if loss is None:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def compile_from_config(self, config):
+        # Keras skips custom `compile` methods on load unless this is defined.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if hasattr(self, "optimizer") and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """Keras' `fit`, with the epoch counter that warm-ups read kept in step."""
+        callbacks = list(callbacks or []) + [_EpochCounter(self.epoch)]
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    # -- forward --------------------------------------------------------------------
+    def call(self, inputs, training=False):
+        images, _ = split_inputs(inputs)
+        return self.student(images, training=training)
+
+    def teacher_outputs(self, images):
+        """The teacher's tap outputs, in inference mode and without gradient."""
+        if self._teacher_tap is None:
+            return None
+        out = self._teacher_tap(images, training=False)
+        return {k: tf.stop_gradient(v) for k, v in out.items()}
+
+    def _terms(self, teacher_out, student_out, y, sample_weight, index, training, methods):
+        """Total (replica-scaled) loss and a dict of unscaled logged values."""
+        logits = student_out[taps_lib.LOGITS]
+        student_loss = self._compile_loss(y, logits, sample_weight)
+        if student_loss is None:
+            student_loss = ops.zeros(())
+        # The compiled loss is already divided by the replica count; log it whole.
+        logs = {"student_loss": student_loss * _num_replicas()}
+        total = self.student_loss_weight * student_loss
+        labels = sparse_labels(y)
+        for method in methods:
+            term = method.compute_loss(
+                teacher_out, student_out, labels, index=index, training=training
+            )
+            if isinstance(term, dict):
+                for key, value in term.items():
+                    logs[f"{method.name}_{key}"] = value
+                term = sum(term.values())
+            term = ops.cast(term, "float32")
+            logs[method.name] = term
+            total = total + method.weight * _replica_scale(term)
+        if self.student.losses:
+            total = total + _replica_scale(ops.sum(self.student.losses))
+        for method in methods:
+            if method.losses:
+                total = total + _replica_scale(ops.sum(method.losses))
+        return total, logs
+
+    def _check_index(self, index):
+        if index is None and any(m.requires_index for m in self.methods):
+            names = [m.name for m in self.methods if m.requires_index]
+            raise ValueError(
+                f"Methods {names} need each sample's dataset index. Feed x as "
+                f"{{'image': images, 'index': indices}}, e.g. "
+                "kdkeras.data.load(..., with_index=True)."
+            )
+
+    # -- steps ------------------------------------------------------------------------
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        images, index = split_inputs(x)
+        self._check_index(index)
+        teacher_out = self.teacher_outputs(images)
+        with tf.GradientTape() as tape:
+            student_out = self._student_tap(images, training=True)
+            total, logs = self._terms(
+                teacher_out, student_out, y, sample_weight, index, True, self.methods
+            )
+            scaled = self.optimizer.scale_loss(total)
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return self._update_metrics(total, logs, teacher_out, student_out, y, sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        images, index = split_inputs(x)
+        teacher_out = self.teacher_outputs(images)
+        student_out = self._student_tap(images, training=False)
+        methods = self.methods
+        if index is None:
+            # Index-based methods (memory banks) cannot score held-out data.
+            methods = [m for m in methods if not m.requires_index]
+        total, logs = self._terms(
+            teacher_out, student_out, y, sample_weight, index, False, methods
+        )
+        return self._update_metrics(total, logs, teacher_out, student_out, y, sample_weight)
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        images, _ = split_inputs(x)
+        return self.student(images, training=False)
+
+    def _update_metrics(self, total, logs, teacher_out, student_out, y, sample_weight):
+        logits = student_out[taps_lib.LOGITS]
+        batch = tf.shape(logits)[0]
+        unscaled = total * _num_replicas() if _num_replicas() > 1 else total
+        self._loss_tracker.update_state(unscaled, sample_weight=batch)
+        for key, value in logs.items():
+            tracker = (
+                self._student_loss_tracker if key == "student_loss" else self._term_trackers[key]
+            )
+            tracker.update_state(value, sample_weight=batch)
+        if self._agreement_tracker is not None:
+            same = ops.equal(
+                ops.argmax(teacher_out[taps_lib.LOGITS], axis=-1), ops.argmax(logits, axis=-1)
+            )
+            self._agreement_tracker.update_state(ops.cast(same, "float32"))
+        if self._compile_metrics is not None:
+            self._compile_metrics.update_state(y, logits, sample_weight)
+        return self.get_metrics_result()
+
+    # -- serialisation --------------------------------------------------------------
+    def get_config(self) -> dict:
+        serialize = keras.saving.serialize_keras_object
+        return {
+            "name": self.name,
+            "teacher": serialize(self.teacher) if self.teacher is not None else None,
+            "student": serialize(self.student),
+            "methods": [serialize(m) for m in self.methods],
+            "student_loss_weight": self.student_loss_weight,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None) -> "Distiller":
+        config = dict(config)
+        deserialize = keras.saving.deserialize_keras_object
+        teacher = config.pop("teacher")
+        config["teacher"] = deserialize(teacher) if teacher is not None else None
+        config["student"] = deserialize(config["student"])
+        config["methods"] = [deserialize(m) for m in config["methods"]]
+        return cls(**config)
+
+
+class _EpochCounter(keras.callbacks.Callback):
+    """Keeps the Distiller's `epoch` variable equal to Keras' epoch number, so
+    warm-ups follow the epoch after a resume with `initial_epoch`."""
+
+    def __init__(self, variable):
+        super().__init__()
+        self._variable = variable
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._variable.assign(epoch)
+
+
+def _unique_names(methods: list[Method]) -> list[Method]:
+    seen: dict[str, int] = {}
+    for method in methods:
+        count = seen.get(method.name, 0)
+        seen[method.name] = count + 1
+        if count:
+            method.name = f"{method.name}_{count + 1}"
+    return methods
+
+
+def _output_shapes(tap_model) -> dict[str, tuple]:
+    if tap_model is None:
+        return {}
+    return {k: tuple(v.shape) for k, v in tap_model.output.items()}
+
+
+def _check_models(teacher, student, methods):
+    if not isinstance(student, keras.Model):
+        raise TypeError(f"student must be a keras.Model, got {type(student).__name__}.")
+    if not student.built:
+        raise ValueError(f"Student {student.name!r} must be built (call it once or give it an Input).")
+    needs_teacher = [m.name for m in methods if getattr(m, "requires_teacher", True)]
+    if teacher is None:
+        if needs_teacher:
+            raise ValueError(
+                f"Methods {needs_teacher} need a teacher, but teacher=None. Pass a "
+                "teacher model or use teacher-free methods (LSR, VirtualTeacher)."
+            )
+        return
+    if not isinstance(teacher, keras.Model):
+        raise TypeError(f"teacher must be a keras.Model or None, got {type(teacher).__name__}.")
+    if not teacher.built:
+        raise ValueError(f"Teacher {teacher.name!r} must be built.")
+    t_in, s_in = _input_shape(teacher), _input_shape(student)
+    if t_in is not None and s_in is not None and t_in != s_in:
+        raise ValueError(
+            f"Teacher input shape {t_in} differs from student input shape {s_in}; "
+            "both networks see the same batch, so build them for the same input "
+            "(resize inside the model if one needs another size)."
+        )
+    t_out, s_out = _output_dim(teacher), _output_dim(student)
+    if t_out is not None and s_out is not None and t_out != s_out:
+        raise ValueError(
+            f"Teacher has {t_out} output classes but the student has {s_out}; "
+            "they must predict the same classes."
+        )
+
+
+def _input_shape(model):
+    try:
+        shape = model.input_shape
+    except (AttributeError, ValueError):
+        return None
+    if isinstance(shape, list):
+        shape = shape[0]
+    return tuple(shape[1:])
+
+
+def _output_dim(model):
+    try:
+        shape = model.output_shape
+    except (AttributeError, ValueError):
+        return None
+    if isinstance(shape, list):
+        shape = shape[0]
+    return shape[-1]

@@ -1,0 +1,6 @@
+"""Export distilled Keras models to LiteRT (TFLite) and evaluate the files."""
+
+from .litert_eval import compare_with_keras, evaluate_tflite
+from .tflite import QUANTIZATIONS, export_tflite
+
+__all__ = ["QUANTIZATIONS", "compare_with_keras", "evaluate_tflite", "export_tflite"]

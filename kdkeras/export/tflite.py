@@ -1,0 +1,148 @@
+"""Convert Keras 3 models to LiteRT (TFLite) flatbuffers.
+
+`tf.lite.TFLiteConverter.from_keras_model` does not understand Keras 3
+models, so the conversion goes through a SavedModel written by
+`model.export(..., format="tf_saved_model")` and
+`tf.lite.TFLiteConverter.from_saved_model`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Iterator
+
+import numpy as np
+import tensorflow as tf
+
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+
+
+def _image_part(x: Any) -> Any:
+    """Return the image tensor of a batch input (dict inputs carry it as x["image"])."""
+    if isinstance(x, dict):
+        if "image" not in x:
+            raise ValueError(
+                f"dict inputs must have an 'image' key; got keys {sorted(x)}")
+        return x["image"]
+    return x
+
+
+def _split_batch(element: Any) -> Any:
+    """Take x out of an (x, y) / (x, y, w) element, or return the element itself."""
+    if isinstance(element, (tuple, list)) and len(element) in (2, 3):
+        return element[0]
+    return element
+
+
+def _representative_examples(
+    data: Any, example_rank: int, limit: int
+) -> Iterator[np.ndarray]:
+    """Yield up to `limit` float32 examples of shape (1, H, W, C) from `data`.
+
+    `data` may be a numpy array (N, H, W, C), an (x, y) tuple of arrays,
+    a tf.data dataset of batches (x, y) / x / {"image": ...}, or any
+    iterable of such batches. `example_rank` is the rank of one example
+    without its batch dimension, used to tell batched from unbatched data.
+    """
+    if isinstance(data, np.ndarray) or tf.is_tensor(data):
+        batches: Any = [np.asarray(data)]
+    elif (isinstance(data, tuple) and len(data) == 2
+          and isinstance(data[0], np.ndarray)):
+        batches = [data[0]]
+    elif isinstance(data, tf.data.Dataset):
+        batches = data.as_numpy_iterator()
+    else:
+        batches = iter(data)
+
+    count = 0
+    for element in batches:
+        x = np.asarray(_image_part(_split_batch(element)), dtype=np.float32)
+        if x.ndim == example_rank:  # unbatched dataset: one example per element
+            x = x[None]
+        for i in range(x.shape[0]):
+            if count >= limit:
+                return
+            yield x[i:i + 1]
+            count += 1
+
+
+def export_tflite(
+    model: "keras.Model",  # noqa: F821 - keras imported lazily by callers
+    path: str,
+    quantization: str = "float32",
+    representative_data: Any = None,
+    num_representative: int = 200,
+    allow_custom_ops: bool = False,
+) -> str:
+    """Convert a Keras 3 model to a .tflite file and return its path.
+
+    quantization:
+      * "float32": plain conversion, numerically matches Keras.
+      * "float16": weights stored as float16 (half the size), float32 I/O.
+      * "dynamic": weights int8, activations quantised on the fly; no
+        calibration data needed.
+      * "int8": full integer model with int8 input and output tensors, for
+        integer-only accelerators (Edge TPU, NPUs, MCUs). Needs
+        `representative_data` to calibrate the activation ranges.
+
+    Only built-in LiteRT ops are allowed unless `allow_custom_ops` is set, in
+    which case TensorFlow select ops (Flex) may be used; such files need a
+    runtime with the Flex delegate.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(
+            f"unknown quantization {quantization!r}; "
+            f"expected one of {', '.join(repr(q) for q in QUANTIZATIONS)}")
+    if quantization == "int8" and representative_data is None:
+        raise ValueError(
+            "quantization='int8' needs representative_data: full-integer "
+            "quantisation must observe real activations to choose each "
+            "tensor's scale and zero point. Pass a tf.data dataset of (x, y) "
+            "or x batches, or a numpy array of input images (a few hundred "
+            "training images are enough), or use quantization='dynamic', "
+            "which needs no calibration data.")
+    if num_representative < 1:
+        raise ValueError(f"num_representative must be >= 1, got {num_representative}")
+
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+
+    with tempfile.TemporaryDirectory(prefix="kdkeras_savedmodel_") as tmp:
+        saved_dir = os.path.join(tmp, "saved_model")
+        model.export(saved_dir, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_dir)
+
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantization == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantization == "dynamic":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        elif quantization == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            example_rank = len(model.inputs[0].shape) - 1
+
+            def representative_dataset():
+                n = 0
+                for example in _representative_examples(
+                        representative_data, example_rank, num_representative):
+                    n += 1
+                    yield [example]
+                if n == 0:
+                    raise ValueError("representative_data yielded no examples")
+
+            converter.representative_dataset = representative_dataset
+            ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        if allow_custom_ops:
+            ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+        converter.target_spec.supported_ops = ops
+
+        flatbuffer = converter.convert()
+
+    with open(path, "wb") as f:
+        f.write(flatbuffer)
+    return path

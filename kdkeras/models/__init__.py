@@ -1,0 +1,69 @@
+"""Model zoo: CIFAR-style teachers/students and keras.applications backbones.
+
+Every model is a functional ``keras.Model`` named after its zoo name, taking
+float32 NHWC images in [0, 1] and returning float32 logits (no softmax).
+
+Layer-naming contract (distillation methods tap layers by these names):
+
+* CIFAR ResNets (``resnet8`` ... ``resnet110``, ``resnet8x4``, ``resnet32x4``):
+  ``stem_relu``; per block ``stage{s}_block{b}_preact`` (the Add, pre-ReLU) and
+  ``stage{s}_block{b}_out`` (the ReLU after it).
+* Wide ResNets (``wrn_D_K``, pre-activation): ``stem_conv``; per block
+  ``stage{s}_block{b}_out`` (the Add); then ``final_bn`` and ``final_relu``.
+* VGG (``vgg8``, ``vgg11``, ``vgg13``): per group ``stage{s}_preact`` (the last
+  BN) and ``stage{s}_out`` (the last ReLU, before the group's max-pool).
+* ``resnet50`` / ``mobilenetv2``: keras.applications' own layer names
+  (``conv4_block6_out``, ``block_12_add``, ``out_relu``, ...).
+* All models: ``embedding`` (global average pool) and ``logits`` (Dense);
+  ``dropout`` sits between them when ``dropout > 0``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+import keras
+
+from .applications import APPLICATION_MODELS, build_mobilenetv2, build_resnet50
+from .cifar import CIFAR_MODELS, build_resnet, build_vgg, build_wrn, check_num_classes
+
+__all__ = [
+    "available",
+    "get",
+    "build_resnet",
+    "build_wrn",
+    "build_vgg",
+    "build_resnet50",
+    "build_mobilenetv2",
+]
+
+_REGISTRY: dict[str, tuple] = {**CIFAR_MODELS, **APPLICATION_MODELS}
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`get`, in a stable (registration) order."""
+    return list(_REGISTRY)
+
+
+def get(
+    name: str, input_shape: Sequence[int | None], num_classes: int, **kwargs
+) -> keras.Model:
+    """Build the zoo model ``name`` (case-insensitive) for ``input_shape`` (H, W, C).
+
+    Optional kwargs: ``dropout`` (before the logits, default 0),
+    ``weight_decay`` (L2 on kernels, default 0), ``width_multiplier`` for the
+    CIFAR nets, ``alpha`` (or ``width_multiplier``) for ``mobilenetv2``.
+    Unsupported kwargs raise ``TypeError``.
+    """
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key not in _REGISTRY:
+        names = available()
+        closest = difflib.get_close_matches(str(key), names, n=1, cutoff=0.0)
+        hint = f" Did you mean {closest[0]!r}?" if closest else ""
+        raise ValueError(
+            f"Unknown model name {name!r}.{hint} Accepted names: {', '.join(names)}."
+        )
+    num_classes = check_num_classes(num_classes)
+    builder, arch_kwargs = _REGISTRY[key]
+    return builder(tuple(input_shape), num_classes, name=key, **arch_kwargs, **kwargs)

@@ -1,0 +1,63 @@
+"""Run one Distiller step on one device and under MirroredStrategy over two
+logical CPUs, on the same global batch; print the max differences as JSON.
+
+Run as a script (a fresh process: logical devices must be set before TF starts).
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import kdkeras  # noqa: E402
+from tests.helpers import tiny_cnn, tiny_data  # noqa: E402
+
+
+def one_step(strategy, weights_t, weights_s, methods_spec):
+    with strategy.scope():
+        teacher = tiny_cnn(width=8, name="teacher", batchnorm=False)
+        student = tiny_cnn(width=4, name="student", batchnorm=False)
+        teacher.set_weights(weights_t)
+        student.set_weights(weights_s)
+        methods = [kdkeras.methods.get(name, **kw) for name, kw in methods_spec]
+        d = kdkeras.Distiller(teacher, student, methods, student_loss_weight=0.3)
+        d.compile(optimizer=keras.optimizers.SGD(0.5))
+    x, y = tiny_data(16)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    hist = d.fit(ds, epochs=1, verbose=0)
+    return hist.history, [w.numpy() for w in d.student.weights]
+
+
+def main():
+    keras.utils.set_random_seed(0)
+    wt = tiny_cnn(width=8, name="t0", batchnorm=False).get_weights()
+    ws = tiny_cnn(width=4, name="s0", batchnorm=False).get_weights()
+    spec = json.loads(sys.argv[1]) if len(sys.argv) > 1 else [["kd", {"temperature": 4.0, "weight": 0.7}]]
+    single, w1 = one_step(tf.distribute.get_strategy(), wt, ws, spec)
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    multi, w2 = one_step(mirrored, wt, ws, spec)
+    out = {
+        "replicas": mirrored.num_replicas_in_sync,
+        "single_loss": single["loss"][0],
+        "mirrored_loss": multi["loss"][0],
+        "max_weight_diff": float(max(np.abs(a - b).max() for a, b in zip(w1, w2))),
+        "max_weight_change": float(max(np.abs(a - b).max() for a, b in zip(w1, ws))),
+        "terms": {k: [single[k][0], multi[k][0]] for k in single},
+    }
+    print("RESULT " + json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

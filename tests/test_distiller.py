@@ -1,0 +1,134 @@
+"""The Distiller: frozen teacher, single pass per network, logs, save/load, errors."""
+
+import keras
+import numpy as np
+import pytest
+
+import kdkeras
+from kdkeras.methods import KD, Method, register_method
+from tests.helpers import CallCounter, counted_cnn, tiny_cnn, tiny_data
+
+
+@register_method("test_feature_l2")
+class FeatureL2(Method):
+    """A test-only feature method: mean squared difference of two equal taps."""
+
+    def compute_loss(self, teacher, student, y, index=None, training=False):
+        t = teacher[self.teacher_layers[0]]
+        s = student[self.student_layers[0]]
+        return keras.ops.mean((t - s) ** 2)
+
+
+def make(methods=None, student_loss_weight=0.1, teacher_bn=True):
+    teacher = tiny_cnn(width=8, name="teacher", batchnorm=teacher_bn)
+    student = tiny_cnn(width=4, name="student")
+    methods = methods if methods is not None else [KD(temperature=4.0, weight=0.9)]
+    return kdkeras.Distiller(teacher, student, methods, student_loss_weight=student_loss_weight)
+
+
+def test_teacher_frozen_bit_identical_and_student_learns():
+    d = make()
+    d.compile(optimizer=keras.optimizers.Adam(1e-2), metrics=["accuracy"])
+    x, y = tiny_data()
+    teacher_before = [w.numpy().copy() for w in d.teacher.weights]
+    student_before = [w.numpy().copy() for w in d.student.trainable_weights]
+    assert any("moving" in w.path for w in d.teacher.weights)  # BN stats are covered
+    d.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    for before, w in zip(teacher_before, d.teacher.weights):
+        np.testing.assert_array_equal(before, w.numpy(), err_msg=w.path)
+    changed = [not np.array_equal(b, w.numpy()) for b, w in zip(student_before, d.student.trainable_weights)]
+    assert all(changed)
+
+
+def test_gradients_reach_student_never_teacher():
+    d = make()
+    teacher_ids = {id(v) for v in d.teacher.weights}
+    trainable = d.trainable_variables
+    assert not teacher_ids & {id(v) for v in trainable}
+    assert {id(v) for v in d.student.trainable_variables} <= {id(v) for v in trainable}
+
+
+def test_total_loss_is_weighted_sum_and_terms_logged():
+    d = make()
+    d.compile(optimizer="sgd", metrics=["accuracy"])
+    x, y = tiny_data()
+    logs = d.evaluate(x, y, batch_size=32, return_dict=True, verbose=0)
+    assert {"loss", "kd", "student_loss", "accuracy", "agreement"} <= set(logs)
+    np.testing.assert_allclose(logs["loss"], 0.1 * logs["student_loss"] + 0.9 * logs["kd"], rtol=1e-5)
+    zt, zs = d.teacher(x, training=False).numpy(), d.student(x, training=False).numpy()
+    np.testing.assert_allclose(logs["agreement"], np.mean(zt.argmax(-1) == zs.argmax(-1)), atol=1e-6)
+    from tests.test_methods_logits import np_kd
+
+    np.testing.assert_allclose(logs["kd"], np_kd(zt.astype("float64"), zs.astype("float64"), 4.0), rtol=1e-3)
+
+
+def test_each_network_runs_once_per_step_with_several_methods():
+    teacher, student = counted_cnn("teacher", width=4), counted_cnn("student")
+    methods = [
+        KD(temperature=4.0),
+        KD(temperature=2.0),
+        FeatureL2(teacher_layers=["embedding"], student_layers=["embedding"], name="f1"),
+        FeatureL2(teacher_layers=["relu1"], student_layers=["relu1"], name="f2"),
+    ]
+    d = kdkeras.Distiller(teacher, student, methods, student_loss_weight=0.1)
+    d.compile(optimizer="sgd", run_eagerly=True)
+    x, y = tiny_data(8)
+    CallCounter.counts.clear()
+    d.train_on_batch(x, y)
+    assert CallCounter.counts == {"teacher_counter": 1, "student_counter": 1}
+    assert [m.name for m in d.methods] == ["kd", "kd_2", "f1", "f2"]
+
+
+def test_save_load_round_trip(tmp_path):
+    d = make(methods=[KD(temperature=3.0), FeatureL2(teacher_layers=["logits"], student_layers=["logits"])])
+    d.compile(optimizer="adam", metrics=["accuracy"])
+    x, y = tiny_data()
+    d.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    d.save(tmp_path / "d.keras")
+    d.student.save(tmp_path / "s.keras")
+    loaded = keras.models.load_model(tmp_path / "d.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), d.predict(x, verbose=0), atol=1e-6)
+    student = keras.models.load_model(tmp_path / "s.keras")
+    np.testing.assert_allclose(student.predict(x, verbose=0), d.student.predict(x, verbose=0), atol=1e-6)
+    assert [m.name for m in loaded.methods] == ["kd", "featurel2"]
+    assert loaded.methods[0].temperature == 3.0
+    # the loaded distiller trains on
+    loaded.fit(x, y, batch_size=8, epochs=1, verbose=0)
+
+
+def test_dict_inputs_with_index_are_accepted():
+    d = make()
+    d.compile(optimizer="sgd")
+    x, y = tiny_data(16)
+    d.fit({"image": x, "index": np.arange(16)}, y, batch_size=8, verbose=0)
+    assert d.predict({"image": x, "index": np.arange(16)}, verbose=0).shape == (16, 3)
+
+
+def test_unknown_layer_lists_closest_names():
+    with pytest.raises(ValueError, match=r"'relu_1'.*relu1"):
+        make(methods=[FeatureL2(teacher_layers=["relu_1"], student_layers=["relu1"])])
+
+
+def test_mismatched_input_shapes_and_classes_fail_clearly():
+    with pytest.raises(ValueError, match=r"input shape \(8, 8, 1\).*\(16, 16, 1\)"):
+        kdkeras.Distiller(tiny_cnn(), tiny_cnn(input_shape=(16, 16, 1)), [KD()])
+    with pytest.raises(ValueError, match="3 output classes.*5"):
+        kdkeras.Distiller(tiny_cnn(), tiny_cnn(num_classes=5), [KD()])
+    with pytest.raises(ValueError, match=r"\['kd'\] need a teacher"):
+        kdkeras.Distiller(None, tiny_cnn(), [KD()])
+    with pytest.raises(TypeError, match="Method"):
+        kdkeras.Distiller(tiny_cnn(), tiny_cnn(), ["kd"])
+
+
+def test_nested_model_layers_can_be_tapped():
+    inner = tiny_cnn(width=8, name="backbone")
+    inp = keras.Input((8, 8, 1))
+    outer = keras.Model(inp, inner(inp), name="wrapper")
+    tap = kdkeras.taps.build_tap_model(outer, ["relu1", "embedding"])
+    x, _ = tiny_data(4)
+    out = tap(x)
+    np.testing.assert_allclose(out["logits"], outer(x), atol=1e-6)
+    assert tuple(out["relu1"].shape) == (4, 8, 8, 8)
+    d = kdkeras.Distiller(outer, tiny_cnn(width=8), [FeatureL2(teacher_layers=["relu1"], student_layers=["relu1"])])
+    d.compile(optimizer="sgd")
+    d.fit(x, np.zeros(4, "int32"), verbose=0)

@@ -1,0 +1,59 @@
+"""The foundation recipes end to end on tiny Fashion-MNIST subsets (short form)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not os.path.exists(FASHION), reason="needs Debian's dataset-fashion-mnist"),
+]
+TINY = ["--dataset=fashion_mnist", "--train_limit=192", "--test_limit=128", "--batch_size=64", "--epochs=1"]
+
+
+def run(script, *args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "recipes", script), *args],
+        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_train_teacher_then_distill_with_baseline(tmp_path):
+    tdir, ddir = tmp_path / "teacher", tmp_path / "kd"
+    run("train_teacher.py", "--model=resnet8", f"--output_dir={tdir}", *TINY)
+    teacher_metrics = json.loads((tdir / "metrics.json").read_text())
+    assert 0.0 <= teacher_metrics["top1"] <= 1.0
+    assert (tdir / "model.keras").exists()
+    out = run(
+        "distill.py", f"--teacher={tdir / 'model.keras'}", "--student=resnet8",
+        "--method=kd", "--method_args=kd.temperature=2", "--baseline", "--seed=3",
+        f"--output_dir={ddir}", *TINY,
+    )
+    m = json.loads((ddir / "metrics.json").read_text())
+    for key in ("student_top1", "teacher_top1", "baseline_top1", "train_seconds"):
+        assert 0.0 <= m[key] and (key == "train_seconds" or m[key] <= 1.0), key
+    assert m["method"] == "kd" and m["epochs"] == 1
+    assert abs(m["teacher_top1"] - teacher_metrics["top1"]) < 1e-6
+    assert "kd" in m["history"] and "agreement" in m["history"]
+    assert (ddir / "student.keras").exists() and "RESULT" in out
+
+
+def test_distill_trains_a_zoo_teacher_and_rejects_bad_method(tmp_path):
+    run("distill.py", "--teacher=resnet8", "--teacher_epochs=1", "--student=resnet8",
+        f"--output_dir={tmp_path / 'a'}", *TINY)
+    assert (tmp_path / "a" / "teacher.keras").exists()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "recipes", "distill.py"), "--teacher=none",
+         "--method=kdd", f"--output_dir={tmp_path / 'b'}", *TINY],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+    )
+    assert proc.returncode != 0 and "'kdd'" in proc.stderr
