@@ -1,0 +1,155 @@
+"""Speed of one distillation epoch, as ratios measured in one run.
+
+Times, with interleaved repetitions on the same data and the same
+teacher/student pair (the teacher several times the student's cost):
+
+- `student`: the student trained alone (cross-entropy) for one epoch,
+- `teacher_inference`: one inference pass of the teacher over the data,
+- `kdkeras_kd`: one kdkeras KD epoch,
+- `keras_kd`: one epoch of Keras' built-in `keras.distillation.Distiller`
+  with `LogitsDistillation(temperature=T, loss=keras.losses.KLDivergence())`.
+  The `loss` object is passed on purpose: Keras' default `"kl_divergence"`
+  string takes KL of raw logits (no softmax, no T^2), which is not KD.
+
+Prints a table (median seconds per epoch) and the ratios `kd_over_student`
+(the distillation tax), `teacher_over_student` and
+`kd_over_keras_distillation`; `--json PATH` writes them. Machines are noisy,
+so only ratios measured in the same run are reported.
+
+    python benchmarks/speed.py --quick --json runs/speed.json
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import kdkeras  # noqa: E402
+from kdkeras import training  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("teacher", "resnet32", "Zoo name of the teacher.")
+flags.DEFINE_string("student", "resnet8", "Zoo name of the student.")
+flags.DEFINE_integer("image_size", 32, "Square input size.")
+flags.DEFINE_integer("channels", 3, "Input channels.")
+flags.DEFINE_integer("num_classes", 10, "Classes.")
+flags.DEFINE_integer("examples", 2048, "Examples per epoch.")
+flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_integer("repeats", 5, "Timed repetitions of each variant (interleaved).")
+flags.DEFINE_float("temperature", 4.0, "KD temperature.")
+flags.DEFINE_bool("quick", False, "Short run (under ~3 minutes on 2 cores).")
+flags.DEFINE_string("json", None, "Write the ratios and timings to this JSON file.")
+
+
+def dataset(n, batch):
+    rng = np.random.default_rng(0)
+    x = rng.random((n, FLAGS.image_size, FLAGS.image_size, FLAGS.channels), dtype=np.float32)
+    y = rng.integers(0, FLAGS.num_classes, n).astype("int32")
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().prefetch(2)
+
+
+def build(name, seed):
+    keras.utils.set_random_seed(seed)
+    shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
+    return kdkeras.models.get(name, shape, FLAGS.num_classes)
+
+
+def sgd():
+    return keras.optimizers.SGD(0.01, momentum=0.9)
+
+
+def make_variants(ds):
+    """Each variant: a callable that runs one epoch (compiled, warmed up)."""
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    teacher = build(FLAGS.teacher, 1)
+    teacher.trainable = False
+
+    student = build(FLAGS.student, 2)
+    student.compile(optimizer=sgd(), loss=ce, metrics=["accuracy"])
+
+    ours = kdkeras.Distiller(
+        teacher, build(FLAGS.student, 2),
+        [kdkeras.methods.KD(temperature=FLAGS.temperature, weight=0.9)], student_loss_weight=0.1,
+    )
+    ours.compile(optimizer=sgd(), loss=ce, metrics=["accuracy"])
+
+    theirs = keras.distillation.Distiller(
+        teacher=teacher,
+        student=build(FLAGS.student, 2),
+        distillation_losses=keras.distillation.LogitsDistillation(
+            temperature=FLAGS.temperature, loss=keras.losses.KLDivergence()
+        ),
+        student_loss_weight=0.1,
+    )
+    theirs.compile(optimizer=sgd(), loss=ce, metrics=["accuracy"])
+
+    images = ds.map(lambda x, y: x)
+    infer = tf.function(lambda x: teacher(x, training=False), jit_compile=False)
+
+    def teacher_pass():
+        for x in images:
+            infer(x)
+
+    return {
+        "student": lambda: student.fit(ds, epochs=1, verbose=0),
+        "teacher_inference": teacher_pass,
+        "kdkeras_kd": lambda: ours.fit(ds, epochs=1, verbose=0),
+        "keras_kd": lambda: theirs.fit(ds, epochs=1, verbose=0),
+    }
+
+
+def measure(variants, repeats):
+    for fn in variants.values():  # compile and warm up
+        fn()
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def main(argv):
+    del argv
+    examples, repeats = FLAGS.examples, FLAGS.repeats
+    if FLAGS.quick:
+        examples, repeats = min(examples, 768), min(repeats, 3)
+    ds = dataset(examples, FLAGS.batch_size)
+    variants = make_variants(ds)
+    times = measure(variants, repeats)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratios = {
+        "kd_over_student": med["kdkeras_kd"] / med["student"],
+        "teacher_over_student": med["teacher_inference"] / med["student"],
+        "kd_over_keras_distillation": med["kdkeras_kd"] / med["keras_kd"],
+    }
+    print(f"\nteacher={FLAGS.teacher} student={FLAGS.student} "
+          f"input={FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels} examples={examples} "
+          f"batch={FLAGS.batch_size} repeats={repeats} (interleaved; median s/epoch)")
+    print(f"{'variant':<20}{'median s':>10}{'min s':>10}{'max s':>10}")
+    for name, values in times.items():
+        print(f"{name:<20}{med[name]:>10.3f}{min(values):>10.3f}{max(values):>10.3f}")
+    print()
+    for key, value in ratios.items():
+        print(f"{key:<28}{value:.3f}")
+    if FLAGS.json:
+        training.write_json(FLAGS.json, {**ratios, "seconds": times, "median_seconds": med,
+                                         "config": {"teacher": FLAGS.teacher, "student": FLAGS.student,
+                                                    "examples": examples, "batch_size": FLAGS.batch_size,
+                                                    "repeats": repeats,
+                                                    "keras_loss": "keras.losses.KLDivergence()"}})
+
+
+if __name__ == "__main__":
+    app.run(main)
