@@ -10,6 +10,7 @@ import importlib
 
 from kdkeras import methods, taps
 from kdkeras.distiller import Distiller
+from kdkeras.stages import Stage, run_stages
 
 __version__ = "0.1.0"
 
@@ -24,4 +25,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'kdkeras' has no attribute {name!r}")
 
 
-__all__ = ["Distiller", "methods", "taps", *_LAZY]
+__all__ = ["Distiller", "Stage", "run_stages", "methods", "taps", *_LAZY]

@@ -25,6 +25,10 @@ from kdkeras.methods.base import Method, sparse_labels
 
 IMAGE_KEY = "image"
 INDEX_KEY = "index"
+#: key prefix of the gradient of a network's CE loss w.r.t. a tap (AT, gradient mode)
+GRAD_PREFIX = "grad:"
+#: the name under which methods ask for the gradient w.r.t. the input images
+INPUT_TAP = "input"
 
 
 def _num_replicas() -> int:
@@ -114,6 +118,11 @@ class Distiller(keras.Model):
             t, s = method.resolve_taps(self.teacher, self.student)
             teacher_names += t
             student_names += s
+        # Gradients of each network's CE w.r.t. its input or taps (gradient-based attention).
+        keys = [k for m in self.methods for k in m.gradient_keys]
+        self._grad_keys = tuple(dict.fromkeys(keys))
+        teacher_names += [k for k in self._grad_keys if k != INPUT_TAP]
+        student_names += [k for k in self._grad_keys if k != INPUT_TAP]
         # Tap models share the networks' layers; keep them out of Keras'
         # tracking so weights are not listed (or saved) twice.
         object.__setattr__(
@@ -165,12 +174,34 @@ class Distiller(keras.Model):
         images, _ = split_inputs(inputs)
         return self.student(images, training=training)
 
-    def teacher_outputs(self, images):
+    def teacher_outputs(self, images, y=None):
         """The teacher's tap outputs, in inference mode and without gradient."""
         if self._teacher_tap is None:
             return None
-        out = self._teacher_tap(images, training=False)
+        out = self._run(self._teacher_tap, images, y, training=False)
         return {k: tf.stop_gradient(v) for k, v in out.items()}
+
+    def _run(self, tap_model, images, y, training):
+        """One pass of a tap model; with gradient keys, also the gradient of the
+        network's summed CE w.r.t. the input or taps (a backward pass, not a
+        second forward; nested in the outer tape for the student, so the
+        student's term gets its second-order gradient)."""
+        if not self._grad_keys or y is None:
+            return dict(tap_model(images, training=training))
+        images = ops.convert_to_tensor(images)
+        with tf.GradientTape(watch_accessed_variables=False) as inner:
+            inner.watch(images)
+            out = dict(tap_model(images, training=training))
+            labels = sparse_labels(y)
+            ce = ops.sum(
+                keras.losses.sparse_categorical_crossentropy(
+                    labels, ops.cast(out[taps_lib.LOGITS], "float32"), from_logits=True
+                )
+            )
+        targets = [images if k == INPUT_TAP else out[k] for k in self._grad_keys]
+        for key, grad in zip(self._grad_keys, inner.gradient(ce, targets)):
+            out[GRAD_PREFIX + key] = grad
+        return out
 
     def _terms(self, teacher_out, student_out, y, sample_weight, index, training, methods):
         """Total (replica-scaled) loss and a dict of unscaled logged values."""
@@ -214,9 +245,9 @@ class Distiller(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         images, index = split_inputs(x)
         self._check_index(index)
-        teacher_out = self.teacher_outputs(images)
+        teacher_out = self.teacher_outputs(images, y)
         with tf.GradientTape() as tape:
-            student_out = self._student_tap(images, training=True)
+            student_out = self._run(self._student_tap, images, y, training=True)
             total, logs = self._terms(
                 teacher_out, student_out, y, sample_weight, index, True, self.methods
             )
@@ -229,8 +260,8 @@ class Distiller(keras.Model):
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         images, index = split_inputs(x)
-        teacher_out = self.teacher_outputs(images)
-        student_out = self._student_tap(images, training=False)
+        teacher_out = self.teacher_outputs(images, y)
+        student_out = self._run(self._student_tap, images, y, training=False)
         methods = self.methods
         if index is None:
             # Index-based methods (memory banks) cannot score held-out data.

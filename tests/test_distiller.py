@@ -90,7 +90,7 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_allclose(loaded.predict(x, verbose=0), d.predict(x, verbose=0), atol=1e-6)
     student = keras.models.load_model(tmp_path / "s.keras")
     np.testing.assert_allclose(student.predict(x, verbose=0), d.student.predict(x, verbose=0), atol=1e-6)
-    assert [m.name for m in loaded.methods] == ["kd", "featurel2"]
+    assert [m.name for m in loaded.methods] == ["kd", "test_feature_l2"]
     assert loaded.methods[0].temperature == 3.0
     # the loaded distiller trains on
     loaded.fit(x, y, batch_size=8, epochs=1, verbose=0)

@@ -27,6 +27,7 @@ def register_method(*names: str):
         cls = keras.saving.register_keras_serializable(package="kdkeras")(cls)
         for name in names:
             _REGISTRY[name.lower()] = cls
+        cls._registered_name = names[0].lower() if names else None
         return cls
 
     return decorate
@@ -52,8 +53,10 @@ def get(name: str, **kwargs: Any) -> "Method":
     return _REGISTRY[key](**kwargs)
 
 
-def _snake_case(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", name).lower()
+def _default_name(cls) -> str:
+    """The method's registered name (`"kd"`), else its class name in snake case."""
+    registered = cls.__dict__.get("_registered_name")
+    return registered or re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", cls.__name__).lower()
 
 
 class Method(keras.layers.Layer):
@@ -69,8 +72,8 @@ class Method(keras.layers.Layer):
             method's default taps.
         student_layers: names of the student layers to tap; `None` takes the
             method's default taps.
-        name: name of the term in logs; defaults to the class name in
-            snake case (`kd`, `fitnet`, ...).
+        name: name of the term in logs; defaults to the method's registered
+            name (`kd`, `fitnet`, ...).
     """
 
     #: the published weight of the term
@@ -81,6 +84,9 @@ class Method(keras.layers.Layer):
     requires_index: bool = False
     #: keys of the sub-terms `compute_loss` returns as a dict (logged each)
     log_keys: tuple = ()
+    #: taps (or `"input"`) whose CE-loss gradient the method reads, as
+    #: `"grad:<key>"` in both output dicts (gradient-based attention)
+    gradient_keys: tuple = ()
 
     def __init__(
         self,
@@ -91,7 +97,7 @@ class Method(keras.layers.Layer):
         **kwargs: Any,
     ):
         kwargs.pop("trainable", None)
-        super().__init__(name=name or _snake_case(type(self).__name__), **kwargs)
+        super().__init__(name=name or _default_name(type(self)), **kwargs)
         self.weight = float(self.default_weight if weight is None else weight)
         self.teacher_layers = _as_name_list(teacher_layers)
         self.student_layers = _as_name_list(student_layers)

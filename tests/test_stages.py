@@ -1,0 +1,116 @@
+"""Multi-stage training (init stage, then main stage, resume) and gradient taps."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kdkeras
+from kdkeras.methods import KD, Method, register_method
+from kdkeras.stages import Stage, run_stages
+from tests.helpers import tiny_cnn, tiny_data
+
+
+@register_method("test_connector_l2")
+class ConnectorL2(Method):
+    """Test-only: a Dense connector maps the student's embedding to the teacher's."""
+
+    def build_parts(self, teacher_shapes, student_shapes):
+        self.connector = keras.layers.Dense(teacher_shapes["embedding"][-1], name="connector")
+        self.connector.build(student_shapes["embedding"])
+
+    def compute_loss(self, teacher, student, y, index=None, training=False):
+        return keras.ops.mean((self.connector(student["embedding"]) - teacher["embedding"]) ** 2)
+
+
+def _weights(ws):
+    return [w.numpy().copy() for w in ws]
+
+
+def _changed(before, ws):
+    return [not np.array_equal(b, w.numpy()) for b, w in zip(before, ws)]
+
+
+def test_init_stage_trains_parts_only_then_main_stage_trains_student(tmp_path):
+    teacher, student = tiny_cnn(width=8, name="teacher"), tiny_cnn(width=4, name="student")
+    conn = ConnectorL2(teacher_layers=["embedding"], student_layers=["embedding"])
+    x, y = tiny_data(32)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    s0 = _weights(student.trainable_weights)
+    stages = [
+        Stage("init", [conn], epochs=1, student_loss_weight=0.0, train_student=False),
+        Stage("main", [conn, KD()], epochs=1, student_loss_weight=0.1, frozen=[conn]),
+    ]
+    seen = {}
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            seen[self.model.name] = (_weights(student.trainable_weights), _weights(conn.weights))
+
+    t0 = _weights(teacher.weights)
+    c0 = None
+    hist = run_stages(teacher, student, stages, ds, optimizer_fn=lambda s: keras.optimizers.Adam(1e-2),
+                      output_dir=str(tmp_path), callbacks=[Spy()], verbose=0)
+    assert set(hist) == {"init", "main"} and "test_connector_l2" in hist["init"]
+    s_init, c_init = seen["stage_init"]
+    s_main, c_main = seen["stage_main"]
+    assert not any(_changed(s0, [keras.Variable(v) for v in s_init]))  # student frozen in init
+    assert all(not np.array_equal(a, b) for a, b in zip(s_init, s_main))  # trained in main
+    assert all(np.array_equal(a, b) for a, b in zip(c_init, c_main))  # connector frozen in main
+    for a, w in zip(t0, teacher.weights):
+        np.testing.assert_array_equal(a, w.numpy())
+    assert student.trainable and conn.trainable  # restored for the caller
+
+    # A rerun skips finished stages and restores their weights into fresh objects.
+    student2 = tiny_cnn(width=4, name="student")
+    conn2 = ConnectorL2(teacher_layers=["embedding"], student_layers=["embedding"])
+    stages2 = [
+        Stage("init", [conn2], epochs=1, student_loss_weight=0.0, train_student=False),
+        Stage("main", [conn2, KD()], epochs=1, student_loss_weight=0.1, frozen=[conn2]),
+    ]
+    seen.clear()
+    run_stages(teacher, student2, stages2, ds, output_dir=str(tmp_path), callbacks=[Spy()], verbose=0)
+    assert not seen  # nothing trained again
+    for a, w in zip(s_main, student2.trainable_weights):
+        np.testing.assert_array_equal(a, w.numpy())
+
+
+def test_stage_with_nothing_to_train_is_refused():
+    teacher, student = tiny_cnn(width=8, name="teacher"), tiny_cnn(width=4, name="student")
+    x, y = tiny_data(8)
+    with pytest.raises(ValueError, match="nothing to train"):
+        run_stages(teacher, student, [Stage("kd_only", [KD()], 1, train_student=False)], (x, y))
+
+
+@register_method("test_input_grad")
+class InputGradL2(Method):
+    """Test-only: squared difference of the input gradients of both networks."""
+
+    gradient_keys = ("input",)
+
+    def compute_loss(self, teacher, student, y, index=None, training=False):
+        return keras.ops.sum((teacher["grad:input"] - student["grad:input"]) ** 2)
+
+
+def test_gradient_taps_match_an_independent_tape_and_train_second_order():
+    teacher, student = tiny_cnn(width=8, name="teacher", batchnorm=False), tiny_cnn(width=4, name="student", batchnorm=False)
+    d = kdkeras.Distiller(teacher, student, [InputGradL2()], student_loss_weight=0.0)
+    x, y = tiny_data(8)
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+
+    def input_grad(net):
+        xt = tf.constant(x)
+        with tf.GradientTape() as t:
+            t.watch(xt)
+            loss = ce(y, net(xt, training=False))
+        return t.gradient(loss, xt).numpy()
+
+    expected = np.sum((input_grad(teacher) - input_grad(student)) ** 2)
+    d.compile(optimizer=keras.optimizers.SGD(1.0))
+    logs = d.evaluate(x, y, batch_size=8, return_dict=True, verbose=0)
+    np.testing.assert_allclose(logs["test_input_grad"], expected, rtol=1e-4)
+    before = _weights(student.trainable_weights)
+    d.fit(x, y, batch_size=8, epochs=3, verbose=0)
+    assert all(_changed(before, student.trainable_weights))  # a second-order gradient reached them
+    after = d.evaluate(x, y, batch_size=8, return_dict=True, verbose=0)["test_input_grad"]
+    assert after < logs["test_input_grad"]
