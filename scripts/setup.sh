@@ -17,4 +17,4 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 echo "[setup] installing kdkeras and its pinned dependencies"
 .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -c "import kdkeras, tensorflow as tf, keras; print('[setup] kdkeras', kdkeras.__version__, '| TF', tf.__version__, '| Keras', keras.__version__)"
+TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python -c "import kdkeras, tensorflow as tf, keras; print('[setup] kdkeras', kdkeras.__version__, '| TF', tf.__version__, '| Keras', keras.__version__)"
