@@ -20,4 +20,4 @@ def test_table_aggregates_runs(tmp_path):
     assert "3 (0,1,2)" in row
     assert "80.00 ± 2.00 (78.00-82.00)" in row  # baseline
     assert "83.33 ± 0.58 (83.00-84.00)" in row  # student
-    assert "3.33 ± 3.06 (1.00-6.00)" in row  # paired gains: 3, 1, 6
+    assert "3.33 ± 2.52 (1.00-6.00)" in row  # paired gains: 3, 1, 6
