@@ -40,8 +40,9 @@ class Stage:
             (0 for a pure initialisation stage).
         train_student: False to train only the methods' parts (e.g. FT's
             paraphraser, which learns from the teacher alone).
-        frozen: methods whose parts are used but not trained in this stage
-            (e.g. FT's paraphraser during the main stage).
+        frozen: methods whose parts are used but not trained in this stage.
+        setup: called before the stage starts (or is restored), e.g. to switch
+            FT between its paraphraser and transfer stages.
     """
 
     name: str
@@ -50,6 +51,7 @@ class Stage:
     student_loss_weight: float = 1.0
     train_student: bool = True
     frozen: Sequence[Method] = field(default_factory=tuple)
+    setup: Callable[[], None] | None = None
 
     def __post_init__(self):
         if self.epochs < 0:
@@ -83,6 +85,8 @@ def run_stages(
         raise ValueError(f"Stage names must be unique, got {names}.")
     histories: dict[str, dict] = {}
     for index, stage in enumerate(stages):
+        if stage.setup is not None:
+            stage.setup()
         distiller = Distiller(
             teacher, student, list(stage.methods), student_loss_weight=stage.student_loss_weight,
             name=f"stage_{stage.name}",
@@ -130,3 +134,39 @@ def run_stages(
         for method in stage.methods:
             method.trainable = True
     return histories
+
+
+def needs_init_stage(methods: Sequence[Method]) -> bool:
+    """True when a method's paper trains something in a stage before the main one."""
+    return any(getattr(m, "has_init_stage", False) for m in methods)
+
+
+def default_stages(
+    methods: Sequence[Method], init_epochs: int, epochs: int, student_loss_weight: float
+) -> list[Stage]:
+    """The published staging for FT, AB and FSP, with the other methods in the main stage.
+
+    - FT: its paraphraser first learns to reconstruct the teacher's map (student
+      frozen), then FT transfers through the frozen paraphraser in the main stage.
+    - AB and FSP: an initialisation stage of their term alone (no CE), then the
+      main stage without them (CE plus the other methods, e.g. KD).
+    """
+    fts = [m for m in methods if getattr(m, "stages", None) == ("paraphraser", "transfer")]
+    inits = [m for m in methods if getattr(m, "has_init_stage", False) and m not in fts]
+    main = [m for m in methods if m not in inits]
+    stages = []
+
+    def set_ft(stage_name):
+        def apply():
+            for ft in fts:
+                ft.stage = stage_name
+        return apply
+
+    if fts:
+        stages.append(Stage("ft_paraphraser", fts, init_epochs, student_loss_weight=0.0,
+                            train_student=False, setup=set_ft("paraphraser")))
+    if inits:
+        stages.append(Stage("init", inits, init_epochs, student_loss_weight=0.0))
+    stages.append(Stage("main", main, epochs, student_loss_weight=student_loss_weight,
+                        setup=set_ft("transfer")))
+    return stages

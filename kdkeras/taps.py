@@ -69,6 +69,11 @@ def _single_output(model: keras.Model):
 def build_tap_model(model: keras.Model, layer_names: Iterable[str] = ()) -> keras.Model:
     """A model sharing `model`'s weights that returns `{"logits", *layer_names}`."""
     names = list(dict.fromkeys(layer_names))
+    if isinstance(model, keras.Sequential) and getattr(model, "_functional", None) is not None:
+        # A built Sequential model keeps a functional twin that shares its layers.
+        functional = model._functional
+        if names:
+            return build_tap_model(functional, names)
     if not _is_functional(model):
         if names:
             raise ValueError(
@@ -160,3 +165,13 @@ def model_with_dict_output(model: keras.Model) -> keras.Model:
         raise ValueError(f"Model {model.name!r} must be built before distillation.")
     inp = keras.Input(shape=tuple(shape[1:]))
     return keras.Model(inp, {LOGITS: model(inp)}, name=f"{model.name}_taps")
+
+
+# Default tap detection (stage outputs, pre-ReLU stages, embedding), exposed here
+# so users can see and override what methods pick.
+from kdkeras.tap_detection import (  # noqa: E402
+    embedding_layer,
+    pair_taps,
+    preact_stage_outputs,
+    stage_outputs,
+)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
 import kdkeras  # noqa: E402
+import kdkeras.stages  # noqa: E402
 from kdkeras import recipe_utils, training  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -32,6 +34,8 @@ flags.DEFINE_float("student_loss_weight", None,
                    "Weight of the student's cross-entropy; default 0.1 when KD is used (the CIFAR recipe), else 1.")
 flags.DEFINE_integer("teacher_epochs", 10, "Epochs when --teacher is a zoo name trained here.")
 flags.DEFINE_bool("baseline", False, "Also train the student alone on the same budget (baseline_top1).")
+flags.DEFINE_integer("init_epochs", None,
+                     "Epochs of the initialisation stage of FT/AB/FSP (default: a quarter of --epochs, at least 1).")
 flags.DEFINE_string("student_args", "", "Zoo kwargs for the student, e.g. 'width_multiplier=0.5,dropout=0.1'.")
 recipe_utils.define_data_flags()
 recipe_utils.define_train_flags(epochs=10, lr=0.05)
@@ -94,10 +98,30 @@ def main(argv):
         distiller = kdkeras.Distiller(teacher, student, methods, student_loss_weight=weight)
     print(f"Distilling {FLAGS.student} ({student.count_params():,} params) with "
           f"{[m.name for m in methods]}, student_loss_weight={weight}")
-    with strategy.scope():
-        history, seconds = training.compile_and_fit(
-            distiller, data.train, data.test, config, FLAGS.output_dir, tag="distill"
-        )
+    if kdkeras.stages.needs_init_stage(methods):
+        init_epochs = FLAGS.init_epochs or max(1, FLAGS.epochs // 4)
+        stages = kdkeras.stages.default_stages(methods, init_epochs, FLAGS.epochs, weight)
+        steps = training.steps_in(data.train)
+
+        def optimizer_fn(stage):
+            return training.make_optimizer(
+                config.optimizer, config.lr, steps * max(stage.epochs, 1), config.schedule,
+                config.momentum, config.weight_decay,
+            )
+
+        with strategy.scope():
+            start = time.perf_counter()
+            histories = kdkeras.run_stages(
+                teacher, student, stages, data.train, data.test, optimizer_fn, FLAGS.output_dir
+            )
+            seconds = time.perf_counter() - start
+        history = histories["main"]
+        history["stages"] = {k: v for k, v in histories.items() if k != "main"}
+    else:
+        with strategy.scope():
+            history, seconds = training.compile_and_fit(
+                distiller, data.train, data.test, config, FLAGS.output_dir, tag="distill"
+            )
     student_top1 = training.evaluate_top1(student, data.test)
     student.save(os.path.join(FLAGS.output_dir, "student.keras"))
     metrics = {

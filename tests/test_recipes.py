@@ -57,3 +57,18 @@ def test_distill_trains_a_zoo_teacher_and_rejects_bad_method(tmp_path):
         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
     )
     assert proc.returncode != 0 and "'kdd'" in proc.stderr
+
+
+@pytest.mark.parametrize("method", ["ft+kd", "crd"])
+def test_distill_recipe_runs_staged_and_index_methods(tmp_path, method):
+    tdir = tmp_path / "teacher"
+    run("train_teacher.py", "--model=resnet8", f"--output_dir={tdir}", *TINY)
+    run("distill.py", f"--teacher={tdir / 'model.keras'}", "--student=resnet8", f"--method={method}",
+        "--init_epochs=1", f"--output_dir={tmp_path / 'd'}", *TINY)
+    m = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert m["method"] == method and 0.0 <= m["student_top1"] <= 1.0
+    if method.startswith("ft"):
+        assert "ft_paraphraser" in m["history"]["stages"]
+        assert (tmp_path / "d" / "stages" / "00_ft_paraphraser" / "done.json").exists()
+    else:
+        assert "crd" in m["history"]

@@ -114,3 +114,20 @@ def test_gradient_taps_match_an_independent_tape_and_train_second_order():
     assert all(_changed(before, student.trainable_weights))  # a second-order gradient reached them
     after = d.evaluate(x, y, batch_size=8, return_dict=True, verbose=0)["test_input_grad"]
     assert after < logs["test_input_grad"]
+
+
+def test_default_stages_follow_the_papers():
+    from kdkeras.methods import AB, FT, KD
+    from kdkeras.stages import default_stages
+
+    ft, ab, kd = FT(), AB(), KD()
+    stages = default_stages([ft, ab, kd], init_epochs=2, epochs=5, student_loss_weight=0.1)
+    assert [s.name for s in stages] == ["ft_paraphraser", "init", "main"]
+    para, init, main = stages
+    assert para.methods == [ft] and not para.train_student and para.student_loss_weight == 0.0
+    assert init.methods == [ab] and init.train_student and init.epochs == 2
+    assert main.methods == [ft, kd] and main.epochs == 5 and main.student_loss_weight == 0.1
+    para.setup()
+    assert ft.stage == "paraphraser"
+    main.setup()
+    assert ft.stage == "transfer"

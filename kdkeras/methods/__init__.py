@@ -1,5 +1,11 @@
-"""Distillation methods, one class per method; `get("kd")` builds one by name."""
+"""Distillation methods, one class per method; `get("kd")` builds one by name.
 
+Families: `logits` (KD), `hints` (FitNet, AT, NST, FSP, VID, FT, AB),
+`relations` (RKD, PKT, SP, CC), `contrastive` (CRD); `connectors` holds the
+small trainable adapters they share.
+"""
+
+from kdkeras.methods import connectors
 from kdkeras.methods.base import (
     Method,
     from_spec,
@@ -8,6 +14,13 @@ from kdkeras.methods.base import (
     parse_method_args,
     register_method,
 )
+from kdkeras.methods.contrastive import CRD, ContrastMemory
+from kdkeras.methods.hints import AB, AT, FSP, FT, NST, VID, FitNet
 from kdkeras.methods.logits import KD
+from kdkeras.methods.relations import CC, PKT, RKD, SP
 
-__all__ = ["Method", "KD", "from_spec", "get", "method_names", "parse_method_args", "register_method"]
+__all__ = [
+    "Method", "from_spec", "get", "method_names", "parse_method_args", "register_method",
+    "KD", "FitNet", "AT", "NST", "FSP", "VID", "FT", "AB", "RKD", "PKT", "SP", "CC",
+    "CRD", "ContrastMemory", "connectors",
+]

@@ -1,0 +1,510 @@
+"""Feature-map (hint) methods: the student matches the teacher's inner maps.
+
+FitNet, AT, NST, FSP, VID, FT and AB, each exactly as the reference sheet
+(`docs/methods.md`) states it. Taps default to the detected stage outputs
+(`kdkeras.tap_detection`); teacher and student lists of different lengths are
+paired deepest-first (`pair_taps`), maps of different spatial sizes are
+average-pooled to the smaller size where the sheet says so, and different
+channel counts go through connectors built from the tapped shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+from keras import ops
+
+from kdkeras import tap_detection
+from kdkeras.methods.base import Method, as_float32, register_method
+from kdkeras.methods.connectors import (
+    Connector1x1,
+    ConvRegressor,
+    Paraphraser,
+    Translator,
+    VIDRegressor,
+    factor_channels,
+    l2_normalize,
+)
+
+# -- shared feature helpers ------------------------------------------------------------
+
+
+def flatten(x):
+    """(B, ...) -> (B, prod(...)) with a static feature size."""
+    return ops.reshape(x, (-1, math.prod(x.shape[1:])))
+
+
+def pool_to(x, size):
+    """Average-pool an NHWC map to spatial `size` (exact blocks when the sizes
+    divide, adaptive average pooling otherwise)."""
+    h, w = x.shape[1], x.shape[2]
+    th, tw = size
+    if (h, w) == (th, tw):
+        return x
+    if h % th == 0 and w % tw == 0:
+        x = ops.reshape(x, (-1, th, h // th, tw, w // tw, x.shape[-1]))
+        return ops.mean(x, axis=(2, 4))
+    return ops.adaptive_average_pool(x, (th, tw))
+
+
+def common_size(a_shape, b_shape) -> tuple[int, int]:
+    """The smaller spatial size of two NHWC shapes (per dimension)."""
+    return min(a_shape[1], b_shape[1]), min(a_shape[2], b_shape[2])
+
+
+def match_spatial(a, b):
+    """Average-pool the larger of two NHWC maps to the smaller's size."""
+    size = common_size(a.shape, b.shape)
+    return pool_to(a, size), pool_to(b, size)
+
+
+def spatial_attention(f):
+    """AT's `l2_normalize(flatten(mean_over_channels(f^2)))` per sample."""
+    return l2_normalize(flatten(ops.mean(ops.square(f), axis=-1)), axis=-1)
+
+
+def channel_vectors(f):
+    """NHWC -> (B, HW, C): one spatial vector per channel (as columns)."""
+    return ops.reshape(f, (-1, f.shape[1] * f.shape[2], f.shape[3]))
+
+
+def _check_4d(name: str, shape, method: str) -> None:
+    if len(shape) != 4:
+        raise ValueError(
+            f"{method} needs 4-D (B, H, W, C) feature maps, but tap {name!r} has "
+            f"shape {shape}. Tap a convolutional stage output."
+        )
+
+
+class FeatureMethod(Method):
+    """Base of the feature and relational methods: pairs the tap lists and
+    hands `compute_loss` float32 (teacher, student) tensor pairs."""
+
+    def resolve_taps(self, teacher, student):
+        t, s = super().resolve_taps(teacher, student)
+        if len(t) != len(s):
+            t, s = tap_detection.pair_taps(t, s)
+            self.teacher_layers, self.student_layers = t, s
+        if not t:
+            raise ValueError(f"Method {self.name!r} has no layers to tap.")
+        return t, s
+
+    def tap_pairs(self, teacher: Mapping, student: Mapping) -> list[tuple]:
+        """[(teacher map, student map)] in float32, one per tap pair."""
+        return [
+            (as_float32(teacher[t]), as_float32(student[s]))
+            for t, s in zip(self.teacher_layers, self.student_layers)
+        ]
+
+    def shape_pairs(self, teacher_shapes: Mapping, student_shapes: Mapping) -> list[tuple]:
+        return [
+            (tuple(teacher_shapes[t]), tuple(student_shapes[s]))
+            for t, s in zip(self.teacher_layers, self.student_layers)
+        ]
+
+    def check_4d(self, teacher_shapes, student_shapes) -> None:
+        for t, s in zip(self.teacher_layers, self.student_layers):
+            _check_4d(t, teacher_shapes[t], type(self).__name__)
+            _check_4d(s, student_shapes[s], type(self).__name__)
+
+
+# -- methods --------------------------------------------------------------------------
+
+
+@register_method("fitnet")
+class FitNet(FeatureMethod):
+    """Romero et al. (2015): `mean((r(f_s) - f_t)^2)` on one middle stage.
+
+    `r` (conv + BN) maps the student's map to the teacher's channels and size.
+    The default tap is the middle stage output, `stages[(n - 1) // 2]`
+    (stage 2 of a 3-stage CIFAR ResNet, conv3 of ResNet50).
+    """
+
+    default_weight = 100.0
+
+    def __init__(self, name: str | None = None, **kwargs):
+        super().__init__(name=name or "fitnet", **kwargs)
+        self.regressors = []
+
+    def default_taps(self, model, role):
+        stages = tap_detection.stage_outputs(model)
+        return [stages[(len(stages) - 1) // 2]]
+
+    def build_parts(self, teacher_shapes, student_shapes):
+        self.check_4d(teacher_shapes, student_shapes)
+        regressors = []
+        for t_shape, s_shape in self.shape_pairs(teacher_shapes, student_shapes):
+            r = ConvRegressor(t_shape[-1], t_shape[1:3], name=f"regressor_{len(regressors)}")
+            r.build(s_shape)
+            regressors.append(r)
+        self.regressors = regressors
+
+    def compute_loss(self, teacher, student, y, index=None, training=False):
+        total = 0.0
+        for (t, s), r in zip(self.tap_pairs(teacher, student), self.regressors):
+            total = total + ops.mean(ops.square(as_float32(r(s, training=training)) - t))
+        return total
+
+
+@register_method("at")
+class AT(FeatureMethod):
+    """Zagoruyko & Komodakis (2017), attention transfer on stage outputs.
+
+    `mode="activation"`: per tap pair, `a(f) = l2_normalize(flatten(mean_c(f^2)))`
+    and `mean((a(f_s) - a(f_t))^2)`, summed over taps; the larger map is
+    average-pooled to the smaller.
+
+    `mode="gradient"`: the attention is the gradient `g = dCE/dx` of each
+    network's loss with respect to its input (or to the tapped maps, which
+    must then have equal shapes); the term is
+    `mean((l2_normalize(flatten(g_s)) - l2_normalize(flatten(g_t)))^2)` per
+    sample, averaged. The Distiller computes both gradients in the same pass
+    (a backward pass, not a second forward), nested in the training tape so
+    the student's term gets its second-order gradient; the teacher's gradient
+    updates nothing.
+    """
+
+    default_weight = 1000.0
+    #: the attention definitions this class computes
+    modes = ("activation", "gradient")
+
+    def __init__(self, mode: str = "activation", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in self.modes:
+            raise ValueError(f"Unknown AT mode {mode!r}. Accepted modes: {list(self.modes)}.")
+        self.mode = mode
+        if mode == "gradient":
+            if (self.teacher_layers is None) != (self.student_layers is None):
+                raise ValueError(
+                    "AT(mode='gradient') takes both teacher_layers and student_layers "
+                    "(gradients w.r.t. those maps) or neither (w.r.t. the input)."
+                )
+            self.gradient_keys = tuple(
+                dict.fromkeys((self.teacher_layers or []) + (self.student_layers or []))
+            ) or ("input",)
+
+    def resolve_taps(self, teacher, student):
+        if self.mode == "gradient":
+            self.teacher_layers = self.teacher_layers or []
+            self.student_layers = self.student_layers or []
+            return list(self.teacher_layers), list(self.student_layers)
+        return super().resolve_taps(teacher, student)
+
+    def default_taps(self, model, role):
+        return tap_detection.stage_outputs(model)
+
+    def build_parts(self, teacher_shapes, student_shapes):
+        if self.mode == "gradient":
+            for t, s in zip(self.teacher_layers, self.student_layers):
+                if tuple(teacher_shapes[t][1:]) != tuple(student_shapes[s][1:]):
+                    raise ValueError(
+                        f"AT(mode='gradient') compares gradients element-wise: teacher map "
+                        f"{t!r} {teacher_shapes[t]} and student map {s!r} {student_shapes[s]} "
+                        "must have equal shapes (or tap nothing to use the input)."
+                    )
+            return
+        self.check_4d(teacher_shapes, student_shapes)
+
+    def _gradient_pairs(self):
+        if not self.teacher_layers:
+            return [("input", "input")]
+        return list(zip(self.teacher_layers, self.student_layers))
+
+    def compute_loss(self, teacher, student, y, index=None, training=False):
+        total = 0.0
+        if self.mode == "gradient":
+            for t, s in self._gradient_pairs():
+                gt = _flat_unit(as_float32(teacher["grad:" + t]))
+                gs = _flat_unit(as_float32(student["grad:" + s]))
+                total = total + ops.mean(ops.square(gs - gt))
+            return total
+        for t, s in self.tap_pairs(teacher, student):
+            t, s = match_spatial(t, s)
+            total = total + ops.mean(ops.square(spatial_attention(s) - spatial_attention(t)))
+        return total
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def _flat_unit(g):
+    """Per-sample L2-normalised flattening (`F.normalize` semantics, eps 1e-12)."""
+    flat = ops.reshape(g, (ops.shape(g)[0], -1))
+    norm = ops.sqrt(ops.sum(ops.square(flat), axis=-1, keepdims=True))
+    return flat / ops.maximum(norm, 1e-12)
+
+
+def _poly_kernel_mean(a, b):
+    """`mean((a_i . b_j)^2)` over the batch and all channel pairs (i, j)."""
+    return ops.mean(ops.square(ops.matmul(ops.transpose(a, (0, 2, 1)), b)))
+
+
+@register_method("nst")
+class NST(FeatureMethod):
+    """Huang & Wang (2017), neuron selectivity transfer (polynomial-kernel MMD).
+
+    Per tap pair, each channel's spatial vector is L2-normalised and, with
+    `k(a, b) = (a . b)^2` over all channel pairs, the term is
+    `mean(k(t, t)) + mean(k(s, s)) - 2 mean(k(s, t))`, summed over taps.
+    """
+
+    default_weight = 50.0
+
+    def default_taps(self, model, role):
+        return tap_detection.stage_outputs(model)
+
+    def build_parts(self, teacher_shapes, student_shapes):
+        self.check_4d(teacher_shapes, student_shapes)
+
+    def compute_loss(self, teacher, student, y, index=None, training=False):
+        total = 0.0
+        for t, s in self.tap_pairs(teacher, student):
+            t, s = match_spatial(t, s)
+            t = l2_normalize(channel_vectors(t), axis=1)
+            s = l2_normalize(channel_vectors(s), axis=1)
+            total = total + (
+                _poly_kernel_mean(t, t) + _poly_kernel_mean(s, s) - 2.0 * _poly_kernel_mean(s, t)
+            )
+        return total
+
+
+def fsp_matrix(a, b):
+    """`G[i, j] = mean over positions of a_i * b_j`, the larger map pooled to
+    the smaller; shape (B, C_a, C_b)."""
+    a, b = match_spatial(a, b)
+    a, b = channel_vectors(a), channel_vectors(b)
+    return ops.matmul(ops.transpose(a, (0, 2, 1)), b) / float(a.shape[1])
+
+
+@register_method("fsp")
+class FSP(FeatureMethod):
+    """Yim et al. (2017), flow of solution procedure between consecutive stages.
+
+    `mean((G_s - G_t)^2)` for each consecutive pair of tapped maps, summed.
+    Matched taps must have equal channel counts. The paper trains with this
+    term alone in an initialisation stage, then with CE.
+    """
+
+    default_weight = 50.0
+    #: the paper trains this term in a stage before the main one
+    has_init_stage = True
+
+    def default_taps(self, model, role):
+        return tap_detection.stage_outputs(model)
+
+    def build_parts(self, teacher_shapes, student_shapes):
+        self.check_4d(teacher_shapes, student_shapes)
+        if len(self.teacher_layers) < 2:
+            raise ValueError(
+                "FSP compares consecutive taps, so it needs at least two; got "
+                f"teacher {self.teacher_layers} and student {self.student_layers}."
+            )
+        for (t, s), (ts, ss) in zip(
+            zip(self.teacher_layers, self.student_layers),
+            self.shape_pairs(teacher_shapes, student_shapes),
+        ):
+            if ts[-1] != ss[-1]:
+                raise ValueError(
+                    f"FSP needs equal channel counts for matched taps: teacher {t!r} "
+                    f"has {ts[-1]}, student {s!r} has {ss[-1]}. Tap layers of equal "
+                    "width (e.g. resnet56 -> resnet20) or use another method."
+                )
+
+    def compute_loss(self, teacher, student, y, index=None, training=False):
+        pairs = self.tap_pairs(teacher, student)
+        total = 0.0
+        for (t0, s0), (t1, s1) in zip(pairs[:-1], pairs[1:]):
+            total = total + ops.mean(ops.square(fsp_matrix(s0, s1) - fsp_matrix(t0, t1)))
+        return total
+
+
+@register_method("vid")
+class VID(FeatureMethod):
+    """Ahn et al. (2019), variational information distillation.
+
+    Per tap pair (the larger map pooled to the smaller), a regressor `mu` of
+    three 1x1 convs predicts the teacher's map from the student's, with a
+    per-channel variance `softplus(log_scale) + 1e-5` starting at
+    `init_variance`; the term is `mean(0.5 * ((mu - f_t)^2 / var + log var))`,
+    summed over taps.
+    """
+
+    default_weight = 1.0
+
+    def __init__(self, init_variance: float = 5.0, **kwargs):
+        super().__init__(**kwargs)
+        self.init_variance = float(init_variance)
+        self.regressors = []
+
+    def default_taps(self, model, role):
+        return tap_detection.stage_outputs(model)
+
+    def build_parts(self, teacher_shapes, student_shapes):
+        self.check_4d(teacher_shapes, student_shapes)
+        regressors = []
+        for t_shape, s_shape in self.shape_pairs(teacher_shapes, student_shapes):
+            size = common_size(t_shape, s_shape)
+            r = VIDRegressor(
+                t_shape[-1],
+                init_variance=self.init_variance,
+                name=f"regressor_{len(regressors)}",
+            )
+            r.build((s_shape[0], *size, s_shape[-1]))
+            regressors.append(r)
+        self.regressors = regressors
+
+    def compute_loss(self, teacher, student, y, index=None, training=False):
+        total = 0.0
+        for (t, s), r in zip(self.tap_pairs(teacher, student), self.regressors):
+            t, s = match_spatial(t, s)
+            mu = as_float32(r(s))
+            var = r.variance()
+            total = total + ops.mean(0.5 * (ops.square(mu - t) / var + ops.log(var)))
+        return total
+
+    def get_config(self):
+        return {**super().get_config(), "init_variance": self.init_variance}
+
+
+@register_method("ft")
+class FT(FeatureMethod):
+    """Kim et al. (2018), factor transfer on the last stage.
+
+    The paraphraser (a conv autoencoder of the teacher's map, bottleneck
+    `factor_rate` of its channels) encodes the teacher's factor and the
+    translator the student's; with `phi(F) = l2_normalize(flatten(mean_c(F^2)))`
+    the term is `mean(abs(phi(F_s) - phi(F_t)))`, the larger factor pooled.
+
+    The paraphraser is first trained alone to reconstruct the teacher's map
+    (`stage="paraphraser"`: the term is `paraphraser_reconstruction_loss`, only
+    the paraphraser trains); the main stage (`stage="transfer"`, the default)
+    freezes it and trains the translator with the student. Set `stage` on the
+    same instance between stages (and compile again) to keep its weights.
+    """
+
+    default_weight = 200.0
+    #: the paper trains the paraphraser in a stage before the main one
+    has_init_stage = True
+    stages = ("paraphraser", "transfer")
+
+    def __init__(self, factor_rate: float = 0.5, stage: str = "transfer", **kwargs):
+        super().__init__(**kwargs)
+        if not 0 < factor_rate <= 1:
+            raise ValueError(f"FT factor_rate must be in (0, 1], got {factor_rate!r}.")
+        self.factor_rate = float(factor_rate)
+        self.paraphrasers = []
+        self.translators = []
+        self._stage = None
+        self.stage = stage
+
+    @property
+    def stage(self) -> str:
+        return self._stage
+
+    @stage.setter
+    def stage(self, value: str) -> None:
+        if value not in self.stages:
+            raise ValueError(f"Unknown FT stage {value!r}. Accepted: {list(self.stages)}.")
+        self._stage = value
+        self._set_trainable()
+
+    def _set_trainable(self) -> None:
+        for p in self.paraphrasers:
+            p.trainable = self._stage == "paraphraser"
+        for t in self.translators:
+            t.trainable = self._stage == "transfer"
+
+    def default_taps(self, model, role):
+        return tap_detection.stage_outputs(model)[-1:]
+
+    def build_parts(self, teacher_shapes, student_shapes):
+        self.check_4d(teacher_shapes, student_shapes)
+        paraphrasers, translators = [], []
+        for i, (t_shape, s_shape) in enumerate(self.shape_pairs(teacher_shapes, student_shapes)):
+            p = Paraphraser(t_shape[-1], self.factor_rate, name=f"paraphraser_{i}")
+            p.build(t_shape)
+            tr = Translator(factor_channels(t_shape[-1], self.factor_rate), name=f"translator_{i}")
+            tr.build(s_shape)
+            paraphrasers.append(p)
+            translators.append(tr)
+        self.paraphrasers, self.translators = paraphrasers, translators
+        self._set_trainable()
+
+    def paraphraser_reconstruction_loss(self, teacher, training=False):
+        """`mean((paraphraser(f_t) - f_t)^2)`, summed over taps: the init stage's term."""
+        total = 0.0
+        for name, p in zip(self.teacher_layers, self.paraphrasers):
+            t = as_float32(teacher[name])
+            total = total + ops.mean(ops.square(as_float32(p(t, training=training)) - t))
+        return total
+
+    def compute_loss(self, teacher, student, y, index=None, training=False):
+        if self._stage == "paraphraser":
+            return self.paraphraser_reconstruction_loss(teacher, training=training)
+        total = 0.0
+        parts = zip(self.tap_pairs(teacher, student), self.paraphrasers, self.translators)
+        for (t, s), p, tr in parts:
+            factor_t = as_float32(p.encode(t, training=False))
+            factor_s = as_float32(tr(s, training=training))
+            factor_t, factor_s = match_spatial(factor_t, factor_s)
+            total = total + ops.mean(
+                ops.abs(spatial_attention(factor_s) - spatial_attention(factor_t))
+            )
+        return total
+
+    def get_config(self):
+        return {**super().get_config(), "factor_rate": self.factor_rate, "stage": self._stage}
+
+
+@register_method("ab")
+class AB(FeatureMethod):
+    """Heo et al. (2019), activation boundaries on pre-ReLU stage outputs.
+
+    With `s = connector(f_s)` (1x1 conv + BN to the teacher's channels) and
+    margin `m`, each tap gives
+    `sum((s + m)^2 [s > -m, f_t <= 0] + (s - m)^2 [s <= m, f_t > 0])`,
+    weighted `2^(i - n + 1)` (deepest tap 1), divided by the batch size and
+    multiplied by 3/1000. The paper trains with this term (and the
+    connectors) in an initialisation stage, then with CE (+KD) alone.
+    Maps of different sizes are average-pooled to the smaller.
+    """
+
+    default_weight = 1.0
+    has_init_stage = True
+
+    def __init__(self, margin: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.margin = float(margin)
+        self.connectors = []
+
+    def default_taps(self, model, role):
+        return tap_detection.preact_stage_outputs(model)
+
+    def build_parts(self, teacher_shapes, student_shapes):
+        self.check_4d(teacher_shapes, student_shapes)
+        connectors = []
+        for t_shape, s_shape in self.shape_pairs(teacher_shapes, student_shapes):
+            size = common_size(t_shape, s_shape)
+            c = Connector1x1(t_shape[-1], name=f"connector_{len(connectors)}")
+            c.build((s_shape[0], *size, s_shape[-1]))
+            connectors.append(c)
+        self.connectors = connectors
+
+    def compute_loss(self, teacher, student, y, index=None, training=False):
+        m = self.margin
+        pairs = self.tap_pairs(teacher, student)
+        n = len(pairs)
+        total = 0.0
+        for i, ((t, s), c) in enumerate(zip(pairs, self.connectors)):
+            t, s = match_spatial(t, s)
+            s = as_float32(c(s, training=training))
+            on = ops.cast(ops.logical_and(s > -m, t <= 0), "float32")
+            off = ops.cast(ops.logical_and(s <= m, t > 0), "float32")
+            loss = ops.sum(ops.square(s + m) * on + ops.square(s - m) * off)
+            total = total + (2.0 ** (i - n + 1)) * loss
+        batch = ops.cast(ops.shape(pairs[0][1])[0], "float32")
+        return total / batch * (3.0 / 1000.0)
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin}
