@@ -132,3 +132,16 @@ def test_nested_model_layers_can_be_tapped():
     d = kdkeras.Distiller(outer, tiny_cnn(width=8), [FeatureL2(teacher_layers=["relu1"], student_layers=["relu1"])])
     d.compile(optimizer="sgd")
     d.fit(x, np.zeros(4, "int32"), verbose=0)
+
+
+def test_mixed_float16_step_is_finite_and_terms_are_float32():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        d = make(methods=[KD(temperature=4.0)])
+        d.compile(optimizer=keras.optimizers.SGD(0.01))
+        assert isinstance(d.optimizer, keras.optimizers.LossScaleOptimizer)
+        x, y = tiny_data(16)
+        logs = d.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+        assert np.isfinite(logs["loss"][0]) and np.isfinite(logs["kd"][0])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
