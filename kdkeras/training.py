@@ -166,7 +166,18 @@ def compile_and_fit(
         callbacks=callbacks_for(output_dir, config.tensorboard, tag=tag),
         verbose=config.verbose,
     )
-    return history.history, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if output_dir:  # BackupAndRestore deletes its checkpoint on success; drop the empty folder
+        _remove_empty_dirs(os.path.join(output_dir, "backup"))
+    return history.history, seconds
+
+
+def _remove_empty_dirs(path: str) -> None:
+    if not os.path.isdir(path):
+        return
+    for root, _, _ in sorted(os.walk(path), key=lambda item: -len(item[0])):
+        if not os.listdir(root):
+            os.rmdir(root)
 
 
 def train_supervised(
