@@ -1,6 +1,6 @@
 """Distillation methods, one class per method; `get("kd")` builds one by name.
 
-Families: `logits` (KD), `hints` (FitNet, AT, NST, FSP, VID, FT, AB),
+Families: `logits` (KD), `soft_labels` (LSR, VirtualTeacher, WSL, DKD), `hints` (FitNet, AT, NST, FSP, VID, FT, AB),
 `relations` (RKD, PKT, SP, CC), `contrastive` (CRD); `connectors` holds the
 small trainable adapters they share.
 """
@@ -18,9 +18,10 @@ from kdkeras.methods.contrastive import CRD, ContrastMemory
 from kdkeras.methods.hints import AB, AT, FSP, FT, NST, VID, FitNet
 from kdkeras.methods.logits import KD
 from kdkeras.methods.relations import CC, PKT, RKD, SP
+from kdkeras.methods.soft_labels import DKD, LSR, WSL, VirtualTeacher
 
 __all__ = [
     "Method", "from_spec", "get", "method_names", "parse_method_args", "register_method",
-    "KD", "FitNet", "AT", "NST", "FSP", "VID", "FT", "AB", "RKD", "PKT", "SP", "CC",
+    "KD", "LSR", "VirtualTeacher", "WSL", "DKD", "FitNet", "AT", "NST", "FSP", "VID", "FT", "AB", "RKD", "PKT", "SP", "CC",
     "CRD", "ContrastMemory", "connectors",
 ]
