@@ -144,6 +144,12 @@ class Method(keras.layers.Layer):
             self._parts_built = True
         self.built = True
 
+    @property
+    def current_weight(self) -> float:
+        """The multiplier applied now; methods with stages may change it (FT's
+        paraphraser stage trains its reconstruction unweighted)."""
+        return self.weight
+
     # -- the term ---------------------------------------------------------------
     def compute_loss(
         self,

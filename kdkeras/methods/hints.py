@@ -431,6 +431,12 @@ class FT(FeatureMethod):
         self.paraphrasers, self.translators = paraphrasers, translators
         self._set_trainable()
 
+    @property
+    def current_weight(self) -> float:
+        # The paraphraser learns its reconstruction as in the paper (weight 1);
+        # `weight` (200) is the factor-transfer term's.
+        return 1.0 if self._stage == "paraphraser" else self.weight
+
     def paraphraser_reconstruction_loss(self, teacher, training=False):
         """`mean((paraphraser(f_t) - f_t)^2)`, summed over taps: the init stage's term."""
         total = 0.0
