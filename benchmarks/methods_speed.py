@@ -1,0 +1,286 @@
+"""Step time of every kdkeras method against KD's, and FitNet against Keras'.
+
+On one teacher/student pair (default resnet32 -> resnet8, 32x32x3, random
+data) this times one training step of a kdkeras `Distiller` with each method
+alone (every registry name, plus AT's gradient mode as `at_gradient`) and of
+KD, all on the same fixed batch with the same optimizer (SGD, momentum 0.9).
+Each step goes through the compiled `train_on_batch`; variants are timed in
+interleaved rounds (one block of steps of each variant per round, rotating
+which goes first) after a warm-up, so that load on the machine hits them
+alike. `<method>_over_kd` is the median over rounds of the per-round ratio.
+
+A second group, on a pair whose tapped maps have equal shapes (default
+resnet20 -> resnet8, same stage widths), compares kdkeras `FitNet` with
+`keras.distillation.FeatureDistillation` on the same taps (both MSE on the
+maps, the same `student_loss_weight` and distillation weight 0.5); Keras'
+runs the student twice per step (once for its logits, once more in its
+feature extractor). `keras_feature_over_keras_logits` is Keras' feature step
+over its own `LogitsDistillation(loss=keras.losses.KLDivergence())` step.
+
+Targets (issue 3): `<method>_over_kd` <= 1.15 for the methods without an
+init stage (FT, AB and FSP time the step of their first stage; AT's gradient
+mode needs second-order gradients by definition), and
+`fitnet_over_keras_feature` <= 0.6.
+
+    python benchmarks/methods_speed.py --quick --json runs/methods_speed.json
+    python benchmarks/methods_speed.py --methods=at,nst,fitnet
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import kdkeras  # noqa: E402
+from kdkeras import training  # noqa: E402
+
+tf.get_logger().setLevel("ERROR")  # 18 compiled steps trip tf.function's retracing warning
+FLAGS = flags.FLAGS
+flags.DEFINE_string("teacher", "resnet32", "Zoo name of the teacher of the method group.")
+flags.DEFINE_string("student", "resnet8", "Zoo name of the student of the method group.")
+flags.DEFINE_string("feature_teacher", "resnet20",
+                    "Teacher of the FitNet-vs-Keras group (its FitNet tap must match the student's shape).")
+flags.DEFINE_string("feature_student", "resnet8", "Student of the FitNet-vs-Keras group.")
+flags.DEFINE_integer("image_size", 32, "Square input size.")
+flags.DEFINE_integer("channels", 3, "Input channels.")
+flags.DEFINE_integer("num_classes", 10, "Classes.")
+flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_integer("num_examples", 50000, "Dataset size given to methods with a memory bank (CRD).")
+flags.DEFINE_integer("rounds", 7, "Interleaved timing rounds (quick: 3).")
+flags.DEFINE_integer("steps", 3, "Steps of each variant timed per round (quick: 2).")
+flags.DEFINE_integer("warmup", 2, "Untimed steps of each variant before timing (the first traces; quick: 1).")
+flags.DEFINE_list("methods", None,
+                  "Methods to time (registry names, or at_gradient); default: all of them. KD is always timed.")
+flags.DEFINE_bool("keras_comparison", True, "Also time FitNet against keras.distillation.FeatureDistillation.")
+flags.DEFINE_bool("quick", False, "Fewer rounds and steps (under ~3 minutes on 2 idle cores).")
+flags.DEFINE_string("json", None, "Write the ratios and timings to this JSON file.")
+
+KD_TARGET = 1.15
+KERAS_FEATURE_TARGET = 0.6
+#: extra variants that are modes of a registry method: name -> (registry name, kwargs)
+MODES = {"at_gradient": ("at", {"mode": "gradient"})}
+STUDENT_LOSS_WEIGHT = 0.5  # of the FitNet-vs-Keras group (Keras' weight must be in [0, 1])
+
+
+def all_method_names() -> list[str]:
+    names = [n for n in kdkeras.methods.method_names() if n != "kd"]
+    return names + list(MODES)
+
+
+def build(name: str, seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
+    return kdkeras.models.get(name, shape, FLAGS.num_classes)
+
+
+def sgd() -> keras.optimizers.Optimizer:
+    return keras.optimizers.SGD(0.01, momentum=0.9)
+
+
+def fixed_batch():
+    """One batch `(images, indices, labels)` shared by every variant."""
+    rng = np.random.default_rng(0)
+    b, s, c = FLAGS.batch_size, FLAGS.image_size, FLAGS.channels
+    x = tf.constant(rng.random((b, s, s, c), dtype=np.float32))
+    index = tf.constant(rng.permutation(FLAGS.num_examples)[:b].astype("int64"))
+    y = tf.constant(rng.integers(0, FLAGS.num_classes, b).astype("int32"))
+    return x, index, y
+
+
+def make_method(name: str):
+    base, kwargs = MODES.get(name, (name, {}))
+    return kdkeras.methods.from_spec(base, {base: kwargs} if kwargs else None,
+                                     num_examples=FLAGS.num_examples)[0]
+
+
+def compiled(model: keras.Model) -> keras.Model:
+    model.compile(optimizer=sgd(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+def step_fn(model: keras.Model, x, y):
+    return lambda: model.train_on_batch(x, y)
+
+
+def method_variants(batch):
+    """{name: step callable} for KD and each method; {name: reason} for those skipped;
+    {name: note} for those the target does not apply to."""
+    x, index, y = batch
+    teacher = build(FLAGS.teacher, 1)
+    teacher.trainable = False
+    kd = kdkeras.methods.KD(temperature=4.0, weight=0.9)
+    variants = {"kd": step_fn(compiled(kdkeras.Distiller(teacher, build(FLAGS.student, 2), [kd], 0.1)), x, y)}
+    skipped, notes = {}, {}
+    names = FLAGS.methods or all_method_names()
+    for name in names:
+        if name == "kd":
+            continue
+        try:
+            method = make_method(name)
+            distiller = compiled(kdkeras.Distiller(teacher, build(FLAGS.student, 2), [method], 1.0))
+        except Exception as err:  # a method that cannot run on this pair is reported, not hidden
+            skipped[name] = f"{type(err).__name__}: {err}"
+            continue
+        inputs = {"image": x, "index": index} if method.requires_index else x
+        variants[name] = step_fn(distiller, inputs, y)
+        if getattr(method, "has_init_stage", False):
+            notes[name] = "init stage (target n/a; timed: its first stage's step)"
+        elif name in MODES:
+            notes[name] = "second-order gradients (target n/a)"
+    return variants, skipped, notes
+
+
+def keras_variants(batch):
+    """kdkeras FitNet, Keras FeatureDistillation and Keras LogitsDistillation on one pair."""
+    x, _, y = batch
+    teacher = build(FLAGS.feature_teacher, 3)
+    teacher.trainable = False
+    fitnet = kdkeras.methods.FitNet(weight=1.0 - STUDENT_LOSS_WEIGHT)
+    ours = compiled(kdkeras.Distiller(teacher, build(FLAGS.feature_student, 4), [fitnet],
+                                      STUDENT_LOSS_WEIGHT))
+    (t_layer,), (s_layer,) = fitnet.teacher_layers, fitnet.student_layers
+    t_shape = teacher.get_layer(t_layer).output.shape
+    student = build(FLAGS.feature_student, 4)
+    s_shape = student.get_layer(s_layer).output.shape
+    if tuple(t_shape[1:]) != tuple(s_shape[1:]):
+        raise ValueError(
+            f"Keras' FeatureDistillation needs equal shapes, but {FLAGS.feature_teacher}:{t_layer} "
+            f"{t_shape} != {FLAGS.feature_student}:{s_layer} {s_shape}; pick another "
+            "--feature_teacher/--feature_student pair."
+        )
+    feature = compiled(keras.distillation.Distiller(
+        teacher=teacher, student=student,
+        distillation_losses=keras.distillation.FeatureDistillation(
+            loss=keras.losses.MeanSquaredError(), teacher_layer_name=t_layer, student_layer_name=s_layer),
+        student_loss_weight=STUDENT_LOSS_WEIGHT,
+    ))
+    logits = compiled(keras.distillation.Distiller(
+        teacher=teacher, student=build(FLAGS.feature_student, 4),
+        distillation_losses=keras.distillation.LogitsDistillation(
+            temperature=4.0, loss=keras.losses.KLDivergence()),
+        student_loss_weight=STUDENT_LOSS_WEIGHT,
+    ))
+    variants = {
+        "kdkeras_fitnet": step_fn(ours, x, y),
+        "keras_feature": step_fn(feature, x, y),
+        "keras_logits": step_fn(logits, x, y),
+    }
+    return variants, {"teacher_layer": t_layer, "student_layer": s_layer, "shape": list(t_shape[1:])}
+
+
+def measure(variants: dict, rounds: int, steps: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per step of each variant, one value per round (interleaved, rotated)."""
+    for fn in variants.values():
+        for _ in range(max(warmup, 1)):
+            fn()
+    names = list(variants)
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            fn = variants[name]
+            start = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            times[name].append((time.perf_counter() - start) / steps)
+    return times
+
+
+def ratio(times: dict, num: str, den: str) -> float:
+    """Median over rounds of the per-round ratio `num / den`."""
+    return statistics.median(a / b for a, b in zip(times[num], times[den]))
+
+
+def verdict(value: float, target: float, note: str | None) -> str:
+    if note:
+        return note
+    return f"{'ok' if value <= target else 'OVER'} (target <= {target})"
+
+
+def main(argv):
+    del argv
+    rounds, steps = FLAGS.rounds, FLAGS.steps
+    warmup = FLAGS.warmup
+    if FLAGS.quick:
+        rounds, steps, warmup = min(rounds, 3), min(steps, 2), min(warmup, 1)
+    start = time.perf_counter()
+    batch = fixed_batch()
+    variants, skipped, notes = method_variants(batch)
+    times = measure(variants, rounds, steps, warmup)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratios = {f"{name}_over_kd": ratio(times, name, "kd") for name in variants if name != "kd"}
+
+    print(f"\nteacher={FLAGS.teacher} student={FLAGS.student} "
+          f"input={FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels} batch={FLAGS.batch_size} "
+          f"rounds={rounds} x {steps} steps (interleaved; median ms/step; x KD = median per-round ratio)")
+    print(f"{'method':<14}{'ms/step':>9}{'x KD':>8}  target")
+    print(f"{'kd':<14}{1000 * med['kd']:>9.1f}{1.0:>8.2f}  reference")
+    for name in variants:
+        if name != "kd":
+            r = ratios[f"{name}_over_kd"]
+            print(f"{name:<14}{1000 * med[name]:>9.1f}{r:>8.2f}  {verdict(r, KD_TARGET, notes.get(name))}")
+    for name, reason in skipped.items():
+        print(f"{name:<14}{'skipped':>9}          {reason}")
+
+    result = {**ratios}
+    keras_info = None
+    if FLAGS.keras_comparison:
+        kvariants, keras_info = keras_variants(batch)
+        ktimes = measure(kvariants, rounds, steps, warmup)
+        kmed = {k: statistics.median(v) for k, v in ktimes.items()}
+        result["fitnet_over_keras_feature"] = ratio(ktimes, "kdkeras_fitnet", "keras_feature")
+        result["keras_feature_over_keras_logits"] = ratio(ktimes, "keras_feature", "keras_logits")
+        times.update(ktimes)
+        med.update(kmed)
+        print(f"\nFitNet vs Keras: teacher={FLAGS.feature_teacher} student={FLAGS.feature_student} "
+              f"taps {keras_info['teacher_layer']} -> {keras_info['student_layer']} "
+              f"{tuple(keras_info['shape'])}, MSE, student_loss_weight={STUDENT_LOSS_WEIGHT}")
+        for name in kvariants:
+            print(f"{name:<16}{1000 * kmed[name]:>9.1f} ms/step")
+        fk = result["fitnet_over_keras_feature"]
+        print(f"fitnet_over_keras_feature        {fk:.3f}  "
+              f"{verdict(fk, KERAS_FEATURE_TARGET, None)}")
+        print(f"keras_feature_over_keras_logits  {result['keras_feature_over_keras_logits']:.3f}  "
+              "(context: Keras' feature step runs the student twice)")
+
+    wall = time.perf_counter() - start
+    print(f"\nwall {wall:.0f}s")
+    if FLAGS.json:
+        training.write_json(FLAGS.json, {
+            **result,
+            "targets": {"over_kd": KD_TARGET, "fitnet_over_keras_feature": KERAS_FEATURE_TARGET},
+            "target_notes": notes,
+            "skipped": skipped,
+            "median_step_seconds": med,
+            "step_seconds": times,
+            "wall_seconds": wall,
+            "config": {
+                "teacher": FLAGS.teacher, "student": FLAGS.student,
+                "feature_teacher": FLAGS.feature_teacher, "feature_student": FLAGS.feature_student,
+                "feature_taps": keras_info, "image_size": FLAGS.image_size, "channels": FLAGS.channels,
+                "num_classes": FLAGS.num_classes, "batch_size": FLAGS.batch_size,
+                "num_examples": FLAGS.num_examples, "rounds": rounds, "steps": steps,
+                "warmup": warmup, "quick": FLAGS.quick, "optimizer": "SGD(0.01, momentum=0.9)",
+                "keras_losses": {"feature": "keras.losses.MeanSquaredError()",
+                                 "logits": "keras.losses.KLDivergence()"},
+                "device": "GPU" if tf.config.list_physical_devices("GPU") else f"CPU x{os.cpu_count()}",
+                "platform": platform.platform(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            },
+        })
+        print(f"wrote {FLAGS.json}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,67 @@
+"""The per-method speed benchmark and the results-table script run end to end
+on tiny settings and write their JSON keys (no timing or accuracy asserted)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def _run(script, *args):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.e2e
+def test_methods_speed_writes_ratios(tmp_path):
+    out = tmp_path / "methods_speed.json"
+    proc = _run(
+        "methods_speed.py", "--teacher=resnet8", "--student=resnet8", "--feature_teacher=resnet8",
+        "--feature_student=resnet8", "--image_size=8", "--batch_size=8", "--methods=at,fitnet",
+        "--rounds=1", "--steps=1", "--warmup=1", f"--json={out}",
+    )
+    data = json.loads(out.read_text())
+    for key in ("at_over_kd", "fitnet_over_kd", "fitnet_over_keras_feature",
+                "keras_feature_over_keras_logits"):
+        assert data[key] > 0, key
+    assert data["skipped"] == {}
+    assert set(data["median_step_seconds"]) == {
+        "kd", "at", "fitnet", "kdkeras_fitnet", "keras_feature", "keras_logits"}
+    assert data["config"]["feature_taps"]["teacher_layer"] == data["config"]["feature_taps"]["student_layer"]
+    assert "fitnet_over_keras_feature" in proc.stdout
+
+
+@pytest.mark.e2e
+def test_methods_table_writes_markdown_and_json(tmp_path):
+    import kdkeras
+
+    teacher = tmp_path / "teacher.keras"
+    kdkeras.models.get("resnet8", (8, 8, 1), 10).save(teacher)
+    out = tmp_path / "table" / "table.md"
+    args = [f"--teacher={teacher}", "--student=resnet8", "--dataset=fashion_mnist", "--methods=at",
+            "--epochs=1", "--train_limit=32", "--test_limit=32", "--batch_size=16",
+            f"--output={out}"]
+    _run("methods_table.py", *args)
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [r["method"] for r in data["rows"]] == ["baseline", "kd", "at"]
+    for key in ("command", "baseline_top1", "kd_top1", "teacher_top1", "config"):
+        assert key in data, key
+    for row in data["rows"]:
+        for key in ("student_top1", "gain_over_baseline", "gain_over_kd", "train_seconds"):
+            assert row[key] is not None, (row["method"], key)
+    table = out.read_text()
+    assert "methods_table.py" in table and "| at |" in table and "| baseline |" in table
+    assert (tmp_path / "table" / "at" / "metrics.json").exists()
+
+    # --resume reads the finished runs back instead of training again.
+    proc = _run("methods_table.py", *args, "--resume")
+    assert "[at] resumed" in proc.stdout and "[kd] resumed" in proc.stdout
