@@ -2,8 +2,9 @@
 
 On one teacher/student pair (default resnet32 -> resnet8, 32x32x3, random
 data) this times one training step of a kdkeras `Distiller` with each method
-alone (every registry name, plus AT's gradient mode as `at_gradient`) and of
-KD, all on the same fixed batch with the same optimizer (SGD, momentum 0.9).
+alone (every registry name, aliases once, plus AT's gradient mode as
+`at_gradient`; teacher-free methods without a teacher) and of KD, all on the
+same fixed batch with the same optimizer (SGD, momentum 0.9).
 Each step goes through the compiled `train_on_batch`; variants are timed in
 interleaved rounds (one block of steps of each variant per round, rotating
 which goes first) after a warm-up, so that load on the machine hits them
@@ -18,8 +19,9 @@ feature extractor). `keras_feature_over_keras_logits` is Keras' feature step
 over its own `LogitsDistillation(loss=keras.losses.KLDivergence())` step.
 
 Targets (issue 3): `<method>_over_kd` <= 1.15 for the methods without an
-init stage (FT, AB and FSP time the step of their first stage; AT's gradient
-mode needs second-order gradients by definition), and
+init stage (FT is timed in its transfer step, AB and FSP in the step of their
+init stage, whose term they are; AT's gradient mode needs second-order
+gradients by definition), and
 `fitnet_over_keras_feature` <= 0.6.
 
     python benchmarks/methods_speed.py --quick --json runs/methods_speed.json
@@ -74,8 +76,12 @@ STUDENT_LOSS_WEIGHT = 0.5  # of the FitNet-vs-Keras group (Keras' weight must be
 
 
 def all_method_names() -> list[str]:
-    names = [n for n in kdkeras.methods.method_names() if n != "kd"]
-    return names + list(MODES)
+    """Every registered method once (aliases dropped), KD aside, plus the extra modes."""
+    by_class = {}
+    for name in kdkeras.methods.method_names():
+        cls = type(kdkeras.methods.from_spec(name, num_examples=1)[0])
+        by_class.setdefault(cls, getattr(cls, "_registered_name", None) or name)
+    return [n for n in by_class.values() if n != "kd"] + list(MODES)
 
 
 def build(name: str, seed: int) -> keras.Model:
@@ -129,16 +135,21 @@ def method_variants(batch):
             continue
         try:
             method = make_method(name)
-            distiller = compiled(kdkeras.Distiller(teacher, build(FLAGS.student, 2), [method], 1.0))
+            # Teacher-free methods are timed as they are used: without a teacher pass.
+            net = teacher if method.requires_teacher else None
+            distiller = compiled(kdkeras.Distiller(net, build(FLAGS.student, 2), [method], 1.0))
         except Exception as err:  # a method that cannot run on this pair is reported, not hidden
             skipped[name] = f"{type(err).__name__}: {err}"
             continue
         inputs = {"image": x, "index": index} if method.requires_index else x
         variants[name] = step_fn(distiller, inputs, y)
         if getattr(method, "has_init_stage", False):
-            notes[name] = "init stage (target n/a; timed: its first stage's step)"
+            timed = "transfer" if getattr(method, "stage", None) == "transfer" else "init-stage"
+            notes[name] = f"has an init stage (target n/a); timed: its {timed} step"
         elif name in MODES:
             notes[name] = "second-order gradients (target n/a)"
+        elif not method.requires_teacher:
+            notes[name] = "teacher-free: no teacher pass (target n/a)"
     return variants, skipped, notes
 
 
@@ -225,14 +236,14 @@ def main(argv):
     print(f"\nteacher={FLAGS.teacher} student={FLAGS.student} "
           f"input={FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels} batch={FLAGS.batch_size} "
           f"rounds={rounds} x {steps} steps (interleaved; median ms/step; x KD = median per-round ratio)")
-    print(f"{'method':<14}{'ms/step':>9}{'x KD':>8}  target")
-    print(f"{'kd':<14}{1000 * med['kd']:>9.1f}{1.0:>8.2f}  reference")
+    print(f"{'method':<17}{'ms/step':>9}{'x KD':>8}  target")
+    print(f"{'kd':<17}{1000 * med['kd']:>9.1f}{1.0:>8.2f}  reference")
     for name in variants:
         if name != "kd":
             r = ratios[f"{name}_over_kd"]
-            print(f"{name:<14}{1000 * med[name]:>9.1f}{r:>8.2f}  {verdict(r, KD_TARGET, notes.get(name))}")
+            print(f"{name:<17}{1000 * med[name]:>9.1f}{r:>8.2f}  {verdict(r, KD_TARGET, notes.get(name))}")
     for name, reason in skipped.items():
-        print(f"{name:<14}{'skipped':>9}          {reason}")
+        print(f"{name:<17}{'skipped':>9}          {reason}")
 
     result = {**ratios}
     keras_info = None

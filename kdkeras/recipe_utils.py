@@ -46,6 +46,9 @@ def define_train_flags(epochs: int = 10, lr: float = 0.05) -> None:
     flags.DEFINE_enum("strategy", "default", list(training.STRATEGIES), "tf.distribute strategy.")
     flags.DEFINE_bool("tensorboard", False, "Write TensorBoard logs under output_dir/tensorboard.")
     flags.DEFINE_string("output_dir", "runs/out", "Where models, metrics and reports are written.")
+    flags.DEFINE_bool("run_eagerly", False,
+                      "Run Keras steps eagerly: for debugging, and faster on tiny smoke runs where "
+                      "tracing dominates.")
 
 
 def train_config(epochs: int | None = None) -> training.TrainConfig:
@@ -123,3 +126,44 @@ def build_model(name: str, data: DataSetup, seed: int | None = None, **kwargs) -
     """A zoo model for the data's input shape and classes, seeded for a fair baseline."""
     training.seeded(seed)
     return models_lib.get(name, data.input_shape, data.num_classes, **kwargs)
+
+
+def zoo_kwargs(text: str) -> dict:
+    """`'width_multiplier=0.5,dropout=0.1'` -> kwargs for `kdkeras.models.get`."""
+    from kdkeras.methods.base import _parse_value
+
+    out = {}
+    for item in filter(None, (p.strip() for p in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"Bad model argument {item!r}: expected KEY=VALUE.")
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def pct(v: float) -> str:
+    """A 0..1 fraction as a percentage with two decimals."""
+    return f"{100 * v:.2f}"
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    """A Markdown table; floats with four decimals."""
+
+    def cell(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fit(model, train_ds, test_ds, config, output_dir=None, tag="run") -> dict:
+    """Compile and fit a logits model or a Distiller (Keras progress bar); return
+    the trained network's history, time and test top-1."""
+    history, seconds = training.compile_and_fit(
+        model, train_ds, test_ds, config, output_dir, tag=tag,
+        compile_kwargs={"run_eagerly": FLAGS.run_eagerly},
+    )
+    network = getattr(model, "student", model)
+    return {"history": history, "train_seconds": seconds,
+            "top1": training.evaluate_top1(network, test_ds)}

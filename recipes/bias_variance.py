@@ -60,48 +60,8 @@ flags.DEFINE_integer("num_models", 5, "Models (trainings) per method: M.")
 flags.DEFINE_enum("resample", "bootstrap", list(RESAMPLES),
                   "Training set of model i: a bootstrap resample, a random half, or the full set "
                   "(then only the seed differs).")
-flags.DEFINE_bool("run_eagerly", False,
-                  "Run Keras steps eagerly: for debugging, and faster on tiny smoke runs where "
-                  "tracing dominates.")
 recipe_utils.define_data_flags()
 recipe_utils.define_train_flags(epochs=10, lr=0.05)
-
-
-def zoo_kwargs(text: str) -> dict:
-    """`'width_multiplier=0.5,dropout=0.1'` -> kwargs for `kdkeras.models.get`."""
-    out = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"Bad zoo argument {item!r}: expected KEY=VALUE.")
-        out[key.strip()] = methods_base._parse_value(value)
-    return out
-
-
-def pct(v: float) -> str:
-    """A 0..1 fraction as a percentage with two decimals."""
-    return f"{100 * v:.2f}"
-
-
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def fit(model, train_ds, test_ds, config, output_dir=None, tag="run") -> dict:
-    """Compile and fit a logits model or a Distiller (Keras progress bar); return
-    the trained network's history, time and test top-1."""
-    history, seconds = training.compile_and_fit(
-        model, train_ds, test_ds, config, output_dir, tag=tag,
-        compile_kwargs={"run_eagerly": FLAGS.run_eagerly},
-    )
-    network = getattr(model, "student", model)
-    return {"history": history, "train_seconds": seconds,
-            "top1": training.evaluate_top1(network, test_ds)}
 
 
 def resampled(indexed, num_examples: int, how: str, seed: int, batch_size: int):
@@ -151,7 +111,7 @@ def get_teacher(data, strategy):
         else:
             teacher = recipe_utils.build_model(FLAGS.teacher, data, seed=FLAGS.seed + 1000)
             print(f"Training teacher {FLAGS.teacher} for {FLAGS.teacher_epochs} epochs")
-            fit(teacher, data.train, data.test,
+            recipe_utils.fit(teacher, data.train, data.test,
                 recipe_utils.train_config(FLAGS.teacher_epochs),
                 FLAGS.output_dir, tag="teacher")
             teacher.save(os.path.join(FLAGS.output_dir, "teacher.keras"))
@@ -208,7 +168,7 @@ def main(argv):
         teacher_shape = recipe_utils.model_input_shape(FLAGS.teacher)
     data = recipe_utils.setup_data(teacher_shape)
     config = recipe_utils.train_config()
-    student_kwargs = zoo_kwargs(FLAGS.student_args)
+    student_kwargs = recipe_utils.zoo_kwargs(FLAGS.student_args)
     teacher, teacher_top1 = get_teacher(data, strategy)
     teacher_logits = labels = None
     if teacher is not None:
@@ -234,12 +194,12 @@ def main(argv):
                                                    **student_kwargs)
                 method, ce_weight = build_method(name, method_args)
                 if method is None:
-                    fit(student, train_i, data.test, config,
+                    recipe_utils.fit(student, train_i, data.test, config,
                         FLAGS.output_dir, tag=f"{name}_{i}")
                 else:
                     t = teacher if method.requires_teacher else None
                     distiller = kdkeras.Distiller(t, student, [method], student_loss_weight=ce_weight)
-                    fit(distiller, train_i, data.test, config, FLAGS.output_dir, tag=f"{name}_{i}")
+                    recipe_utils.fit(distiller, train_i, data.test, config, FLAGS.output_dir, tag=f"{name}_{i}")
             z, y = training.predict_logits(student, data.test)
             if labels is None:
                 labels = y
@@ -274,13 +234,13 @@ def main(argv):
         share = s.get("regularization_share")
         split = splits.get(name)
         rows.append([
-            name, s["num_models"], pct(s["top1"]), pct(s["top1_std"]), pct(s["ensemble_top1"]),
+            name, s["num_models"], recipe_utils.pct(s["top1"]), recipe_utils.pct(s["top1_std"]), recipe_utils.pct(s["ensemble_top1"]),
             s["noise"], s["bias"], s["variance"], s["error"], s["expected_ce_measured"],
-            "-" if share is None else pct(share),
+            "-" if share is None else recipe_utils.pct(share),
             "-" if split is None else f"{split['in']['bias']:.4f} / {split['out']['bias']:.4f}",
             "-" if split is None else f"{split['in']['variance']:.4f} / {split['out']['variance']:.4f}",
         ])
-    table = markdown_table(
+    table = recipe_utils.markdown_table(
         ["method", "M", "top-1 (%)", "± std", "ensemble top-1 (%)", "noise", "bias", "variance",
          "noise+bias+variance", "E[CE] measured", "reg. samples (%)",
          "bias: teacher-worse / other", "variance: teacher-worse / other"], rows)

@@ -33,7 +33,6 @@ from absl import app, flags  # noqa: E402
 import kdkeras  # noqa: E402
 from kdkeras import data as data_lib  # noqa: E402
 from kdkeras import recipe_utils, training  # noqa: E402
-from kdkeras.methods import base as methods_base  # noqa: E402
 from kdkeras.vis.plots import new_figure, save_figure  # noqa: E402
 from kdkeras.vis.report import write_report  # noqa: E402
 
@@ -52,48 +51,8 @@ flags.DEFINE_integer("teacher_epochs", 10, "Teacher epochs for the noise/subset 
 flags.DEFINE_bool("full_teacher", True, "Also distil from a normally trained teacher.")
 flags.DEFINE_float("kd_temperature", 4.0, "KD temperature.")
 flags.DEFINE_float("kd_alpha", 0.9, "KD weight alpha (CE weight 1 - alpha).")
-flags.DEFINE_bool("run_eagerly", False,
-                  "Run Keras steps eagerly: for debugging, and faster on tiny smoke runs where "
-                  "tracing dominates.")
 recipe_utils.define_data_flags()
 recipe_utils.define_train_flags(epochs=10, lr=0.05)
-
-
-def zoo_kwargs(text: str) -> dict:
-    """`'width_multiplier=0.5,dropout=0.1'` -> kwargs for `kdkeras.models.get`."""
-    out = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"Bad zoo argument {item!r}: expected KEY=VALUE.")
-        out[key.strip()] = methods_base._parse_value(value)
-    return out
-
-
-def pct(v: float) -> str:
-    """A 0..1 fraction as a percentage with two decimals."""
-    return f"{100 * v:.2f}"
-
-
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def fit(model, train_ds, test_ds, config, output_dir=None, tag="run") -> dict:
-    """Compile and fit a logits model or a Distiller (Keras progress bar); return
-    the trained network's history, time and test top-1."""
-    history, seconds = training.compile_and_fit(
-        model, train_ds, test_ds, config, output_dir, tag=tag,
-        compile_kwargs={"run_eagerly": FLAGS.run_eagerly},
-    )
-    network = getattr(model, "student", model)
-    return {"history": history, "train_seconds": seconds,
-            "top1": training.evaluate_top1(network, test_ds)}
 
 
 def parse_levels(defect: str, text: str | None) -> list:
@@ -124,7 +83,7 @@ def noisy_labels(dataset, num_examples: int, num_classes: int, fraction: float, 
 
 def defective_teacher(level, data, strategy) -> tuple:
     """Build and train one crippled teacher; return (model, what was done)."""
-    kwargs = zoo_kwargs(FLAGS.teacher_args)
+    kwargs = recipe_utils.zoo_kwargs(FLAGS.teacher_args)
     with strategy.scope():
         teacher = recipe_utils.build_model(FLAGS.teacher, data, seed=FLAGS.seed + 1000, **kwargs)
     defect, tag = FLAGS.defect, f"teacher_{FLAGS.defect}_{level}"
@@ -147,7 +106,7 @@ def defective_teacher(level, data, strategy) -> tuple:
         config = recipe_utils.train_config(FLAGS.teacher_epochs)
         note = f"{FLAGS.teacher_epochs} epochs on {level} examples"
     with strategy.scope():
-        fit(teacher, train, data.test, config, FLAGS.output_dir, tag=tag)
+        recipe_utils.fit(teacher, train, data.test, config, FLAGS.output_dir, tag=tag)
     return teacher, note
 
 
@@ -179,7 +138,7 @@ def main(argv):
     levels = parse_levels(FLAGS.defect, FLAGS.levels)
     data = recipe_utils.setup_data()
     config = recipe_utils.train_config()
-    student_kwargs = zoo_kwargs(FLAGS.student_args)
+    student_kwargs = recipe_utils.zoo_kwargs(FLAGS.student_args)
 
     def student():
         return recipe_utils.build_model(FLAGS.student, data, seed=FLAGS.seed, **student_kwargs)
@@ -188,7 +147,7 @@ def main(argv):
     total = 1 + 2 * len(runs)
     print(f"[1/{total}] baseline: {FLAGS.student} alone")
     with strategy.scope():
-        baseline = fit(student(), data.train, data.test, config,
+        baseline = recipe_utils.fit(student(), data.train, data.test, config,
                        FLAGS.output_dir, tag="baseline")["top1"]
     print(f"    baseline top1={baseline:.4f}")
     points = []
@@ -197,8 +156,8 @@ def main(argv):
         if level == "full":
             with strategy.scope():
                 teacher = recipe_utils.build_model(FLAGS.teacher, data, seed=FLAGS.seed + 1000,
-                                                   **zoo_kwargs(FLAGS.teacher_args))
-                fit(teacher, data.train, data.test,
+                                                   **recipe_utils.zoo_kwargs(FLAGS.teacher_args))
+                recipe_utils.fit(teacher, data.train, data.test,
                     recipe_utils.train_config(FLAGS.teacher_epochs),
                     FLAGS.output_dir, tag="teacher_full")
             note = f"{FLAGS.teacher_epochs} epochs, clean labels"
@@ -211,16 +170,16 @@ def main(argv):
             kd = kdkeras.methods.KD(temperature=FLAGS.kd_temperature, weight=FLAGS.kd_alpha)
             s = student()
             distiller = kdkeras.Distiller(teacher, s, [kd], student_loss_weight=1.0 - FLAGS.kd_alpha)
-            student_top1 = fit(distiller, data.train, data.test, config, FLAGS.output_dir,
+            student_top1 = recipe_utils.fit(distiller, data.train, data.test, config, FLAGS.output_dir,
                                tag=f"student_{level}")["top1"]
         print(f"    student top1={student_top1:.4f} (baseline {baseline:.4f})")
         points.append({"level": level, "teacher": note, "teacher_top1": teacher_top1,
                        "student_top1": student_top1, "gain": student_top1 - baseline})
 
-    rows = [[str(p["level"]), p["teacher"], pct(p["teacher_top1"]), pct(p["student_top1"]),
+    rows = [[str(p["level"]), p["teacher"], recipe_utils.pct(p["teacher_top1"]), recipe_utils.pct(p["student_top1"]),
              f"{100 * p['gain']:+.2f}"] for p in points]
-    rows.append(["-", "none (student alone)", "-", pct(baseline), "+0.00"])
-    table = markdown_table([FLAGS.defect, "teacher training", "teacher top-1 (%)",
+    rows.append(["-", "none (student alone)", "-", recipe_utils.pct(baseline), "+0.00"])
+    table = recipe_utils.markdown_table([FLAGS.defect, "teacher training", "teacher top-1 (%)",
                             "student top-1 (%)", "vs baseline"], rows)
     png = plot(points, baseline, os.path.join(FLAGS.output_dir, "defective_kd.png"))
     command = "python " + " ".join(sys.argv)

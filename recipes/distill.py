@@ -41,18 +41,6 @@ recipe_utils.define_data_flags()
 recipe_utils.define_train_flags(epochs=10, lr=0.05)
 
 
-def _zoo_kwargs(text):
-    from kdkeras.methods.base import _parse_value
-
-    out = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"Bad --student_args item {item!r}: expected KEY=VALUE.")
-        out[key.strip()] = _parse_value(value)
-    return out
-
-
 def get_teacher(spec, data, strategy, output_dir):
     """Load, or train, the teacher; returns (model or None, top1 or None)."""
     if spec is None or spec.lower() == "none":
@@ -86,7 +74,7 @@ def main(argv):
     if teacher_top1 is not None:
         print(f"teacher top1={teacher_top1:.4f}")
 
-    student_kwargs = _zoo_kwargs(FLAGS.student_args)
+    student_kwargs = recipe_utils.zoo_kwargs(FLAGS.student_args)
     weight = FLAGS.student_loss_weight
     if weight is None:
         weight = 0.1 if any(m.name == "kd" for m in probe) else 1.0

@@ -23,7 +23,6 @@ from absl import app, flags  # noqa: E402
 
 import kdkeras  # noqa: E402
 from kdkeras import recipe_utils, training  # noqa: E402
-from kdkeras.methods import base as methods_base  # noqa: E402
 from kdkeras.vis.plots import new_figure, save_figure  # noqa: E402
 from kdkeras.vis.report import write_report  # noqa: E402
 
@@ -42,55 +41,15 @@ flags.DEFINE_string("strong_args", "", "Zoo kwargs of the strong model.")
 flags.DEFINE_float("kd_temperature", 4.0, "KD temperature.")
 flags.DEFINE_float("kd_alpha", 0.9, "KD weight alpha (CE weight 1 - alpha).")
 flags.DEFINE_bool("normal_kd", True, "Also train the weak model from the strong one (normal KD).")
-flags.DEFINE_bool("run_eagerly", False,
-                  "Run Keras steps eagerly: for debugging, and faster on tiny smoke runs where "
-                  "tracing dominates.")
 recipe_utils.define_data_flags()
 recipe_utils.define_train_flags(epochs=10, lr=0.05)
-
-
-def zoo_kwargs(text: str) -> dict:
-    """`'width_multiplier=0.5,dropout=0.1'` -> kwargs for `kdkeras.models.get`."""
-    out = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"Bad zoo argument {item!r}: expected KEY=VALUE.")
-        out[key.strip()] = methods_base._parse_value(value)
-    return out
-
-
-def pct(v: float) -> str:
-    """A 0..1 fraction as a percentage with two decimals."""
-    return f"{100 * v:.2f}"
-
-
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def fit(model, train_ds, test_ds, config, output_dir=None, tag="run") -> dict:
-    """Compile and fit a logits model or a Distiller (Keras progress bar); return
-    the trained network's history, time and test top-1."""
-    history, seconds = training.compile_and_fit(
-        model, train_ds, test_ds, config, output_dir, tag=tag,
-        compile_kwargs={"run_eagerly": FLAGS.run_eagerly},
-    )
-    network = getattr(model, "student", model)
-    return {"history": history, "train_seconds": seconds,
-            "top1": training.evaluate_top1(network, test_ds)}
 
 
 def distil(teacher, student, data, config, tag) -> dict:
     """Plain KD into `student`; return its top-1, time and history."""
     kd = kdkeras.methods.KD(temperature=FLAGS.kd_temperature, weight=FLAGS.kd_alpha)
     distiller = kdkeras.Distiller(teacher, student, [kd], student_loss_weight=1.0 - FLAGS.kd_alpha)
-    return fit(distiller, data.train, data.test, config, FLAGS.output_dir, tag=tag)
+    return recipe_utils.fit(distiller, data.train, data.test, config, FLAGS.output_dir, tag=tag)
 
 
 def plot(rows: list[tuple[str, float]], path: str) -> str:
@@ -118,7 +77,7 @@ def main(argv):
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     data = recipe_utils.setup_data()
     config = recipe_utils.train_config()
-    weak_kwargs, strong_kwargs = zoo_kwargs(FLAGS.weak_args), zoo_kwargs(FLAGS.strong_args)
+    weak_kwargs, strong_kwargs = recipe_utils.zoo_kwargs(FLAGS.weak_args), recipe_utils.zoo_kwargs(FLAGS.strong_args)
 
     def build(role):
         name, kwargs, seed = ((FLAGS.weak, weak_kwargs, FLAGS.seed) if role == "weak"
@@ -133,11 +92,11 @@ def main(argv):
         with strategy.scope():
             if step == "weak alone":
                 models["weak"] = build("weak")
-                out = fit(models["weak"], data.train, data.test, config,
+                out = recipe_utils.fit(models["weak"], data.train, data.test, config,
                           FLAGS.output_dir, tag="weak")
             elif step == "strong alone":
                 models["strong"] = build("strong")
-                out = fit(models["strong"], data.train, data.test, config,
+                out = recipe_utils.fit(models["strong"], data.train, data.test, config,
                           FLAGS.output_dir, tag="strong")
             elif step == "Re-KD":
                 out = distil(models["weak"], build("strong"), data, config, "rekd")
@@ -157,9 +116,9 @@ def main(argv):
     for step, r in results.items():
         model, teacher, loss, ref = labels[step]
         gain = "-" if ref is None else f"{100 * (r['top1'] - ref):+.2f}"
-        rows.append([step, model, teacher, loss, pct(r["top1"]), gain])
+        rows.append([step, model, teacher, loss, recipe_utils.pct(r["top1"]), gain])
         bars.append((BAR_LABELS[step].format(weak=FLAGS.weak, strong=FLAGS.strong), r["top1"]))
-    table = markdown_table(["run", "trained model", "teacher (top-1)", "loss", "top-1 (%)",
+    table = recipe_utils.markdown_table(["run", "trained model", "teacher (top-1)", "loss", "top-1 (%)",
                             "vs the same model alone"], rows)
     png = plot(bars, os.path.join(FLAGS.output_dir, "reversed_kd.png"))
     command = "python " + " ".join(sys.argv)

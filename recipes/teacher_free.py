@@ -24,7 +24,6 @@ from absl import app, flags  # noqa: E402
 
 import kdkeras  # noqa: E402
 from kdkeras import recipe_utils, training  # noqa: E402
-from kdkeras.methods import base as methods_base  # noqa: E402
 from kdkeras.methods.soft_labels import LSR, VirtualTeacher  # noqa: E402
 from kdkeras.vis.plots import new_figure, save_figure  # noqa: E402
 from kdkeras.vis.report import write_report  # noqa: E402
@@ -44,48 +43,8 @@ flags.DEFINE_float("reg_weight", 0.1,
 flags.DEFINE_float("reg_ce_weight", 0.9, "Tf-KD reg: CE weight (the reference's 1 - alpha).")
 flags.DEFINE_float("kd_temperature", 4.0, "Normal KD (with --teacher): temperature.")
 flags.DEFINE_float("kd_alpha", 0.9, "Normal KD: weight alpha (CE weight 1 - alpha).")
-flags.DEFINE_bool("run_eagerly", False,
-                  "Run Keras steps eagerly: for debugging, and faster on tiny smoke runs where "
-                  "tracing dominates.")
 recipe_utils.define_data_flags()
 recipe_utils.define_train_flags(epochs=10, lr=0.05)
-
-
-def zoo_kwargs(text: str) -> dict:
-    """`'width_multiplier=0.5,dropout=0.1'` -> kwargs for `kdkeras.models.get`."""
-    out = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"Bad --student_args item {item!r}: expected KEY=VALUE.")
-        out[key.strip()] = methods_base._parse_value(value)
-    return out
-
-
-def pct(v: float) -> str:
-    """A 0..1 fraction as a percentage with two decimals."""
-    return f"{100 * v:.2f}"
-
-
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def fit(model, train_ds, test_ds, config, output_dir=None, tag="run") -> dict:
-    """Compile and fit a logits model or a Distiller (Keras progress bar); return
-    the trained network's history, time and test top-1."""
-    history, seconds = training.compile_and_fit(
-        model, train_ds, test_ds, config, output_dir, tag=tag,
-        compile_kwargs={"run_eagerly": FLAGS.run_eagerly},
-    )
-    network = getattr(model, "student", model)
-    return {"history": history, "train_seconds": seconds,
-            "top1": training.evaluate_top1(network, test_ds)}
 
 
 def frozen_copy(model: keras.Model, name: str) -> keras.Model:
@@ -100,7 +59,7 @@ def frozen_copy(model: keras.Model, name: str) -> keras.Model:
 def distil(teacher, student, methods, ce_weight, data, config, tag) -> dict:
     """Train `student` through a Distiller; return its top-1, time and history."""
     distiller = kdkeras.Distiller(teacher, student, methods, student_loss_weight=ce_weight)
-    return fit(distiller, data.train, data.test, config, FLAGS.output_dir, tag=tag)
+    return recipe_utils.fit(distiller, data.train, data.test, config, FLAGS.output_dir, tag=tag)
 
 
 def train_self_kd(trained: keras.Model, student: keras.Model, data, config,
@@ -120,7 +79,7 @@ def get_teacher(spec, data):
     else:
         teacher = recipe_utils.build_model(spec, data, seed=FLAGS.seed + 1000)
         print(f"Training teacher {spec} for {FLAGS.teacher_epochs} epochs")
-        fit(teacher, data.train, data.test,
+        recipe_utils.fit(teacher, data.train, data.test,
             recipe_utils.train_config(FLAGS.teacher_epochs),
             FLAGS.output_dir, tag="teacher")
         teacher.save(os.path.join(FLAGS.output_dir, "teacher.keras"))
@@ -155,7 +114,7 @@ def main(argv):
         teacher_shape = recipe_utils.model_input_shape(FLAGS.teacher)
     data = recipe_utils.setup_data(teacher_shape)
     config = recipe_utils.train_config()
-    kwargs = zoo_kwargs(FLAGS.student_args)
+    kwargs = recipe_utils.zoo_kwargs(FLAGS.student_args)
     with strategy.scope():
         teacher, teacher_top1 = get_teacher(FLAGS.teacher, data)
 
@@ -173,7 +132,7 @@ def main(argv):
         with strategy.scope():
             student = fresh_student()
             if run == "baseline":
-                out = fit(student, data.train, data.test, config,
+                out = recipe_utils.fit(student, data.train, data.test, config,
                           FLAGS.output_dir, tag="baseline")
                 baseline_model = student
             elif run == "LSR":
@@ -201,9 +160,9 @@ def main(argv):
         "KD": f"T={FLAGS.kd_temperature}, alpha={FLAGS.kd_alpha}, teacher {FLAGS.teacher} "
               f"(top-1 {teacher_top1 if teacher_top1 is None else round(100 * teacher_top1, 2)})",
     }
-    rows = [[run, pct(r["top1"]), f"{100 * (r['top1'] - baseline):+.2f}", settings[run]]
+    rows = [[run, recipe_utils.pct(r["top1"]), f"{100 * (r['top1'] - baseline):+.2f}", settings[run]]
             for run, r in results.items()]
-    table = markdown_table(["method", "top-1 (%)", "vs baseline", "settings"], rows)
+    table = recipe_utils.markdown_table(["method", "top-1 (%)", "vs baseline", "settings"], rows)
     png = plot(results, baseline, os.path.join(FLAGS.output_dir, "teacher_free.png"))
     command = "python " + " ".join(sys.argv)
     write_report(os.path.join(FLAGS.output_dir, "teacher_free.md"),
