@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from kdkeras.export import compare_with_keras, evaluate_tflite, export_tflite
+from kdkeras.export import compare_with_keras, evaluate_tflite, export_tflite, tflite_size_breakdown
 from kdkeras.export.litert_eval import _Runner
 
 NUM_CLASSES = 4
@@ -123,6 +123,24 @@ def test_int8_full_integer(trained, dataset, files):
     res = evaluate_tflite(files["int8"], dataset, max_batches=2, latency_runs=20)
     assert res["num_examples"] == 32
     assert res["logits"].dtype == np.float32  # dequantised
+
+
+def test_size_breakdown_accounts_for_every_byte(files):
+    # Weights of the fixture: conv 5x5x3x32 (+ the BN folded into a 32-bias), dense 32x4 + 4.
+    n_weights = 5 * 5 * 3 * 32 + 32 + 32 * 4 + 4
+    f32 = tflite_size_breakdown(files["float32"])
+    i8 = tflite_size_breakdown(files["int8"])
+    for b, path in ((f32, files["float32"]), (i8, files["int8"])):
+        assert b["file_bytes"] == os.path.getsize(path)
+        assert b["tensor_data_bytes"] + b["quant_param_bytes"] + b["other_bytes"] == b["file_bytes"]
+        assert b["other_bytes"] > 0
+    assert f32["quant_param_bytes"] == f32["quantized_channels"] == 0
+    assert 4 * n_weights <= f32["tensor_data_bytes"] < 4 * n_weights + 1024
+    # int8: 1-byte weights, int32 biases; a float32 scale and an int64 zero point
+    # per channel, at least one per conv output channel for its weights and bias.
+    assert n_weights <= i8["tensor_data_bytes"] < 4 * n_weights
+    assert i8["quantized_channels"] >= 2 * 32
+    assert i8["quant_param_bytes"] == 12 * i8["quantized_channels"]
 
 
 def test_batched_run_matches_per_example(files):

@@ -126,6 +126,21 @@ def test_mobilenetv2_small_gray_input_and_alpha():
     assert _forward(full, (32, 32, 3)).shape == (2, 10)
 
 
+def test_application_bn_momentum():
+    def momenta(model):
+        return {layer.momentum for layer in model.layers
+                if isinstance(layer, keras.layers.BatchNormalization)}
+
+    assert momenta(models.get("mobilenetv2", (32, 32, 3), 10, alpha=0.35)) == {0.9}
+    assert momenta(models.get("resnet50", (32, 32, 3), 10, bn_momentum=0.8)) == {0.8}
+    # None keeps keras.applications' own value.
+    assert momenta(models.get("mobilenetv2", (32, 32, 3), 10, alpha=0.35, bn_momentum=None)) == {0.999}
+    with pytest.raises(ValueError, match=r"bn_momentum must be .*\[0, 1\).*1\.5"):
+        models.get("mobilenetv2", (32, 32, 3), 10, alpha=0.35, bn_momentum=1.5)
+    nested = keras.Sequential([models.get("resnet8", (8, 8, 3), 2)])
+    assert momenta(models.set_bn_momentum(nested, 0.5).layers[0]) == {0.5}
+
+
 def test_unknown_name_error_mentions_name_and_suggestion():
     with pytest.raises(ValueError) as err:
         models.get("resnet_56", (16, 16, 3), 10)

@@ -61,6 +61,9 @@ def test_edge_recipe_exports_and_checks_all_variants(tmp_path):
     assert report["int8"]["size_bytes"] < report["float32"]["size_bytes"]
     md = (tmp_path / "report.md").read_text()
     assert "edge_mobilenetv2.py" in md and "| int8 |" in md and "## Checks" in md
+    b = report["int8"]["size_breakdown"]
+    assert b["file_bytes"] == report["int8"]["size_bytes"] and b["quantized_channels"] > 0
+    assert "int8 file by content" in md
     assert "CHECK float32_logits_match_keras" in out
 
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import keras
 
-from .applications import APPLICATION_MODELS, build_mobilenetv2, build_resnet50
+from .applications import APPLICATION_MODELS, build_mobilenetv2, build_resnet50, set_bn_momentum
 from .cifar import CIFAR_MODELS, build_resnet, build_vgg, build_wrn, check_num_classes
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "build_vgg",
     "build_resnet50",
     "build_mobilenetv2",
+    "set_bn_momentum",
 ]
 
 _REGISTRY: dict[str, tuple] = {**CIFAR_MODELS, **APPLICATION_MODELS}
@@ -53,7 +54,9 @@ def get(
 
     Optional kwargs: ``dropout`` (before the logits, default 0),
     ``weight_decay`` (L2 on kernels, default 0), ``width_multiplier`` for the
-    CIFAR nets, ``alpha`` (or ``width_multiplier``) for ``mobilenetv2``.
+    CIFAR nets, ``alpha`` (or ``width_multiplier``) for ``mobilenetv2``,
+    ``bn_momentum`` for ``resnet50``/``mobilenetv2`` (default 0.9; None keeps
+    keras.applications' own).
     Unsupported kwargs raise ``TypeError``.
     """
     key = name.strip().lower() if isinstance(name, str) else name

@@ -9,6 +9,12 @@ With ``weights=None`` and ``input_tensor=`` keras.applications accepts any
 channel count; the only real constraint is spatial size (the applications
 document a 32x32 minimum), so smaller inputs are upsampled with a ``Resizing``
 layer named ``resize``.
+
+BatchNormalization momentum defaults to 0.9 (PyTorch's 0.1), like the CIFAR
+zoo, instead of keras.applications' 0.999/0.99: with 0.999 the moving
+statistics need thousands of steps to follow the batches, so a network trained
+for a few epochs scores near chance in inference mode while its training
+accuracy climbs. ``bn_momentum=None`` keeps keras.applications' values.
 """
 
 from __future__ import annotations
@@ -21,6 +27,25 @@ from keras import layers
 from .cifar import logits_head, make_input
 
 MIN_SIZE = 32
+DEFAULT_BN_MOMENTUM = 0.9
+
+
+def set_bn_momentum(model: keras.Model, momentum: float | None) -> keras.Model:
+    """Set the momentum of every BatchNormalization layer of `model` (nested models too).
+
+    `None` leaves the model unchanged. Takes effect on the next trace, so call
+    it before `compile`/`fit`. Returns `model`.
+    """
+    if momentum is None:
+        return model
+    if not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
+        raise ValueError(f"bn_momentum must be a float in [0, 1) or None, got {momentum!r}")
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = float(momentum)
+        elif isinstance(layer, keras.Model):
+            set_bn_momentum(layer, momentum)
+    return model
 
 
 def _prepare(inputs: keras.KerasTensor) -> keras.KerasTensor:
@@ -49,6 +74,7 @@ def _build(
     name: str,
     dropout: float,
     weight_decay: float,
+    bn_momentum: float | None,
     **backbone_kwargs,
 ) -> keras.Model:
     inputs = make_input(input_shape)
@@ -59,6 +85,7 @@ def _build(
         **backbone_kwargs,
     )
     _add_weight_decay(backbone, weight_decay)
+    set_bn_momentum(backbone, bn_momentum)
     outputs = logits_head(backbone.output, num_classes, dropout, weight_decay)
     return keras.Model(inputs, outputs, name=name)
 
@@ -70,10 +97,12 @@ def build_resnet50(
     name: str = "resnet50",
     dropout: float = 0.0,
     weight_decay: float = 0.0,
+    bn_momentum: float | None = DEFAULT_BN_MOMENTUM,
 ) -> keras.Model:
     """keras.applications ResNet50 (random init) + ``embedding`` GAP + ``logits`` Dense."""
     return _build(
-        keras.applications.ResNet50, input_shape, num_classes, name, dropout, weight_decay
+        keras.applications.ResNet50, input_shape, num_classes, name, dropout, weight_decay,
+        bn_momentum,
     )
 
 
@@ -86,6 +115,7 @@ def build_mobilenetv2(
     width_multiplier: float | None = None,
     dropout: float = 0.0,
     weight_decay: float = 0.0,
+    bn_momentum: float | None = DEFAULT_BN_MOMENTUM,
 ) -> keras.Model:
     """keras.applications MobileNetV2 (random init); ``alpha`` (alias ``width_multiplier``) scales widths."""
     if alpha is not None and width_multiplier is not None and alpha != width_multiplier:
@@ -101,6 +131,7 @@ def build_mobilenetv2(
         name,
         dropout,
         weight_decay,
+        bn_momentum,
         alpha=1.0 if alpha is None else alpha,
     )
 
