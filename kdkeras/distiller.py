@@ -135,10 +135,24 @@ class Distiller(keras.Model):
         object.__setattr__(
             self, "_student_tap", taps_lib.build_tap_model(self.student, student_names)
         )
+        object.__setattr__(self, "_teacher_train_tap", self._cut_teacher_tap())
         t_shapes = _output_shapes(self._teacher_tap)
         s_shapes = _output_shapes(self._student_tap)
         for method in self.methods:
             method.build_from_taps(t_shapes, s_shapes)
+
+    def _cut_teacher_tap(self):
+        """The teacher model `train_step` runs: when no method reads the teacher's
+        logits (or its CE gradient), the tap model cut after its last tap, so the
+        teacher's tail is not computed. `test_step` keeps the whole teacher, for
+        the agreement metric."""
+        tap = self._teacher_tap
+        if tap is None or self._grad_keys or any(m.uses_teacher_logits for m in self.methods):
+            return tap
+        outputs = {k: v for k, v in tap.output.items() if k != taps_lib.LOGITS}
+        if not outputs:
+            return tap
+        return keras.Model(tap.inputs, outputs, name=f"{tap.name}_cut")
 
     def _make_trackers(self):
         mean = keras.metrics.Mean
@@ -174,11 +188,13 @@ class Distiller(keras.Model):
         images, _ = split_inputs(inputs)
         return self.student(images, training=training)
 
-    def teacher_outputs(self, images, y=None):
-        """The teacher's tap outputs, in inference mode and without gradient."""
-        if self._teacher_tap is None:
+    def teacher_outputs(self, images, y=None, tap_model=None):
+        """The teacher's tap outputs, in inference mode and without gradient
+        (`tap_model` defaults to the whole teacher's)."""
+        tap_model = self._teacher_tap if tap_model is None else tap_model
+        if tap_model is None:
             return None
-        out = self._run(self._teacher_tap, images, y, training=False)
+        out = self._run(tap_model, images, y, training=False)
         return {k: tf.stop_gradient(v) for k, v in out.items()}
 
     def _run(self, tap_model, images, y, training):
@@ -245,7 +261,7 @@ class Distiller(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         images, index = split_inputs(x)
         self._check_index(index)
-        teacher_out = self.teacher_outputs(images, y)
+        teacher_out = self.teacher_outputs(images, y, self._teacher_train_tap)
         with tf.GradientTape() as tape:
             student_out = self._run(self._student_tap, images, y, training=True)
             total, logs = self._terms(
@@ -286,14 +302,18 @@ class Distiller(keras.Model):
                 self._student_loss_tracker if key == "student_loss" else self._term_trackers[key]
             )
             tracker.update_state(value, sample_weight=batch)
-        if self._agreement_tracker is not None:
+        agreement = self._agreement_tracker is not None and taps_lib.LOGITS in teacher_out
+        if agreement:
             same = ops.equal(
                 ops.argmax(teacher_out[taps_lib.LOGITS], axis=-1), ops.argmax(logits, axis=-1)
             )
             self._agreement_tracker.update_state(ops.cast(same, "float32"))
         if self._compile_metrics is not None:
             self._compile_metrics.update_state(y, logits, sample_weight)
-        return self.get_metrics_result()
+        result = self.get_metrics_result()
+        if not agreement:  # the teacher ran without its logits (cut after its last tap)
+            result.pop("agreement", None)
+        return result
 
     # -- serialisation --------------------------------------------------------------
     def get_config(self) -> dict:

@@ -145,3 +145,30 @@ def test_mixed_float16_step_is_finite_and_terms_are_float32():
         assert np.isfinite(logs["loss"][0]) and np.isfinite(logs["kd"][0])
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+class FeatureOnlyL2(FeatureL2):
+    """FeatureL2 declaring that it never reads the teacher's logits."""
+
+    uses_teacher_logits = False
+
+
+def test_teacher_cut_after_last_tap_when_no_method_reads_its_logits():
+    x, y = tiny_data()
+    teacher, student = tiny_cnn(width=4, name="teacher"), tiny_cnn(width=4, name="student")
+    method = FeatureOnlyL2(teacher_layers=["relu1"], student_layers=["relu1"], name="f")
+    d = kdkeras.Distiller(teacher, student, [method])
+    cut = {layer.name for layer in d._teacher_train_tap.layers}
+    assert "relu1" in cut and not {"conv2", "embedding", "logits"} & cut
+    full, part = d.teacher_outputs(x), d.teacher_outputs(x, tap_model=d._teacher_train_tap)
+    assert "logits" in full and set(part) == {"relu1"}
+    np.testing.assert_array_equal(full["relu1"].numpy(), part["relu1"].numpy())
+    d.compile(optimizer=keras.optimizers.SGD(1e-2))
+    history = d.fit(x, y, batch_size=8, epochs=1, validation_data=(x, y), verbose=0).history
+    # Training ran the cut teacher (no logits, so no agreement); evaluation the whole one.
+    assert "agreement" not in history and "val_agreement" in history and "f" in history
+    # A method that reads the teacher's logits (the base default) keeps the whole teacher.
+    kd = make([KD(), FeatureOnlyL2(teacher_layers=["relu1"], student_layers=["relu1"], name="f")])
+    assert kd._teacher_train_tap is kd._teacher_tap
+    legacy = make([FeatureL2(teacher_layers=["relu1"], student_layers=["relu1"], name="f")])
+    assert legacy._teacher_train_tap is legacy._teacher_tap

@@ -82,6 +82,9 @@ class Method(keras.layers.Layer):
     requires_teacher: bool = True
     #: True for methods that read the dataset index of each sample (CRD)
     requires_index: bool = False
+    #: False for methods that read only the teacher's tapped features: when no
+    #: method reads its logits, training runs the teacher only up to its last tap
+    uses_teacher_logits: bool = True
     #: keys of the sub-terms `compute_loss` returns as a dict (logged each)
     log_keys: tuple = ()
     #: taps (or `"input"`) whose CE-loss gradient the method reads, as

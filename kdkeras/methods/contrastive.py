@@ -196,6 +196,7 @@ class CRD(Method):
     slot, so their positive is the live pair `v_s . v_t`.
     """
 
+    uses_teacher_logits = False
     default_weight = 0.8
     requires_index = True
     log_keys = ("student", "teacher")

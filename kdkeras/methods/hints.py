@@ -81,6 +81,8 @@ class FeatureMethod(Method):
     """Base of the feature and relational methods: pairs the tap lists and
     hands `compute_loss` float32 (teacher, student) tensor pairs."""
 
+    uses_teacher_logits = False
+
     def resolve_taps(self, teacher, student):
         t, s = super().resolve_taps(teacher, student)
         if len(t) != len(s):
