@@ -51,6 +51,13 @@ def define_train_flags(epochs: int = 10, lr: float = 0.05) -> None:
                       "tracing dominates.")
 
 
+def start_run():
+    """Seed everything from --seed, create --output_dir and return the --strategy to train under."""
+    training.seeded(FLAGS.seed)
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    return training.get_strategy(FLAGS.strategy)
+
+
 def train_config(epochs: int | None = None) -> training.TrainConfig:
     return training.TrainConfig(
         epochs=FLAGS.epochs if epochs is None else epochs,

@@ -150,9 +150,7 @@ def plot(summaries: dict, path: str) -> str:
 
 def main(argv):
     del argv
-    training.seeded(FLAGS.seed)
-    strategy = training.get_strategy(FLAGS.strategy)
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    strategy = recipe_utils.start_run()
     names = [n.strip().lower() for n in FLAGS.methods if n.strip()]
     method_args = methods_base.parse_method_args(FLAGS.method_args)
     unknown = set(method_args) - set(names)

@@ -132,9 +132,7 @@ def plot(points: list[dict], baseline: float, path: str) -> str:
 
 def main(argv):
     del argv
-    training.seeded(FLAGS.seed)
-    strategy = training.get_strategy(FLAGS.strategy)
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    strategy = recipe_utils.start_run()
     levels = parse_levels(FLAGS.defect, FLAGS.levels)
     data = recipe_utils.setup_data()
     config = recipe_utils.train_config()

@@ -61,9 +61,7 @@ def get_teacher(spec, data, strategy, output_dir):
 
 def main(argv):
     del argv
-    training.seeded(FLAGS.seed)
-    strategy = training.get_strategy(FLAGS.strategy)
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    strategy = recipe_utils.start_run()
     probe = kdkeras.methods.from_spec(FLAGS.method, FLAGS.method_args, num_examples=1)
     with_index = any(m.requires_index for m in probe)
     teacher_shape = None

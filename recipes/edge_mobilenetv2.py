@@ -65,7 +65,7 @@ flags.DEFINE_bool("baseline", False, "Also train MobileNetV2 alone on the same b
 flags.DEFINE_float("bn_momentum", 0.9,
                    "BatchNormalization momentum of the networks built here (keras.applications uses "
                    "0.999/0.99, whose moving statistics stay near their initial values on short runs); "
-                   "-1 keeps each layer's own.")
+                   "-1 keeps what the network was built with (0.9 for kdkeras.models' zoo).")
 flags.DEFINE_integer("num_representative", 200, "Training images used to calibrate the int8 model.")
 flags.DEFINE_integer("latency_runs", 100, "Timed single-image runs per variant (after warm-up).")
 flags.DEFINE_integer("warmup_runs", 10, "Untimed warm-up runs before timing.")
@@ -103,7 +103,7 @@ def adapt_input(model: keras.Model, shape: tuple) -> keras.Model:
 
 
 def set_bn_momentum(model: keras.Model, momentum: float) -> keras.Model:
-    """`--bn_momentum` on every BatchNormalization layer; a negative value keeps each layer's."""
+    """`--bn_momentum` on every BatchNormalization layer; a negative value keeps the built ones."""
     return model if momentum is None or momentum < 0 else zoo.set_bn_momentum(model, momentum)
 
 
@@ -330,10 +330,8 @@ def main(argv):
     del argv
     if FLAGS.input_size < 32:
         raise ValueError(f"--input_size must be >= 32 (MobileNetV2's minimum), got {FLAGS.input_size}.")
-    training.seeded(FLAGS.seed)
-    strategy = training.get_strategy(FLAGS.strategy)
+    strategy = recipe_utils.start_run()
     out = FLAGS.output_dir
-    os.makedirs(out, exist_ok=True)
     command = " ".join(shlex.quote(a) for a in ["python"] + sys.argv)
 
     probe = kdkeras.methods.from_spec(FLAGS.method, FLAGS.method_args, num_examples=1)

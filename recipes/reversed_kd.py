@@ -72,9 +72,7 @@ def plot(rows: list[tuple[str, float]], path: str) -> str:
 
 def main(argv):
     del argv
-    training.seeded(FLAGS.seed)
-    strategy = training.get_strategy(FLAGS.strategy)
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    strategy = recipe_utils.start_run()
     data = recipe_utils.setup_data()
     config = recipe_utils.train_config()
     weak_kwargs, strong_kwargs = recipe_utils.zoo_kwargs(FLAGS.weak_args), recipe_utils.zoo_kwargs(FLAGS.strong_args)

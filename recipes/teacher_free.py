@@ -106,9 +106,7 @@ def plot(results: dict, baseline: float, path: str) -> str:
 
 def main(argv):
     del argv
-    training.seeded(FLAGS.seed)
-    strategy = training.get_strategy(FLAGS.strategy)
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    strategy = recipe_utils.start_run()
     teacher_shape = None
     if FLAGS.teacher and recipe_utils.is_model_path(FLAGS.teacher):
         teacher_shape = recipe_utils.model_input_shape(FLAGS.teacher)

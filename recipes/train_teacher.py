@@ -25,14 +25,12 @@ recipe_utils.define_train_flags(epochs=10, lr=0.05)
 
 def main(argv):
     del argv
-    training.seeded(FLAGS.seed)
-    strategy = training.get_strategy(FLAGS.strategy)
+    strategy = recipe_utils.start_run()
     data = recipe_utils.setup_data()
     with strategy.scope():
         model = recipe_utils.build_model(FLAGS.model, data, seed=FLAGS.seed)
     print(f"Training {FLAGS.model} ({model.count_params():,} params) on {FLAGS.dataset} "
           f"{data.input_shape}, {data.num_train} examples, {FLAGS.epochs} epochs")
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
     with strategy.scope():
         result = training.train_supervised(
             model, data.train, data.test, recipe_utils.train_config(), FLAGS.output_dir, tag="teacher"

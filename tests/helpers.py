@@ -1,7 +1,36 @@
-"""Tiny models and data shared by the tests."""
+"""Tiny models and data, and the script runner, shared by the tests."""
+
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+needs_fashion_mnist = pytest.mark.skipif(
+    not os.path.exists(FASHION_MNIST), reason="needs Debian's dataset-fashion-mnist"
+)
+
+
+def run_script(path, *args, timeout=600, check=True, env=None):
+    """Run the project script `path` (relative to the repo root) with this Python
+    and quiet TF logs; with `check`, assert it exited 0 (showing its output's tail)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, path), *args],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def recipe_output(script, *args, timeout=600):
+    """stdout of `recipes/<script>` run with `args`, which must succeed."""
+    return run_script(os.path.join("recipes", script), *args, timeout=timeout).stdout
 
 
 def tiny_cnn(width=4, num_classes=3, input_shape=(8, 8, 1), name="net", batchnorm=True):

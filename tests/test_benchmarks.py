@@ -1,26 +1,19 @@
 """The benchmark scripts run and write their ratio keys (no timing asserted)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import run_script
 
 
 @pytest.mark.e2e
 def test_speed_benchmark_writes_ratios(tmp_path):
     out = tmp_path / "speed.json"
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "speed.py"), "--teacher=resnet8",
-         "--student=resnet8", "--image_size=8", "--examples=64", "--batch_size=32",
-         "--repeats=1", f"--json={out}"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    proc = run_script(
+        "benchmarks/speed.py", "--teacher=resnet8", "--student=resnet8", "--image_size=8",
+        "--examples=64", "--batch_size=32", "--repeats=1", f"--json={out}",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     for key in ("kd_over_student", "teacher_over_student", "kd_over_keras_distillation"):
         assert data[key] > 0, key

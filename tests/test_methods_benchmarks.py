@@ -2,23 +2,14 @@
 on tiny settings and write their JSON keys (no timing or accuracy asserted)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+from tests.helpers import run_script
 
 
 def _run(script, *args):
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
+    return run_script(f"benchmarks/{script}", *args)
 
 
 @pytest.mark.e2e

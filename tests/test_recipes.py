@@ -1,29 +1,14 @@
 """The foundation recipes end to end on tiny Fashion-MNIST subsets (short form)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not os.path.exists(FASHION), reason="needs Debian's dataset-fashion-mnist"),
-]
+from tests.helpers import needs_fashion_mnist, run_script
+from tests.helpers import recipe_output as run
+
+pytestmark = [pytest.mark.e2e, needs_fashion_mnist]
 TINY = ["--dataset=fashion_mnist", "--train_limit=192", "--test_limit=128", "--batch_size=64", "--epochs=1"]
-
-
-def run(script, *args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "recipes", script), *args],
-        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
 
 
 def test_train_teacher_then_distill_with_baseline(tmp_path):
@@ -50,12 +35,8 @@ def test_distill_trains_a_zoo_teacher_and_rejects_bad_method(tmp_path):
     run("distill.py", "--teacher=resnet8", "--teacher_epochs=1", "--student=resnet8",
         f"--output_dir={tmp_path / 'a'}", *TINY)
     assert (tmp_path / "a" / "teacher.keras").exists()
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "recipes", "distill.py"), "--teacher=none",
-         "--method=kdd", f"--output_dir={tmp_path / 'b'}", *TINY],
-        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
-    )
+    proc = run_script("recipes/distill.py", "--teacher=none", "--method=kdd",
+                      f"--output_dir={tmp_path / 'b'}", *TINY, timeout=300, check=False)
     assert proc.returncode != 0 and "'kdd'" in proc.stderr
 
 

@@ -1,22 +1,15 @@
 """The edge recipe (distil, export four LiteRT variants, check) and the visual
 report recipe end to end on tiny Fashion-MNIST subsets."""
 
+import functools
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.helpers import tiny_cnn
+from tests.helpers import needs_fashion_mnist, recipe_output, tiny_cnn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not os.path.exists(FASHION), reason="needs Debian's dataset-fashion-mnist"),
-]
+pytestmark = [pytest.mark.e2e, needs_fashion_mnist]
 TINY = ["--dataset=fashion_mnist", "--train_limit=128", "--test_limit=64", "--batch_size=64",
         "--epochs=1"]
 VARIANTS = ("keras", "float32", "float16", "dynamic", "int8")
@@ -24,14 +17,7 @@ CHECKS = ("float32_top1_matches_keras", "float32_logits_match_keras",
           "int8_size_vs_float32", "int8_top1_vs_keras")
 
 
-def run(script, *args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "recipes", script), *args],
-        capture_output=True, text=True, timeout=900, env=env, cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+run = functools.partial(recipe_output, timeout=900)
 
 
 def test_edge_recipe_exports_and_checks_all_variants(tmp_path):

@@ -1,26 +1,19 @@
 """The soft-label recipes end to end on tiny Fashion-MNIST (table, plot, JSON)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import run_script
+
 TINY = ["--dataset=fashion_mnist", "--train_limit=128", "--test_limit=64", "--epochs=1",
         "--batch_size=64", "--run_eagerly"]
 
 
 def run_recipe(name, tmp_path, *flags):
     out = tmp_path / name
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "recipes", f"{name}.py"), *TINY,
-         f"--output_dir={out}", *flags],
-        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_script(f"recipes/{name}.py", *TINY, f"--output_dir={out}", *flags,
+                      env={"CUDA_VISIBLE_DEVICES": ""})
     for ext in ("md", "png", "json"):
         assert (out / f"{name}.{ext}").stat().st_size > 0, ext
     with open(out / f"{name}.json") as f:

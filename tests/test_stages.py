@@ -48,7 +48,6 @@ def test_init_stage_trains_parts_only_then_main_stage_trains_student(tmp_path):
             seen[self.model.name] = (_weights(student.trainable_weights), _weights(conn.weights))
 
     t0 = _weights(teacher.weights)
-    c0 = None
     hist = run_stages(teacher, student, stages, ds, optimizer_fn=lambda s: keras.optimizers.Adam(1e-2),
                       output_dir=str(tmp_path), callbacks=[Spy()], verbose=0)
     assert set(hist) == {"init", "main"} and "test_connector_l2" in hist["init"]
