@@ -11,12 +11,22 @@ which goes first) after a warm-up, so that load on the machine hits them
 alike. `<method>_over_kd` is the median over rounds of the per-round ratio.
 
 A second group, on a pair whose tapped maps have equal shapes (default
-resnet20 -> resnet8, same stage widths), compares kdkeras `FitNet` with
+resnet32 -> resnet20 on FitNet's default taps, the middle stages; the zoo
+ResNets share stage widths), compares kdkeras `FitNet` with
 `keras.distillation.FeatureDistillation` on the same taps (both MSE on the
 maps, the same `student_loss_weight` and distillation weight 0.5); Keras'
 runs the student twice per step (once for its logits, once more in its
 feature extractor). `keras_feature_over_keras_logits` is Keras' feature step
 over its own `LogitsDistillation(loss=keras.losses.KLDivergence())` step.
+kdkeras' FitNet step costs about what Keras' logits-only step does, so
+`fitnet_over_keras_feature` is about 1 / `keras_feature_over_keras_logits`.
+`fitnet_over_floor` compares FitNet's step with its floor, the teacher's
+forward pass up to the tap plus the student's own training step (each
+network once, nothing else), and `floor_over_keras_feature` is that floor
+over Keras' feature step: the best ratio any one-pass distiller can reach.
+So the 0.6 target needs a pair where Keras' extra student pass costs about
+0.65 of a step or more (the issue measured 2.0x; here resnet8 behind a
+resnet20 gives about 1.5x, so about 0.66 there).
 
 Targets (issue 3): `<method>_over_kd` <= 1.15 for the methods without an
 init stage (FT is timed in its transfer step, AB and FSP in the step of their
@@ -51,9 +61,12 @@ tf.get_logger().setLevel("ERROR")  # 18 compiled steps trip tf.function's retrac
 FLAGS = flags.FLAGS
 flags.DEFINE_string("teacher", "resnet32", "Zoo name of the teacher of the method group.")
 flags.DEFINE_string("student", "resnet8", "Zoo name of the student of the method group.")
-flags.DEFINE_string("feature_teacher", "resnet20",
+flags.DEFINE_string("feature_teacher", "resnet32",
                     "Teacher of the FitNet-vs-Keras group (its FitNet tap must match the student's shape).")
-flags.DEFINE_string("feature_student", "resnet8", "Student of the FitNet-vs-Keras group.")
+flags.DEFINE_string("feature_student", "resnet20", "Student of the FitNet-vs-Keras group.")
+flags.DEFINE_string("feature_teacher_layer", None,
+                    "Teacher layer FitNet and Keras tap (default: FitNet's own default, the middle stage).")
+flags.DEFINE_string("feature_student_layer", None, "Student layer they tap (default: FitNet's own).")
 flags.DEFINE_integer("image_size", 32, "Square input size.")
 flags.DEFINE_integer("channels", 3, "Input channels.")
 flags.DEFINE_integer("num_classes", 10, "Classes.")
@@ -158,7 +171,10 @@ def keras_variants(batch):
     x, _, y = batch
     teacher = build(FLAGS.feature_teacher, 3)
     teacher.trainable = False
-    fitnet = kdkeras.methods.FitNet(weight=1.0 - STUDENT_LOSS_WEIGHT)
+    fitnet = kdkeras.methods.FitNet(
+        teacher_layers=[FLAGS.feature_teacher_layer] if FLAGS.feature_teacher_layer else None,
+        student_layers=[FLAGS.feature_student_layer] if FLAGS.feature_student_layer else None,
+        weight=1.0 - STUDENT_LOSS_WEIGHT)
     ours = compiled(kdkeras.Distiller(teacher, build(FLAGS.feature_student, 4), [fitnet],
                                       STUDENT_LOSS_WEIGHT))
     (t_layer,), (s_layer,) = fitnet.teacher_layers, fitnet.student_layers
@@ -183,10 +199,17 @@ def keras_variants(batch):
             temperature=4.0, loss=keras.losses.KLDivergence()),
         student_loss_weight=STUDENT_LOSS_WEIGHT,
     ))
+    # The floor of any distiller that runs each network once: the teacher up to
+    # its tap (inference) plus the student's own supervised training step.
+    to_tap = keras.Model(teacher.inputs, teacher.get_layer(t_layer).output)
+    teacher_to_tap = tf.function(lambda: to_tap(x, training=False))
+    alone = compiled(build(FLAGS.feature_student, 4))
     variants = {
         "kdkeras_fitnet": step_fn(ours, x, y),
         "keras_feature": step_fn(feature, x, y),
         "keras_logits": step_fn(logits, x, y),
+        "student_alone": step_fn(alone, x, y),
+        "teacher_to_tap": teacher_to_tap,
     }
     return variants, {"teacher_layer": t_layer, "student_layer": s_layer, "shape": list(t_shape[1:])}
 
@@ -253,6 +276,11 @@ def main(argv):
         kmed = {k: statistics.median(v) for k, v in ktimes.items()}
         result["fitnet_over_keras_feature"] = ratio(ktimes, "kdkeras_fitnet", "keras_feature")
         result["keras_feature_over_keras_logits"] = ratio(ktimes, "keras_feature", "keras_logits")
+        floor = [a + b for a, b in zip(ktimes["student_alone"], ktimes["teacher_to_tap"])]
+        result["fitnet_over_floor"] = statistics.median(
+            a / b for a, b in zip(ktimes["kdkeras_fitnet"], floor))
+        result["floor_over_keras_feature"] = statistics.median(
+            a / b for a, b in zip(floor, ktimes["keras_feature"]))
         times.update(ktimes)
         med.update(kmed)
         print(f"\nFitNet vs Keras: teacher={FLAGS.feature_teacher} student={FLAGS.feature_student} "
@@ -265,6 +293,10 @@ def main(argv):
               f"{verdict(fk, KERAS_FEATURE_TARGET, None)}")
         print(f"keras_feature_over_keras_logits  {result['keras_feature_over_keras_logits']:.3f}  "
               "(context: Keras' feature step runs the student twice)")
+        print(f"fitnet_over_floor                {result['fitnet_over_floor']:.3f}  "
+              "(floor = student_alone + teacher_to_tap: each network once, nothing else)")
+        print(f"floor_over_keras_feature         {result['floor_over_keras_feature']:.3f}  "
+              "(the best fitnet_over_keras_feature any one-pass distiller gets here)")
 
     wall = time.perf_counter() - start
     print(f"\nwall {wall:.0f}s")

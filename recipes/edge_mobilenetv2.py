@@ -12,7 +12,9 @@ else trained here for `--teacher_epochs` and saved to DIR/teacher.keras).
 The student is distilled with `--method` (KD by default, any registry name or
 `+` combination), then exported to the four LiteRT variants (float32,
 float16, dynamic-range, full-integer int8 calibrated on un-augmented training
-images), each evaluated on the test split with the LiteRT interpreter.
+images, weight scales per `--int8_weights`, all converted from one
+SavedModel export, tensor names stripped unless `--nostrip_names`), each
+evaluated on the test split with the LiteRT interpreter.
 Networks built here use BatchNormalization momentum `--bn_momentum` (0.9):
 keras.applications' 0.999 leaves MobileNetV2 at chance level in inference
 mode after a few hundred steps. `--visualize` adds recipes/visualize.py's
@@ -33,6 +35,7 @@ import importlib.util
 import os
 import shlex
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,6 +69,13 @@ flags.DEFINE_float("bn_momentum", 0.9,
                    "BatchNormalization momentum of the networks built here (keras.applications uses "
                    "0.999/0.99, whose moving statistics stay near their initial values on short runs); "
                    "-1 keeps what the network was built with (0.9 for kdkeras.models' zoo).")
+flags.DEFINE_enum("int8_weights", "mixed", list(export.WEIGHT_GRANULARITIES),
+                  "int8 weight scales: 'mixed' = one per tensor for 1x1 convolutions and dense "
+                  "layers, one per channel elsewhere (a smaller file); 'per_channel' = the "
+                  "converter's, one per output channel everywhere.")
+flags.DEFINE_bool("strip_names", True,
+                  "Drop tensor names from the .tflite files (the runtime never reads them; "
+                  "--nostrip_names keeps them for Netron or the quantisation debugger).")
 flags.DEFINE_integer("num_representative", 200, "Training images used to calibrate the int8 model.")
 flags.DEFINE_integer("latency_runs", 100, "Timed single-image runs per variant (after warm-up).")
 flags.DEFINE_integer("warmup_runs", 10, "Untimed warm-up runs before timing.")
@@ -190,41 +200,58 @@ def export_and_evaluate(student, keras_path, data, representative, output_dir) -
     }}
     print(f"[keras] top1={report['keras']['top1']:.4f} size={report['keras']['size_bytes']:,}B "
           f"latency={report['keras']['latency_ms']:.3f}ms")
-    for quantization in export.QUANTIZATIONS:
-        path = os.path.join(output_dir, f"student_{quantization}.tflite")
-        print(f"[{quantization}] exporting {path}")
+    with tempfile.TemporaryDirectory(prefix="kdkeras_edge_") as tmp:
         start = time.perf_counter()
-        export.export_tflite(
-            student, path, quantization,
-            representative_data=representative if quantization == "int8" else None,
-            num_representative=FLAGS.num_representative,
-        )
-        seconds = time.perf_counter() - start
-        result = export.evaluate_tflite(
-            path, data.test, latency_runs=FLAGS.latency_runs, warmup_runs=FLAGS.warmup_runs)
-        if not np.array_equal(result["labels"], labels):
-            raise RuntimeError("the test split changed order between Keras and LiteRT runs")
-        logits = result["logits"].reshape(keras_logits.shape)
-        entry = {
-            "file": os.path.basename(path),
-            "top1": result["top1"],
-            "size_bytes": result["size_bytes"],
-            "latency_ms": result["latency_ms"],
-            "latency_ms_all_threads": result["latency_ms_all_threads"],
-            "num_examples": result["num_examples"],
-            "agreement_with_keras": float(np.mean(logits.argmax(-1) == keras_logits.argmax(-1))),
-            "export_seconds": seconds,
-            "size_breakdown": export.tflite_size_breakdown(path),
-        }
-        if quantization == "float32":
-            entry["max_abs_logit_diff"] = float(np.max(np.abs(logits - keras_logits)))
-        report[quantization] = entry
-        extra = (f" max|dlogit|={entry['max_abs_logit_diff']:.2e}"
-                 if "max_abs_logit_diff" in entry else "")
-        print(f"[{quantization}] top1={entry['top1']:.4f} size={entry['size_bytes']:,}B "
-              f"latency={entry['latency_ms']:.3f}ms (1 thread), "
-              f"{entry['latency_ms_all_threads']:.3f}ms (all threads){extra}")
+        saved_model = export.export_saved_model(student, os.path.join(tmp, "saved_model"))
+        report["keras"]["saved_model_export_seconds"] = time.perf_counter() - start
+        for quantization in export.QUANTIZATIONS:
+            report[quantization] = _export_variant(
+                student, quantization, saved_model, representative, data, keras_logits, labels,
+                output_dir)
     return report
+
+
+def _export_variant(student, quantization, saved_model, representative, data, keras_logits,
+                    labels, output_dir) -> dict:
+    """Convert one variant from the shared SavedModel and evaluate it with LiteRT."""
+    path = os.path.join(output_dir, f"student_{quantization}.tflite")
+    print(f"[{quantization}] exporting {path}")
+    start = time.perf_counter()
+    export.export_tflite(
+        student, path, quantization,
+        representative_data=representative if quantization == "int8" else None,
+        num_representative=FLAGS.num_representative,
+        strip_names=FLAGS.strip_names, saved_model_dir=saved_model,
+        weight_granularity=FLAGS.int8_weights if quantization == "int8" else "per_channel",
+    )
+    seconds = time.perf_counter() - start
+    result = export.evaluate_tflite(
+        path, data.test, latency_runs=FLAGS.latency_runs, warmup_runs=FLAGS.warmup_runs)
+    if not np.array_equal(result["labels"], labels):
+        raise RuntimeError("the test split changed order between Keras and LiteRT runs")
+    logits = result["logits"].reshape(keras_logits.shape)
+    entry = {
+        "file": os.path.basename(path),
+        "top1": result["top1"],
+        "size_bytes": result["size_bytes"],
+        "latency_ms": result["latency_ms"],
+        "latency_ms_all_threads": result["latency_ms_all_threads"],
+        "num_examples": result["num_examples"],
+        "agreement_with_keras": float(np.mean(logits.argmax(-1) == keras_logits.argmax(-1))),
+        "export_seconds": seconds,
+        "size_breakdown": export.tflite_size_breakdown(path),
+        "names_stripped": FLAGS.strip_names,
+    }
+    if quantization == "int8":
+        entry["weight_granularity"] = FLAGS.int8_weights
+    if quantization == "float32":
+        entry["max_abs_logit_diff"] = float(np.max(np.abs(logits - keras_logits)))
+    extra = (f" max|dlogit|={entry['max_abs_logit_diff']:.2e}"
+             if "max_abs_logit_diff" in entry else "")
+    print(f"[{quantization}] top1={entry['top1']:.4f} size={entry['size_bytes']:,}B "
+          f"latency={entry['latency_ms']:.3f}ms (1 thread), "
+          f"{entry['latency_ms_all_threads']:.3f}ms (all threads){extra}")
+    return entry
 
 
 def report_markdown(report: dict) -> str:
@@ -302,10 +329,20 @@ def int8_size_note(report: dict) -> list[str]:
         f"{b['quant_param_bytes'] / 1024:.1f} KB ({b['quant_param_bytes'] / f32:.3f}: a float32 "
         f"scale and an int64 zero point for each of {b['quantized_channels']:,} per-channel "
         f"entries), graph and metadata {b['other_bytes'] / 1024:.1f} KB "
-        f"({b['other_bytes'] / f32:.3f}). Per-channel parameters cost about 28 bytes per "
-        "convolution output channel (weights and int32 bias), against 9 int8 weights in a "
-        "3x3 depthwise channel, so narrow MobileNetV2s (small --alpha) stay above 30% of "
-        "float32; wider ones get under it.",
+        f"({b['other_bytes'] / f32:.3f}; "
+        + ("tensor names stripped by --strip_names"
+           if report["int8"].get("names_stripped") else
+           f"tensor names {b.get('tensor_name_bytes', 0) / 1024:.1f} KB of it, which "
+           "--strip_names drops")
+        + "). Per-channel parameters cost about 24 bytes per "
+        "convolution output channel (a float32 scale and an int64 zero point for the weights "
+        "and again for the int32 bias), against 9 int8 weights in a 3x3 depthwise channel, "
+        "so narrow MobileNetV2s (small --alpha) stay above 30% of float32. Weight scales: "
+        + ("`mixed` (--int8_weights): one per tensor for 1x1 convolutions and the classifier, "
+           "one per channel for the depthwise and the first convolution."
+           if report["int8"].get("weight_granularity") == "mixed" else
+           "`per_channel` (--int8_weights); `mixed` would keep one per tensor for 1x1 "
+           "convolutions and the classifier, about half the parameters."),
     ]
 
 

@@ -274,3 +274,57 @@ def test_bad_arguments_name_the_value(image_folder):
         data.load(name, limit=-3)
     with pytest.raises(ValueError, match=r"train\[:5\]"):
         data.load(name, "train[:5]")
+
+
+# ------------------------------------------------- datasets without a test split
+@pytest.mark.filterwarnings("ignore:Dataset .* has no test or validation split")
+def test_folder_without_test_split_holds_out_each_class(tmp_path):
+    # root/<class>/*.png (no split folders): 20 cats, 5 dogs, 1 emu; each file its own grey.
+    for ci, (cls, n) in enumerate({"cat": 20, "dog": 5, "emu": 1}.items()):
+        for i in range(n):
+            _write_png(tmp_path / cls / f"{i:02d}.png", 60 * ci + i)
+    name = f"folder:{tmp_path}"
+    with pytest.warns(UserWarning, match="no test or validation split"):
+        info = data.info(name)
+    assert info.class_names == ["cat", "dog", "emu"]
+    assert (info.train_split, info.test_split) == ("train", "test")
+    # 10% of 20 cats = 2, at least one of the 5 dogs, none of the single emu.
+    assert info.splits == {"train": 23, "test": 3}
+    _, y_test = _collect(data.load(name, "test", batch_size=4))
+    assert sorted(y_test.tolist()) == [0, 0, 1]
+    x_train, y_train = _collect(data.load(name, "train", batch_size=4, augment=False,
+                                          shuffle=False))
+    assert sorted(y_train.tolist()) == [0] * 18 + [1] * 4 + [2]
+    x_test, _ = _collect(data.load(name, "test", batch_size=4))
+    # disjoint: no held-out image is also a training image (the pixels encode the file)
+    train_rows = {row.tobytes() for row in x_train.reshape(len(x_train), -1)}
+    assert not any(row.tobytes() in train_rows for row in x_test.reshape(len(x_test), -1))
+    assert len(train_rows) == 23  # every file distinct, so the check above means disjoint
+    # the same split on every run
+    with pytest.warns(UserWarning):
+        assert data.info(name).splits == info.splits
+
+
+def test_tfds_splits_hold_out_train_when_no_test():
+    from tensorflow_datasets.core import naming
+    from tensorflow_datasets.core import splits as splits_lib
+
+    template = naming.ShardedFileTemplate(data_dir="/nonexistent", dataset_name="x",
+                                          split="train", filetype_suffix="tfrecord")
+    split_dict = splits_lib.SplitDict([splits_lib.SplitInfo(
+        name="train", shard_lengths=[60, 43], num_bytes=0, filename_template=template)])
+
+    def count(spec):
+        return split_dict[spec].num_examples
+
+    with pytest.warns(UserWarning, match=r"train\[90%:\]"):
+        splits, train, test = data.sources.tfds_train_test_splits("flowers", {"train": 103}, count)
+    assert (train, test) == ("train[:90%]", "train[90%:]")
+    assert splits["train[:90%]"] + splits["train[90%:]"] == 103 and splits["train[90%:]"] == 10
+    info = data.DatasetInfo("flowers", 5, (None, None, 3), splits, [], train, test)
+    assert data.sources.resolve_split(info, "test", allow_slicing=True) == "train[90%:]"
+    assert data.sources.resolve_split(info, train, allow_slicing=True) == "train[:90%]"
+    # A validation split is used as the test split; unknown splits are left to tfds.
+    assert data.sources.tfds_train_test_splits("x", {"train": 5, "validation": 2}, count)[1:] == (
+        "train", "validation")
+    assert data.sources.tfds_train_test_splits("x", {}, count) == ({}, "train", "test")

@@ -22,11 +22,16 @@ def test_methods_speed_writes_ratios(tmp_path):
     )
     data = json.loads(out.read_text())
     for key in ("at_over_kd", "fitnet_over_kd", "fitnet_over_keras_feature",
-                "keras_feature_over_keras_logits"):
+                "keras_feature_over_keras_logits", "fitnet_over_floor", "floor_over_keras_feature"):
         assert data[key] > 0, key
     assert data["skipped"] == {}
-    assert set(data["median_step_seconds"]) == {
-        "kd", "at", "fitnet", "kdkeras_fitnet", "keras_feature", "keras_logits"}
+    med = data["median_step_seconds"]
+    assert set(med) == {"kd", "at", "fitnet", "kdkeras_fitnet", "keras_feature", "keras_logits",
+                        "student_alone", "teacher_to_tap"}
+    # one round: the floor ratios are plain quotients of the printed times
+    floor = med["student_alone"] + med["teacher_to_tap"]
+    assert data["fitnet_over_floor"] == pytest.approx(med["kdkeras_fitnet"] / floor)
+    assert data["floor_over_keras_feature"] == pytest.approx(floor / med["keras_feature"])
     assert data["config"]["feature_taps"]["teacher_layer"] == data["config"]["feature_taps"]["student_layer"]
     assert "fitnet_over_keras_feature" in proc.stdout
 

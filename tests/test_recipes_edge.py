@@ -51,6 +51,10 @@ def test_edge_recipe_exports_and_checks_all_variants(tmp_path):
     assert b["file_bytes"] == report["int8"]["size_bytes"] and b["quantized_channels"] > 0
     assert "int8 file by content" in md
     assert "CHECK float32_logits_match_keras" in out
+    # Defaults: mixed int8 weight scales, tensor names stripped from every file.
+    assert report["int8"]["weight_granularity"] == "mixed" and "`mixed`" in md
+    for q in VARIANTS[1:]:
+        assert report[q]["names_stripped"] and report[q]["size_breakdown"]["tensor_name_bytes"] == 0
 
 
 def _save_tiny_run(tmp_path):

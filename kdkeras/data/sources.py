@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import glob
 import os
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -25,6 +26,8 @@ FASHION_MNIST_CLASSES = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 FOLDER_PREFIX = "folder:"
 TFDS_SHUFFLE_BUFFER = 10_000  # decoded tfds images are big: cap the shuffle buffer
+#: share of the training split held out as the test split when a dataset has none
+HOLDOUT_PERCENT = 10
 
 ACCEPTED_NAMES = (
     "a tensorflow-datasets image-classification name (e.g. 'cifar10'), "
@@ -111,6 +114,16 @@ def resolve_split(info: DatasetInfo, split: str, allow_slicing: bool = False) ->
     raise ValueError(
         f"Unknown split {split!r} for dataset {info.name!r}; "
         f"available splits: {', '.join(sorted(info.splits))}"
+    )
+
+
+def _warn_holdout(name: str, train: str, test: str, num_test: int | None) -> None:
+    count = "" if num_test is None else f" ({num_test} examples)"
+    warnings.warn(
+        f"Dataset {name!r} has no test or validation split: its last {HOLDOUT_PERCENT}% of "
+        f"training examples{count} are held out as the test split {test!r} and training "
+        f"uses {train!r}.",
+        stacklevel=3,
     )
 
 
@@ -294,17 +307,28 @@ class FolderSource:
                 f"Image folder {root!r} (from {name!r}) does not exist or is not a directory; "
                 f"expected the layout root/<split>/<class>/*.{{jpg,jpeg,png,bmp,gif}}"
             )
-        splits = _list_dirs(root)
-        class_names = sorted({c for s in splits for c in _list_dirs(os.path.join(root, s))})
+        if any(_list_images(os.path.join(root, d)) for d in _list_dirs(root)):
+            # root/<class>/*.jpg: one unsplit set of classes.
+            layout = {"train": root}
+        else:
+            layout = {split: os.path.join(root, split) for split in _list_dirs(root)}
+        class_names = sorted({c for d in layout.values() for c in _list_dirs(d)})
         label_of = {c: i for i, c in enumerate(class_names)}
         self.files: dict[str, list[tuple[str, int]]] = {}
-        for split in splits:
-            split_dir = os.path.join(root, split)
+        for split, split_dir in layout.items():
             self.files[split] = [
                 (path, label_of[c])
                 for c in _list_dirs(split_dir)
                 for path in _list_images(os.path.join(split_dir, c))
             ]
+        splits = list(self.files)
+        test_split = next((s for s in ("test", "val", "validation") if s in splits), None)
+        if test_split is None and self.files.get("train"):
+            train, test = _hold_out(self.files["train"])
+            if test:
+                self.files["train"], self.files["test"] = train, test
+                test_split, splits = "test", splits + ["test"]
+                _warn_holdout(name, "train", "test", len(test))
         all_paths = [p for items in self.files.values() for p, _ in items]
         if not all_paths:
             raise DatasetNotFoundError(
@@ -318,7 +342,7 @@ class FolderSource:
             splits={split: len(items) for split, items in self.files.items()},
             class_names=class_names,
             train_split="train" if "train" in splits else None,
-            test_split=next((s for s in ("test", "val", "validation") if s in splits), None),
+            test_split=test_split,
         )
 
     @staticmethod
@@ -344,6 +368,22 @@ class FolderSource:
         return RawSplit(dataset, decode, len(items), shuffle_buffer=len(items))
 
 
+def _hold_out(items: list[tuple[str, int]]) -> tuple[list, list]:
+    """(train, test): the last HOLDOUT_PERCENT of each class's files in path
+    order (at least one of a class with two or more), so the split is
+    stratified and the same on every run."""
+    by_class: dict[int, list] = {}
+    for path, label in sorted(items):
+        by_class.setdefault(label, []).append((path, label))
+    train, test = [], []
+    for label in sorted(by_class):
+        files = by_class[label]
+        k = max(1, len(files) * HOLDOUT_PERCENT // 100) if len(files) >= 2 else 0
+        train += files[: len(files) - k]
+        test += files[len(files) - k:]
+    return train, test
+
+
 def _decode_file(path: tf.Tensor, shape: tuple[int | None, int | None, int]) -> tf.Tensor:
     """Reads and decodes one image file to uint8 HWC with the folder's channel count."""
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
@@ -354,6 +394,28 @@ def _decode_file(path: tf.Tensor, shape: tuple[int | None, int | None, int]) -> 
 
 
 # ------------------------------------------------------------------ tensorflow-datasets
+def tfds_train_test_splits(
+    name: str, splits: dict[str, int], count: Callable[[str], int]
+) -> tuple[dict[str, int], str | None, str | None]:
+    """(splits, train split, test split) of a tfds dataset with `splits` sizes.
+
+    The test split is 'test', else 'validation'; a dataset with neither (such
+    as tf_flowers or eurosat) trains on 'train[:90%]' and tests on
+    'train[90%:]' (sizes from `count`, which takes a tfds split spec). Unknown
+    splits (`{}`, not downloaded yet) give ('train', 'test') for tfds to check.
+    """
+    splits = dict(splits)
+    train = "train" if not splits or "train" in splits else None
+    test = next((s for s in ("test", "validation") if s in splits), None if splits else "test")
+    if test is None and train is not None:
+        cut = 100 - HOLDOUT_PERCENT
+        train, test = f"train[:{cut}%]", f"train[{cut}%:]"
+        for part in (train, test):
+            splits[part] = int(count(part))
+        _warn_holdout(name, train, test, splits[test])
+    return splits, train, test
+
+
 def _import_tfds():
     import tensorflow_datasets as tfds  # slow import: only when a tfds source is used
 
@@ -374,18 +436,29 @@ class TfdsSource:
                 f"({type(error).__name__}). Accepted: {ACCEPTED_NAMES}."
             ) from error
         image_feature, label_feature = self._supervised_features(builder)
-        splits = {s: int(v.num_examples) for s, v in builder.info.splits.items()}
+        if not builder.info.splits:
+            self._prepare(builder)
+        splits, train_split, test_split = tfds_train_test_splits(
+            name, {s: int(v.num_examples) for s, v in builder.info.splits.items()},
+            lambda split: int(builder.info.splits[split].num_examples),
+        )
         self.info = DatasetInfo(
             name=name,
             num_classes=int(label_feature.num_classes),
             image_shape=tuple(image_feature.shape),
             splits=splits,
             class_names=list(label_feature.names),
-            train_split="train" if not splits or "train" in splits else None,
-            test_split=next(
-                (s for s in ("test", "validation") if s in splits), None if splits else "test"
-            ),
+            train_split=train_split,
+            test_split=test_split,
         )
+
+    def _prepare(self, builder) -> None:
+        """Download and prepare the data now (as `tfds.load` would) so that its
+        splits are known; offline this fails and the splits stay unknown."""
+        try:
+            builder.download_and_prepare()
+        except Exception:  # noqa: BLE001 - no network / no data: tfds.load says why later
+            pass
 
     def _supervised_features(self, builder):
         """The (image, label) features named by the builder's supervised keys."""

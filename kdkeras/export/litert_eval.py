@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from .tflite import _image_part
+
+if TYPE_CHECKING:  # keras is imported by callers; only the annotations name it
+    import keras
 
 
 def _to_numpy(t: Any) -> np.ndarray:
@@ -199,7 +202,7 @@ def evaluate_tflite(
 
 
 def compare_with_keras(
-    model: "keras.Model",  # noqa: F821
+    model: keras.Model,
     path: str,
     dataset: Any,
     max_batches: int | None = None,

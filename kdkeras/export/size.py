@@ -1,4 +1,9 @@
-"""Where the bytes of a .tflite file go: tensor data, quantisation parameters, graph.
+"""Where the bytes of a .tflite file go, and dropping the ones the runtime never reads.
+
+`tflite_size_breakdown` splits a file into tensor data, quantisation
+parameters and graph; `strip_tensor_names` removes tensor names (the
+converter writes each tensor's fused TF op names, tens of KB for a
+MobileNetV2), which only debugging tools read.
 
 Full-integer int8 files store, per output channel of every convolution, a
 float32 scale and an int64 zero point for the weights and again for the int32
@@ -24,19 +29,45 @@ def _schema():
     return schema_py_generated
 
 
+def _read(buf: bytes):
+    schema = _schema()
+    if schema is None:
+        return None
+    return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(buf, 0))
+
+
+def strip_tensor_names(flatbuffer: bytes) -> bytes:
+    """`flatbuffer` without tensor names, subgraph names or model description.
+
+    Signature definitions are kept (they address tensors by index), so
+    `get_signature_runner` still works; tensor details report empty names.
+    Raises RuntimeError when TensorFlow's LiteRT schema module is missing.
+    """
+    model = _read(bytes(flatbuffer))
+    if model is None:  # pragma: no cover - moved in a future TensorFlow
+        raise RuntimeError("strip_tensor_names needs tensorflow.lite.python.schema_py_generated")
+    from tensorflow.lite.tools import flatbuffer_utils  # noqa: PLC0415
+
+    model.description = None
+    for subgraph in model.subgraphs:
+        subgraph.name = None
+        for tensor in subgraph.tensors:
+            tensor.name = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def tflite_size_breakdown(path: str) -> dict | None:
     """Bytes of `path` by kind: tensor data, quantisation parameters, the rest.
 
     Returns {"file_bytes", "tensor_data_bytes", "quant_param_bytes",
-    "quantized_channels", "other_bytes"} (other = graph, op and tensor
-    metadata, alignment), or None when TensorFlow's schema module is missing.
+    "quantized_channels", "other_bytes", "tensor_name_bytes"} (other = graph,
+    op and tensor metadata, alignment; of which tensor names), or None when TensorFlow's schema module is missing.
     """
-    schema = _schema()
-    if schema is None:
-        return None
     with open(os.fspath(path), "rb") as f:
         buf = f.read()
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(buf, 0))
+    model = _read(buf)
+    if model is None:
+        return None
     data = sum(len(b.data) for b in model.buffers if b.data is not None)
     data += sum(int(b.size or 0) for b in model.buffers)  # data stored outside the flatbuffer
     channels = param_bytes = 0
@@ -50,10 +81,12 @@ def tflite_size_breakdown(path: str) -> dict | None:
             n_minmax = sum(0 if v is None else len(v) for v in (q.min, q.max))
             channels += n_scale
             param_bytes += n_scale * SCALE_BYTES + n_zero * ZERO_POINT_BYTES + n_minmax * 4
+    names = sum(len(t.name or b"") for subgraph in model.subgraphs for t in subgraph.tensors)
     return {
         "file_bytes": len(buf),
         "tensor_data_bytes": int(data),
         "quant_param_bytes": int(param_bytes),
         "quantized_channels": int(channels),
         "other_bytes": int(len(buf) - data - param_bytes),
+        "tensor_name_bytes": int(names),
     }
