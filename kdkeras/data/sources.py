@@ -321,13 +321,12 @@ class FolderSource:
                 for c in _list_dirs(split_dir)
                 for path in _list_images(os.path.join(split_dir, c))
             ]
-        splits = list(self.files)
-        test_split = next((s for s in ("test", "val", "validation") if s in splits), None)
+        test_split = next((s for s in ("test", "val", "validation") if s in self.files), None)
         if test_split is None and self.files.get("train"):
             train, test = _hold_out(self.files["train"])
             if test:
                 self.files["train"], self.files["test"] = train, test
-                test_split, splits = "test", splits + ["test"]
+                test_split = "test"
                 _warn_holdout(name, "train", "test", len(test))
         all_paths = [p for items in self.files.values() for p, _ in items]
         if not all_paths:
@@ -341,7 +340,7 @@ class FolderSource:
             image_shape=self._common_shape(all_paths),
             splits={split: len(items) for split, items in self.files.items()},
             class_names=class_names,
-            train_split="train" if "train" in splits else None,
+            train_split="train" if "train" in self.files else None,
             test_split=test_split,
         )
 

@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .flatbuffer import require_model, schema as flatbuffer_schema, write_model
+
 WEIGHT_GRANULARITIES = ("per_channel", "mixed")
-
-
-def _schema():
-    from tensorflow.lite.python import schema_py_generated  # noqa: PLC0415
-
-    return schema_py_generated
 
 
 def _buffer_array(model, tensor, dtype) -> np.ndarray:
@@ -34,7 +30,7 @@ def _per_channel_symmetric(quantization) -> bool:
         and quantization.scale is not None
         and len(quantization.scale) > 1
         and quantization.quantizedDimension == 0
-        and not np.any(np.asarray(quantization.zeroPoint if quantization.zeroPoint is not None else [0]))
+        and (quantization.zeroPoint is None or not np.any(quantization.zeroPoint))
     )
 
 
@@ -47,10 +43,8 @@ def mixed_granularity(flatbuffer: bytes) -> tuple[bytes, int]:
     scale the integer kernels expect. Filters shared by several tensors, and
     tensors that are not symmetric int8 per-channel, are left as they are.
     """
-    schema = _schema()
-    from tensorflow.lite.tools import flatbuffer_utils  # noqa: PLC0415
-
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytes(flatbuffer), 0))
+    model = require_model(flatbuffer, "mixed_granularity")
+    schema = flatbuffer_schema()
     op = schema.BuiltinOperator
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
     uses: dict[int, int] = {}
@@ -101,4 +95,4 @@ def mixed_granularity(flatbuffer: bytes) -> tuple[bytes, int]:
                 bias.quantization.scale = [input_scale * scale]
                 bias.quantization.zeroPoint = [0]
             rewritten += 1
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), rewritten
+    return write_model(model), rewritten

@@ -17,23 +17,10 @@ from __future__ import annotations
 
 import os
 
+from .flatbuffer import read_model, require_model, write_model
+
 SCALE_BYTES = 4  # float32, per the LiteRT schema
 ZERO_POINT_BYTES = 8  # int64, per the LiteRT schema
-
-
-def _schema():
-    try:
-        from tensorflow.lite.python import schema_py_generated  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - moved in a future TensorFlow
-        return None
-    return schema_py_generated
-
-
-def _read(buf: bytes):
-    schema = _schema()
-    if schema is None:
-        return None
-    return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(buf, 0))
 
 
 def strip_tensor_names(flatbuffer: bytes) -> bytes:
@@ -43,17 +30,13 @@ def strip_tensor_names(flatbuffer: bytes) -> bytes:
     `get_signature_runner` still works; tensor details report empty names.
     Raises RuntimeError when TensorFlow's LiteRT schema module is missing.
     """
-    model = _read(bytes(flatbuffer))
-    if model is None:  # pragma: no cover - moved in a future TensorFlow
-        raise RuntimeError("strip_tensor_names needs tensorflow.lite.python.schema_py_generated")
-    from tensorflow.lite.tools import flatbuffer_utils  # noqa: PLC0415
-
+    model = require_model(flatbuffer, "strip_tensor_names")
     model.description = None
     for subgraph in model.subgraphs:
         subgraph.name = None
         for tensor in subgraph.tensors:
             tensor.name = None
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return write_model(model)
 
 
 def tflite_size_breakdown(path: str) -> dict | None:
@@ -61,11 +44,12 @@ def tflite_size_breakdown(path: str) -> dict | None:
 
     Returns {"file_bytes", "tensor_data_bytes", "quant_param_bytes",
     "quantized_channels", "other_bytes", "tensor_name_bytes"} (other = graph,
-    op and tensor metadata, alignment; of which tensor names), or None when TensorFlow's schema module is missing.
+    op and tensor metadata, alignment; of which tensor names), or None when
+    TensorFlow's schema module is missing.
     """
     with open(os.fspath(path), "rb") as f:
         buf = f.read()
-    model = _read(buf)
+    model = read_model(buf)
     if model is None:
         return None
     data = sum(len(b.data) for b in model.buffers if b.data is not None)

@@ -151,13 +151,11 @@ def export_tflite(
             raise ValueError(
                 f"saved_model_dir={saved_model_dir!r} holds no saved_model.pb; write it "
                 "with kdkeras.export.export_saved_model(model, directory) first.")
+    with tempfile.TemporaryDirectory(prefix="kdkeras_savedmodel_") as tmp:
+        if saved_model_dir is None:
+            saved_model_dir = export_saved_model(model, os.path.join(tmp, "saved_model"))
         flatbuffer = _convert(model, saved_model_dir, quantization, representative_data,
                               num_representative, allow_custom_ops)
-    else:
-        with tempfile.TemporaryDirectory(prefix="kdkeras_savedmodel_") as tmp:
-            saved_dir = export_saved_model(model, os.path.join(tmp, "saved_model"))
-            flatbuffer = _convert(model, saved_dir, quantization, representative_data,
-                                  num_representative, allow_custom_ops)
     if weight_granularity == "mixed":
         flatbuffer, _ = mixed_granularity(flatbuffer)
     if strip_names:
