@@ -64,7 +64,6 @@ def paths() -> tuple[str, str, str]:
 
 def registry_names() -> list[str]:
     """Every registered method once (aliases such as tfkd_reg -> virtual_teacher dropped)."""
-    sys.path.insert(0, ROOT)
     import kdkeras
 
     by_class = {}

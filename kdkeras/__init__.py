@@ -8,7 +8,7 @@ optional libraries are imported on first use.
 
 import importlib
 
-from kdkeras import methods, taps
+from kdkeras import keys, methods, taps
 from kdkeras.distiller import Distiller
 from kdkeras.stages import Stage, run_stages
 
@@ -25,4 +25,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'kdkeras' has no attribute {name!r}")
 
 
-__all__ = ["Distiller", "Stage", "run_stages", "methods", "taps", *_LAZY]
+__all__ = ["Distiller", "Stage", "run_stages", "keys", "methods", "taps", *_LAZY]

@@ -21,14 +21,15 @@ import tensorflow as tf
 from keras import ops
 
 from kdkeras import taps as taps_lib
-from kdkeras.methods.base import Method, sparse_labels
+from kdkeras.keys import GRAD_PREFIX, IMAGE, INDEX, INPUT_TAP, LOGITS, grad_key
+from kdkeras.methods.base import Method, StepContext, sparse_labels
 
-IMAGE_KEY = "image"
-INDEX_KEY = "index"
-#: key prefix of the gradient of a network's CE loss w.r.t. a tap (AT, gradient mode)
-GRAD_PREFIX = "grad:"
-#: the name under which methods ask for the gradient w.r.t. the input images
-INPUT_TAP = "input"
+# Aliases of `kdkeras.keys`, kept for code that imports them from here.
+IMAGE_KEY = IMAGE
+INDEX_KEY = INDEX
+__all__ = [
+    "Distiller", "split_inputs", "IMAGE_KEY", "INDEX_KEY", "GRAD_PREFIX", "INPUT_TAP",
+]
 
 
 def _num_replicas() -> int:
@@ -42,20 +43,25 @@ def _replica_scale(value):
 
 
 def split_inputs(x):
-    """Return (images, index or None) from `x` or `{"image": x, "index": i}`."""
+    """Return (images, index or None) from `x` or `{IMAGE: x, INDEX: i}`."""
     if isinstance(x, dict):
-        if IMAGE_KEY not in x:
+        if IMAGE not in x:
             raise ValueError(
-                f"Dict inputs must have an {IMAGE_KEY!r} entry (and optionally "
-                f"{INDEX_KEY!r}); got keys {sorted(x)}."
+                f"Dict inputs must have an {IMAGE!r} entry (and optionally "
+                f"{INDEX!r}); got keys {sorted(x)}."
             )
-        return x[IMAGE_KEY], x.get(INDEX_KEY)
+        return x[IMAGE], x.get(INDEX)
     return x, None
 
 
 @keras.saving.register_keras_serializable(package="kdkeras")
 class Distiller(keras.Model):
     """Trains `student` to match `teacher` through a list of methods.
+
+    Each step hands every method the tapped outputs of both networks and a
+    `kdkeras.methods.StepContext` (training flag, dataset index, epoch), so a
+    method needs nothing from the Distiller beyond its declared taps and
+    `gradient_keys`.
 
     Args:
         teacher: a built Keras model returning logits, or `None` when every
@@ -103,10 +109,13 @@ class Distiller(keras.Model):
         self.methods = _unique_names(methods)
         if teacher is not None:
             teacher.trainable = False
+        # The 0-based epoch and the run length of the current `fit`, read by
+        # warm-ups through the step context. Only `epoch` is saved (as before);
+        # `fit` sets both.
         self.epoch = keras.Variable(0, dtype="int32", trainable=False, name="epoch")
-        for method in self.methods:
-            # A plain reference: the variable is the Distiller's, saved once.
-            object.__setattr__(method, "epoch", self.epoch)
+        object.__setattr__(
+            self, "_fit_epochs", keras.Variable(1, dtype="int32", trainable=False, name="fit_epochs")
+        )
         self._build_taps()
         self._make_trackers()
         self.built = True
@@ -149,7 +158,7 @@ class Distiller(keras.Model):
         tap = self._teacher_tap
         if tap is None or self._grad_keys or any(m.uses_teacher_logits for m in self.methods):
             return tap
-        outputs = {k: v for k, v in tap.output.items() if k != taps_lib.LOGITS}
+        outputs = {k: v for k, v in tap.output.items() if k != LOGITS}
         if not outputs:
             return tap
         return keras.Model(tap.inputs, outputs, name=f"{tap.name}_cut")
@@ -180,7 +189,7 @@ class Distiller(keras.Model):
 
     def fit(self, *args, callbacks=None, **kwargs):
         """Keras' `fit`, with the epoch counter that warm-ups read kept in step."""
-        callbacks = list(callbacks or []) + [_EpochCounter(self.epoch)]
+        callbacks = list(callbacks or []) + [_EpochCounter(self.epoch, self._fit_epochs)]
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     # -- forward --------------------------------------------------------------------
@@ -211,17 +220,17 @@ class Distiller(keras.Model):
             labels = sparse_labels(y)
             ce = ops.sum(
                 keras.losses.sparse_categorical_crossentropy(
-                    labels, ops.cast(out[taps_lib.LOGITS], "float32"), from_logits=True
+                    labels, ops.cast(out[LOGITS], "float32"), from_logits=True
                 )
             )
         targets = [images if k == INPUT_TAP else out[k] for k in self._grad_keys]
         for key, grad in zip(self._grad_keys, inner.gradient(ce, targets)):
-            out[GRAD_PREFIX + key] = grad
+            out[grad_key(key)] = grad
         return out
 
     def _terms(self, teacher_out, student_out, y, sample_weight, index, training, methods):
         """Total (replica-scaled) loss and a dict of unscaled logged values."""
-        logits = student_out[taps_lib.LOGITS]
+        logits = student_out[LOGITS]
         student_loss = self._compile_loss(y, logits, sample_weight)
         if student_loss is None:
             student_loss = ops.zeros(())
@@ -229,10 +238,11 @@ class Distiller(keras.Model):
         logs = {"student_loss": student_loss * _num_replicas()}
         total = self.student_loss_weight * student_loss
         labels = sparse_labels(y)
+        context = StepContext(
+            training=training, index=index, epoch=self.epoch, epochs=self._fit_epochs
+        )
         for method in methods:
-            term = method.compute_loss(
-                teacher_out, student_out, labels, index=index, training=training
-            )
+            term = method.step_loss(teacher_out, student_out, labels, context)
             if isinstance(term, dict):
                 for key, value in term.items():
                     logs[f"{method.name}_{key}"] = value
@@ -252,7 +262,7 @@ class Distiller(keras.Model):
             names = [m.name for m in self.methods if m.requires_index]
             raise ValueError(
                 f"Methods {names} need each sample's dataset index. Feed x as "
-                f"{{'image': images, 'index': indices}}, e.g. "
+                f"{{{IMAGE!r}: images, {INDEX!r}: indices}}, e.g. "
                 "kdkeras.data.load(..., with_index=True)."
             )
 
@@ -293,7 +303,7 @@ class Distiller(keras.Model):
         return self.student(images, training=False)
 
     def _update_metrics(self, total, logs, teacher_out, student_out, y, sample_weight):
-        logits = student_out[taps_lib.LOGITS]
+        logits = student_out[LOGITS]
         batch = tf.shape(logits)[0]
         unscaled = total * _num_replicas() if _num_replicas() > 1 else total
         self._loss_tracker.update_state(unscaled, sample_weight=batch)
@@ -302,10 +312,10 @@ class Distiller(keras.Model):
                 self._student_loss_tracker if key == "student_loss" else self._term_trackers[key]
             )
             tracker.update_state(value, sample_weight=batch)
-        agreement = self._agreement_tracker is not None and taps_lib.LOGITS in teacher_out
+        agreement = self._agreement_tracker is not None and LOGITS in teacher_out
         if agreement:
             same = ops.equal(
-                ops.argmax(teacher_out[taps_lib.LOGITS], axis=-1), ops.argmax(logits, axis=-1)
+                ops.argmax(teacher_out[LOGITS], axis=-1), ops.argmax(logits, axis=-1)
             )
             self._agreement_tracker.update_state(ops.cast(same, "float32"))
         if self._compile_metrics is not None:
@@ -339,14 +349,19 @@ class Distiller(keras.Model):
 
 class _EpochCounter(keras.callbacks.Callback):
     """Keeps the Distiller's `epoch` variable equal to Keras' epoch number, so
-    warm-ups follow the epoch after a resume with `initial_epoch`."""
+    warm-ups follow the epoch after a resume with `initial_epoch`, and its run
+    length equal to the `epochs` of the `fit` call."""
 
-    def __init__(self, variable):
+    def __init__(self, epoch, epochs):
         super().__init__()
-        self._variable = variable
+        self._epoch = epoch
+        self._epochs = epochs
+
+    def on_train_begin(self, logs=None):
+        self._epochs.assign(max(int(self.params.get("epochs") or 1), 1))
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._variable.assign(epoch)
+        self._epoch.assign(epoch)
 
 
 def _unique_names(methods: list[Method]) -> list[Method]:
@@ -370,7 +385,7 @@ def _check_models(teacher, student, methods):
         raise TypeError(f"student must be a keras.Model, got {type(student).__name__}.")
     if not student.built:
         raise ValueError(f"Student {student.name!r} must be built (call it once or give it an Input).")
-    needs_teacher = [m.name for m in methods if getattr(m, "requires_teacher", True)]
+    needs_teacher = [m.name for m in methods if m.requires_teacher]
     if teacher is None:
         if needs_teacher:
             raise ValueError(

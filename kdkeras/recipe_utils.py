@@ -1,176 +1,123 @@
-"""What the absl recipes share: common flags, data set-up and model loading.
+"""The flags every recipe shares, and their translation into the run layer's configs.
 
-Kept in the package (not in `recipes/`) so every recipe defines the same
-flags with the same meaning, and tests can import it.
+Recipes define these on absl's `FlagValues` (the global `flags.FLAGS` when run
+as scripts, a fresh `flags.FlagValues()` in tests, so several recipes can run
+in one process) and hand the parsed values to `run_config`/`distill_spec`:
+only these two functions read flag values, and only those they are given.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
-import keras
 from absl import flags
 
-from kdkeras import data as data_lib
-from kdkeras import models as models_lib
 from kdkeras import training
+from kdkeras.experiment import DistillSpec, RunConfig
+from kdkeras.methods.base import parse_kwargs
 
-FLAGS = flags.FLAGS
+AUGMENT = {"auto": None, "on": True, "off": False}
 
 
-def define_data_flags(default_dataset: str = "fashion_mnist") -> None:
+def define_data_flags(fv: flags.FlagValues = flags.FLAGS, default_dataset: str = "fashion_mnist") -> None:
+    """--dataset, --data_dir, --train_limit, --test_limit, --batch_size, --image_size,
+    --channels, --augment, --seed."""
     flags.DEFINE_string(
         "dataset", default_dataset,
         "A tensorflow-datasets name (cifar100, ...), 'fashion_mnist' (offline from "
         "Debian's dataset-fashion-mnist when tfds cannot download) or folder:/path "
-        "(root/split/class/*.jpg|png).")
-    flags.DEFINE_string("data_dir", None, "tfds data_dir (or the IDX folder for fashion_mnist).")
-    flags.DEFINE_integer("train_limit", None, "Use only the first N training examples (quick runs).")
-    flags.DEFINE_integer("test_limit", None, "Use only the first N test examples.")
-    flags.DEFINE_integer("batch_size", 64, "Global batch size (split across replicas).")
-    flags.DEFINE_integer("image_size", None, "Resize images to this square size (default: the data's, or the teacher's input).")
-    flags.DEFINE_integer("channels", None, "Convert images to 1 or 3 channels (default: the data's).")
-    flags.DEFINE_enum("augment", "auto", ["auto", "on", "off"],
-                      "Pad-4 random crop + flip on the training split; auto = on except for (fashion_)mnist.")
-    flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling, augmentation).")
+        "(root/split/class/*.jpg|png, or root/class/*.jpg|png).", flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "tfds data_dir (or the IDX folder for fashion_mnist).",
+                        flag_values=fv)
+    flags.DEFINE_integer("train_limit", None, "Use only the first N training examples (quick runs).",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("test_limit", None, "Use only the first N test examples.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_integer("batch_size", 64, "Global batch size (split across replicas).",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("image_size", None,
+                         "Resize images to this square size (default: the data's, or the teacher's input).",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_enum("channels", None, ["1", "3"], "Convert images to 1 or 3 channels (default: the data's).",
+                      flag_values=fv)
+    flags.DEFINE_enum("augment", "auto", list(AUGMENT),
+                      "Pad-4 random crop + flip on the training split; auto = on except for (fashion_)mnist.",
+                      flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling, augmentation).", flag_values=fv)
 
 
-def define_train_flags(epochs: int = 10, lr: float = 0.05) -> None:
-    flags.DEFINE_integer("epochs", epochs, "Training epochs.")
-    flags.DEFINE_float("lr", lr, "Peak learning rate.")
-    flags.DEFINE_enum("optimizer", "sgd", list(training.OPTIMIZERS), "Optimizer (SGD uses momentum 0.9).")
+def define_train_flags(fv: flags.FlagValues = flags.FLAGS, epochs: int = 10, lr: float = 0.05) -> None:
+    """--epochs, --lr, --optimizer, --schedule, --weight_decay, --strategy,
+    --tensorboard, --output_dir, --run_eagerly."""
+    flags.DEFINE_integer("epochs", epochs, "Training epochs.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("lr", lr, "Peak learning rate.", lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_enum("optimizer", "sgd", list(training.OPTIMIZERS), "Optimizer (SGD uses momentum 0.9).",
+                      flag_values=fv)
     flags.DEFINE_enum("schedule", "cosine", list(training.SCHEDULES),
-                      "Learning-rate schedule: cosine, or step (x0.1 at 62.5/75/87.5% of training, as 150/180/210 of 240).")
-    flags.DEFINE_float("weight_decay", 5e-4, "Weight decay.")
-    flags.DEFINE_enum("strategy", "default", list(training.STRATEGIES), "tf.distribute strategy.")
-    flags.DEFINE_bool("tensorboard", False, "Write TensorBoard logs under output_dir/tensorboard.")
-    flags.DEFINE_string("output_dir", "runs/out", "Where models, metrics and reports are written.")
+                      "Learning-rate schedule: cosine, or step (x0.1 at 62.5/75/87.5% of training, "
+                      "as 150/180/210 of 240).", flag_values=fv)
+    flags.DEFINE_float("weight_decay", 5e-4, "Weight decay.", lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_enum("strategy", "default", list(training.STRATEGIES), "tf.distribute strategy.",
+                      flag_values=fv)
+    flags.DEFINE_bool("tensorboard", False, "Write TensorBoard logs under output_dir/tensorboard.",
+                      flag_values=fv)
+    flags.DEFINE_string("output_dir", "runs/out", "Where models, metrics and reports are written.",
+                        flag_values=fv)
     flags.DEFINE_bool("run_eagerly", False,
                       "Run Keras steps eagerly: for debugging, and faster on tiny smoke runs where "
-                      "tracing dominates.")
+                      "tracing dominates.", flag_values=fv)
 
 
-def start_run():
-    """Seed everything from --seed, create --output_dir and return the --strategy to train under."""
-    training.seeded(FLAGS.seed)
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    return training.get_strategy(FLAGS.strategy)
+def define_run_flags(fv: flags.FlagValues = flags.FLAGS, epochs: int = 10, lr: float = 0.05) -> None:
+    """The data and training flags together (what `run_config` reads)."""
+    define_data_flags(fv)
+    define_train_flags(fv, epochs=epochs, lr=lr)
 
 
-def train_config(epochs: int | None = None) -> training.TrainConfig:
-    return training.TrainConfig(
-        epochs=FLAGS.epochs if epochs is None else epochs,
-        lr=FLAGS.lr,
-        optimizer=FLAGS.optimizer,
-        schedule=FLAGS.schedule,
-        weight_decay=FLAGS.weight_decay,
-        strategy=FLAGS.strategy,
-        tensorboard=FLAGS.tensorboard,
+def define_distill_flags(fv: flags.FlagValues = flags.FLAGS, teacher: str | None = None,
+                         student: str = "resnet8") -> None:
+    """The flags of a distillation run (`DistillSpec`): teacher, student, method, baseline."""
+    flags.DEFINE_string("teacher", teacher,
+                        "Path to a .keras teacher, a zoo name to train first, or 'none'.", flag_values=fv)
+    flags.DEFINE_integer("teacher_epochs", 10, "Epochs when --teacher is a zoo name trained here.",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_string("student", student, "Zoo name of the student.", flag_values=fv)
+    flags.DEFINE_string("student_args", "",
+                        "Zoo kwargs for the student, e.g. 'width_multiplier=0.5,dropout=0.1'.",
+                        flag_values=fv)
+    flags.DEFINE_string("method", "kd", "Method name or '+' combination, e.g. kd, kd+at, crd.",
+                        flag_values=fv)
+    flags.DEFINE_string("method_args", "", "Per-method overrides: 'kd.temperature=2,at.weight=500'.",
+                        flag_values=fv)
+    flags.DEFINE_float("student_loss_weight", None,
+                       "Weight of the student's cross-entropy; default: the methods' own (KD 0.1, "
+                       "LSR 0, others 1; a mix takes the smallest).", lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_integer("init_epochs", None,
+                         "Epochs of the initialisation stage of FT/AB/FSP (default: a quarter of "
+                         "--epochs, at least 1).", lower_bound=1, flag_values=fv)
+    flags.DEFINE_bool("baseline", False,
+                      "Also train the student alone on the same budget and initial weights (baseline_top1).",
+                      flag_values=fv)
+
+
+def run_config(fv: flags.FlagValues) -> RunConfig:
+    """The `RunConfig` of parsed data and training flags."""
+    return RunConfig(
+        dataset=fv.dataset, data_dir=fv.data_dir, train_limit=fv.train_limit,
+        test_limit=fv.test_limit, batch_size=fv.batch_size, image_size=fv.image_size,
+        channels=int(fv.channels) if fv.channels else None, augment=AUGMENT[fv.augment],
+        seed=fv.seed, epochs=fv.epochs, lr=fv.lr, optimizer=fv.optimizer, schedule=fv.schedule,
+        weight_decay=fv.weight_decay, strategy=fv.strategy, tensorboard=fv.tensorboard,
+        run_eagerly=fv.run_eagerly, output_dir=fv.output_dir,
     )
 
 
-@dataclass
-class DataSetup:
-    """The train/test pipelines and what models need to know about them."""
-
-    info: data_lib.DatasetInfo
-    train: object
-    test: object
-    input_shape: tuple
-    num_train: int
-
-    @property
-    def num_classes(self) -> int:
-        return self.info.num_classes
-
-
-def setup_data(
-    input_shape: tuple | None = None, with_index: bool = False, shuffle_train: bool = True
-) -> DataSetup:
-    """Build train/test pipelines from the data flags.
-
-    `input_shape` (H, W, C) of an existing model wins over the data's own shape
-    so a loaded teacher gets the images it was trained on.
-    """
-    info = data_lib.info(FLAGS.dataset, data_dir=FLAGS.data_dir)
-    h, w, c = info.image_shape
-    if FLAGS.image_size:
-        h = w = FLAGS.image_size
-    if FLAGS.channels:
-        c = FLAGS.channels
-    if input_shape is not None:
-        h, w, c = input_shape
-    if h is None or w is None:
-        raise ValueError(
-            f"Images of {FLAGS.dataset!r} vary in size; pass --image_size=N to resize them."
-        )
-    augment = {"auto": None, "on": True, "off": False}[FLAGS.augment]
-    common = dict(
-        batch_size=FLAGS.batch_size, image_size=(h, w), channels=c,
-        data_dir=FLAGS.data_dir, seed=FLAGS.seed,
+def distill_spec(fv: flags.FlagValues, **overrides) -> DistillSpec:
+    """The `DistillSpec` of parsed distillation flags; `overrides` set the rest
+    (e.g. a recipe's fixed input shape)."""
+    spec = DistillSpec(
+        teacher=fv.teacher, student=fv.student, student_args=parse_kwargs(fv.student_args),
+        method=fv.method, method_args=fv.method_args, student_loss_weight=fv.student_loss_weight,
+        teacher_epochs=fv.teacher_epochs, init_epochs=fv.init_epochs, baseline=fv.baseline,
     )
-    train = data_lib.load(
-        FLAGS.dataset, info.train_split, augment=augment, limit=FLAGS.train_limit,
-        with_index=with_index, shuffle=shuffle_train, **common,
-    )
-    test = data_lib.load(FLAGS.dataset, info.test_split, limit=FLAGS.test_limit, **common)
-    num_train = info.splits.get(info.train_split) or training.steps_in(train) * FLAGS.batch_size
-    if FLAGS.train_limit:
-        num_train = min(num_train, FLAGS.train_limit)
-    return DataSetup(info, train, test, (h, w, c), int(num_train))
-
-
-def is_model_path(spec: str) -> bool:
-    return spec.endswith(".keras") or os.path.sep in spec or os.path.exists(spec)
-
-
-def model_input_shape(path: str) -> tuple:
-    return tuple(training.load_model(path).input_shape[1:])
-
-
-def build_model(name: str, data: DataSetup, seed: int | None = None, **kwargs) -> keras.Model:
-    """A zoo model for the data's input shape and classes, seeded for a fair baseline."""
-    training.seeded(seed)
-    return models_lib.get(name, data.input_shape, data.num_classes, **kwargs)
-
-
-def zoo_kwargs(text: str) -> dict:
-    """`'width_multiplier=0.5,dropout=0.1'` -> kwargs for `kdkeras.models.get`."""
-    from kdkeras.methods.base import _parse_value
-
-    out = {}
-    for item in filter(None, (p.strip() for p in (text or "").split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"Bad model argument {item!r}: expected KEY=VALUE.")
-        out[key.strip()] = _parse_value(value)
-    return out
-
-
-def pct(v: float) -> str:
-    """A 0..1 fraction as a percentage with two decimals."""
-    return f"{100 * v:.2f}"
-
-
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    """A Markdown table; floats with four decimals."""
-
-    def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def fit(model, train_ds, test_ds, config, output_dir=None, tag="run") -> dict:
-    """Compile and fit a logits model or a Distiller (Keras progress bar); return
-    the trained network's history, time and test top-1."""
-    history, seconds = training.compile_and_fit(
-        model, train_ds, test_ds, config, output_dir, tag=tag,
-        compile_kwargs={"run_eagerly": FLAGS.run_eagerly},
-    )
-    network = getattr(model, "student", model)
-    return {"history": history, "train_seconds": seconds,
-            "top1": training.evaluate_top1(network, test_ds)}
+    for key, value in overrides.items():
+        setattr(spec, key, value)
+    return spec

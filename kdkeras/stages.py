@@ -3,10 +3,11 @@ epochs and trainable parts, and resume at the right stage after a crash.
 
 Some methods need a stage before the main one: FT pretrains its paraphraser on
 the teacher's map, AB initialises the student through its connectors, FSP
-matches flow matrices first. A `Stage` names what trains; `run_stages` runs
-them with one `Distiller` each (sharing the student and the method objects, so
-parts trained in one stage carry over), saves each finished stage's weights,
-and skips finished stages when it is run again.
+matches flow matrices first. Each says so through `Method.init_stages`, so
+`default_stages` asks the methods and names none. A `Stage` names what
+trains; `run_stages` runs them with one `Distiller` each (sharing the student
+and the method objects, so parts trained in one stage carry over), saves each
+finished stage's weights, and skips finished stages when it is run again.
 
     stages = [
         kdkeras.Stage("init", [ab], epochs=5, student_loss_weight=0.0),
@@ -19,43 +20,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import keras
 
 from kdkeras.distiller import Distiller
 from kdkeras.methods.base import Method
+from kdkeras.stage import Stage
 
-
-@dataclass
-class Stage:
-    """One training stage.
-
-    Args:
-        name: folder name of the stage's checkpoint (unique within a run).
-        methods: the methods whose terms are trained in this stage.
-        epochs: epochs of this stage.
-        student_loss_weight: weight of the student's own CE in this stage
-            (0 for a pure initialisation stage).
-        train_student: False to train only the methods' parts (e.g. FT's
-            paraphraser, which learns from the teacher alone).
-        frozen: methods whose parts are used but not trained in this stage.
-        setup: called before the stage starts (or is restored), e.g. to switch
-            FT between its paraphraser and transfer stages.
-    """
-
-    name: str
-    methods: Sequence[Method]
-    epochs: int
-    student_loss_weight: float = 1.0
-    train_student: bool = True
-    frozen: Sequence[Method] = field(default_factory=tuple)
-    setup: Callable[[], None] | None = None
-
-    def __post_init__(self):
-        if self.epochs < 0:
-            raise ValueError(f"Stage {self.name!r}: epochs must be >= 0, got {self.epochs}.")
+__all__ = ["Stage", "run_stages", "needs_init_stage", "default_stages"]
 
 
 def _stage_dir(output_dir: str, index: int, stage: Stage) -> str:
@@ -85,8 +58,6 @@ def run_stages(
         raise ValueError(f"Stage names must be unique, got {names}.")
     histories: dict[str, dict] = {}
     for index, stage in enumerate(stages):
-        if stage.setup is not None:
-            stage.setup()
         distiller = Distiller(
             teacher, student, list(stage.methods), student_loss_weight=stage.student_loss_weight,
             name=f"stage_{stage.name}",
@@ -96,6 +67,10 @@ def run_stages(
             method.trainable = method not in stage.frozen
         for method in stage.frozen:
             method.trainable = False
+        # After the flags: setting a layer's `trainable` resets its sublayers',
+        # so a setup that freezes part of a method (FT's paraphraser) runs last.
+        if stage.setup is not None:
+            stage.setup()
         if not distiller.trainable_variables:
             raise ValueError(
                 f"Stage {stage.name!r} has nothing to train: the student is frozen and its "
@@ -138,35 +113,49 @@ def run_stages(
 
 def needs_init_stage(methods: Sequence[Method]) -> bool:
     """True when a method's paper trains something in a stage before the main one."""
-    return any(getattr(m, "has_init_stage", False) for m in methods)
+    return any(m.init_stages(0) for m in methods)
 
 
 def default_stages(
     methods: Sequence[Method], init_epochs: int, epochs: int, student_loss_weight: float
 ) -> list[Stage]:
-    """The published staging for FT, AB and FSP, with the other methods in the main stage.
+    """The methods' own init stages (`Method.init_stages`), then the main stage.
 
-    - FT: its paraphraser first learns to reconstruct the teacher's map (student
-      frozen), then FT transfers through the frozen paraphraser in the main stage.
-    - AB and FSP: an initialisation stage of their term alone (no CE), then the
-      main stage without them (CE plus the other methods, e.g. KD).
+    Init stages that train only the methods' parts (the student frozen, e.g.
+    FT's paraphraser) come first, then those that train the student (AB and
+    FSP alone, no CE); init stages of one name from several methods merge into
+    one. The main stage holds the methods that stay in it (`in_main_stage`),
+    with CE at `student_loss_weight`, and calls each one's `setup_main` first.
     """
-    fts = [m for m in methods if getattr(m, "stages", None) == ("paraphraser", "transfer")]
-    inits = [m for m in methods if getattr(m, "has_init_stage", False) and m not in fts]
-    main = [m for m in methods if m not in inits]
-    stages = []
+    merged: dict[str, Stage] = {}
+    for method in methods:
+        for stage in method.init_stages(init_epochs):
+            merged[stage.name] = _merge(merged[stage.name], stage) if stage.name in merged else stage
+    inits = sorted(merged.values(), key=lambda stage: stage.train_student)
+    main = [m for m in methods if m.in_main_stage]
 
-    def set_ft(stage_name):
-        def apply():
-            for ft in fts:
-                ft.stage = stage_name
-        return apply
+    def setup_main():
+        for method in main:
+            method.setup_main()
 
-    if fts:
-        stages.append(Stage("ft_paraphraser", fts, init_epochs, student_loss_weight=0.0,
-                            train_student=False, setup=set_ft("paraphraser")))
-    if inits:
-        stages.append(Stage("init", inits, init_epochs, student_loss_weight=0.0))
-    stages.append(Stage("main", main, epochs, student_loss_weight=student_loss_weight,
-                        setup=set_ft("transfer")))
-    return stages
+    return [*inits, Stage("main", main, epochs, student_loss_weight=student_loss_weight,
+                          setup=setup_main)]
+
+
+def _merge(a: Stage, b: Stage) -> Stage:
+    """One stage training the methods of two init stages of the same name."""
+    settings = ("epochs", "student_loss_weight", "train_student")
+    if any(getattr(a, k) != getattr(b, k) for k in settings):
+        raise ValueError(
+            f"Two init stages named {a.name!r} differ in {settings}: "
+            f"{[getattr(a, k) for k in settings]} vs {[getattr(b, k) for k in settings]}."
+        )
+    setups = [f for f in (a.setup, b.setup) if f is not None]
+
+    def setup():
+        for f in setups:
+            f()
+
+    return Stage(a.name, [*a.methods, *b.methods], a.epochs, a.student_loss_weight,
+                 a.train_student, frozen=[*a.frozen, *b.frozen],
+                 setup=setup if setups else None)

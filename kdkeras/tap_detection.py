@@ -66,7 +66,9 @@ def _graph(op):
     return None
 
 
-def _is_functional(op) -> bool:
+def is_functional(op) -> bool:
+    """True for a functional or built Sequential Keras model (one whose graph
+    can be walked and tapped)."""
     return _graph(op) is not None
 
 
@@ -123,7 +125,7 @@ def _walk(model, on_trunk: bool = True) -> list[_Entry]:
         op = node.operation
         if node.is_input or isinstance(op, keras.layers.InputLayer):
             continue
-        if _is_functional(op):
+        if is_functional(op):
             entries.extend(_walk(op, on_trunk and trunk))
             continue
         # Raw ops (`x + y`) are not layers and shared layers cannot be tapped.
@@ -179,6 +181,7 @@ def _stage_entries(model) -> list[_Entry]:
 def stage_outputs(model: keras.Model) -> list[str]:
     """Names of the last layer at each spatial resolution (see module docstring).
 
+    >>> import kdkeras
     >>> stage_outputs(kdkeras.models.get("resnet20", (32, 32, 3), 10))
     ['stage1_block3_out', 'stage2_block3_out', 'stage3_block3_out']
     """
@@ -199,7 +202,7 @@ def preact_stage_outputs(model: keras.Model) -> list[str]:
         parents = entry.node.parent_nodes
         if isinstance(entry.layer, _ACTIVATIONS) and len(parents) == 1:
             parent = parents[0].operation
-            if isinstance(parent, keras.layers.Layer) and not _is_functional(parent):
+            if isinstance(parent, keras.layers.Layer) and not is_functional(parent):
                 name = parent.name
         names.append(name)
     return names
@@ -218,7 +221,7 @@ def embedding_layer(model: keras.Model) -> str:
         raise ValueError(f"Model {model.name!r} must have one output (the logits).")
     node = _producer_node(graph.outputs[0])
     while node is not None and not isinstance(node.operation, _CLASSIFIERS):
-        if _is_functional(node.operation):
+        if is_functional(node.operation):
             return embedding_layer(node.operation)
         parents = node.parent_nodes
         node = parents[0] if len(parents) == 1 else None
@@ -236,7 +239,7 @@ def embedding_layer(model: keras.Model) -> str:
             "model input directly; there is no embedding layer to tap."
         )
     op = parents[0].operation
-    while _is_functional(op):
+    while is_functional(op):
         op = _producer_node(_graph(op).outputs[0]).operation
     return op.name
 

@@ -5,6 +5,10 @@ shares `net`'s layers and weights and outputs `{"logits": ..., name: ...}`,
 so a network runs exactly once per step, whatever the number of methods.
 Layers inside nested functional models (a keras.applications model inside a
 wrapper) are found and tapped too.
+
+The default taps methods pick (stage outputs, pre-ReLU stage outputs, the
+embedding) come from `kdkeras.tap_detection` and are importable from here
+too, so users can see and override them.
 """
 
 from __future__ import annotations
@@ -14,13 +18,20 @@ from typing import Iterable, Sequence
 
 import keras
 
-LOGITS = "logits"
+from kdkeras.keys import LOGITS
+from kdkeras.tap_detection import (
+    embedding_layer,
+    is_functional,
+    pair_taps,
+    preact_stage_outputs,
+    stage_outputs,
+)
 
-
-def _is_functional(layer) -> bool:
-    return isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth") and bool(
-        getattr(layer, "inputs", None)
-    )
+__all__ = [
+    "LOGITS", "all_layer_names", "find_layer", "build_tap_model", "build_tap_model_direct",
+    "model_with_dict_output", "embedding_layer", "pair_taps", "preact_stage_outputs",
+    "stage_outputs",
+]
 
 
 def all_layer_names(model: keras.Model) -> list[str]:
@@ -28,7 +39,7 @@ def all_layer_names(model: keras.Model) -> list[str]:
     names = []
     for layer in model.layers:
         names.append(layer.name)
-        if _is_functional(layer):
+        if is_functional(layer):
             names.extend(all_layer_names(layer))
     return names
 
@@ -42,7 +53,7 @@ def find_layer(model: keras.Model, name: str) -> tuple[list[keras.Model], keras.
         if layer.name == name:
             return [model], layer
     for layer in model.layers:
-        if _is_functional(layer):
+        if is_functional(layer):
             try:
                 path, found = find_layer(layer, name)
             except ValueError:
@@ -71,10 +82,8 @@ def build_tap_model(model: keras.Model, layer_names: Iterable[str] = ()) -> kera
     names = list(dict.fromkeys(layer_names))
     if isinstance(model, keras.Sequential) and getattr(model, "_functional", None) is not None:
         # A built Sequential model keeps a functional twin that shares its layers.
-        functional = model._functional
-        if names:
-            return build_tap_model(functional, names)
-    if not _is_functional(model):
+        return build_tap_model(model._functional, names)
+    if not is_functional(model):
         if names:
             raise ValueError(
                 f"Model {model.name!r} is not a functional (or Sequential) Keras model, "
@@ -165,13 +174,3 @@ def model_with_dict_output(model: keras.Model) -> keras.Model:
         raise ValueError(f"Model {model.name!r} must be built before distillation.")
     inp = keras.Input(shape=tuple(shape[1:]))
     return keras.Model(inp, {LOGITS: model(inp)}, name=f"{model.name}_taps")
-
-
-# Default tap detection (stage outputs, pre-ReLU stages, embedding), exposed here
-# so users can see and override what methods pick.
-from kdkeras.tap_detection import (  # noqa: E402
-    embedding_layer,
-    pair_taps,
-    preact_stage_outputs,
-    stage_outputs,
-)

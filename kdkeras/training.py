@@ -19,6 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kdkeras.keys import IMAGE
+
 STRATEGIES = ("default", "mirrored", "multiworker")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
@@ -50,7 +52,8 @@ def make_schedule(
     if schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps)
     if schedule == "step":
-        bounds = sorted({max(1, int(f * total_steps)) for f in milestones})
+        # Keras keeps the old rate at a boundary step itself: the last step before each milestone
+        bounds = sorted({max(0, int(f * total_steps) - 1) for f in milestones})
         values = [lr * (0.1**i) for i in range(len(bounds) + 1)]
         return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, values)
     raise ValueError(f"Unknown schedule {schedule!r}; accepted: {list(SCHEDULES)}.")
@@ -94,14 +97,16 @@ def callbacks_for(
 def steps_in(dataset) -> int:
     """Number of batches of a finite dataset (counted if unknown)."""
     n = int(tf.data.experimental.cardinality(dataset))
+    if n == tf.data.INFINITE_CARDINALITY:
+        raise ValueError("The dataset repeats forever; give a finite one (or steps_per_epoch).")
     if n >= 0:
         return n
     return sum(1 for _ in dataset)
 
 
 def images_of(x):
-    """The image tensor of a batch's `x` (which may be `{"image", "index"}`)."""
-    return x["image"] if isinstance(x, dict) else x
+    """The image tensor of a batch's `x` (which may be `{IMAGE: ..., INDEX: ...}`)."""
+    return x[IMAGE] if isinstance(x, dict) else x
 
 
 def predict_logits(model: keras.Model, dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -132,6 +137,8 @@ class TrainConfig:
     strategy: str = "default"
     tensorboard: bool = False
     verbose: int | str = "auto"
+    #: run Keras steps eagerly: for debugging, and faster on tiny runs where tracing dominates
+    run_eagerly: bool = False
 
 
 def compile_and_fit(
@@ -153,7 +160,7 @@ def compile_and_fit(
         momentum=config.momentum,
         weight_decay=config.weight_decay,
     )
-    kwargs = {"metrics": ["accuracy"]}
+    kwargs = {"metrics": ["accuracy"], "run_eagerly": config.run_eagerly}
     if not hasattr(model, "student"):
         kwargs["loss"] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     kwargs.update(compile_kwargs or {})
@@ -189,15 +196,15 @@ def train_supervised(
     tag: str = "supervised",
 ) -> dict:
     """Train a logits model with cross-entropy; return its history, time and top-1."""
-    history, seconds = compile_and_fit(model, _drop_index(train_ds), _drop_index(test_ds), config, output_dir, tag)
+    history, seconds = compile_and_fit(model, drop_index(train_ds), drop_index(test_ds), config, output_dir, tag)
     return {"history": history, "train_seconds": seconds, "top1": evaluate_top1(model, test_ds)}
 
 
-def _drop_index(dataset):
+def drop_index(dataset):
     """Plain (image, label) batches for models that do not read the index."""
     spec = dataset.element_spec[0]
     if isinstance(spec, dict):
-        return dataset.map(lambda x, y: (x["image"], y))
+        return dataset.map(lambda x, y: (x[IMAGE], y))
     return dataset
 
 

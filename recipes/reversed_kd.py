@@ -15,132 +15,112 @@ DIR/reversed_kd.png (bar plot) and DIR/reversed_kd.json.
 from __future__ import annotations
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
+from kdkeras import experiment, recipe_utils, vis
+from kdkeras.methods import KD
 
-import kdkeras  # noqa: E402
-from kdkeras import recipe_utils, training  # noqa: E402
-from kdkeras.vis.plots import new_figure, save_figure  # noqa: E402
-from kdkeras.vis.report import write_report  # noqa: E402
-
-BAR_LABELS = {
-    "weak alone": "weak alone\n{weak}",
-    "strong alone": "strong alone\n{strong}",
-    "Re-KD": "Re-KD: strong\nfrom weak",
-    "normal KD": "KD: weak\nfrom strong",
-}
+BAR_LABELS = {"weak alone": "weak alone\n{weak}", "strong alone": "strong alone\n{strong}",
+              "Re-KD": "Re-KD: strong\nfrom weak", "normal KD": "KD: weak\nfrom strong"}
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("weak", "resnet8", "Zoo name of the weaker model (the Re-KD teacher).")
-flags.DEFINE_string("weak_args", "", "Zoo kwargs of the weak model, e.g. 'width_multiplier=0.5'.")
-flags.DEFINE_string("strong", "resnet20", "Zoo name of the stronger model (the Re-KD student).")
-flags.DEFINE_string("strong_args", "", "Zoo kwargs of the strong model.")
-flags.DEFINE_float("kd_temperature", 4.0, "KD temperature.")
-flags.DEFINE_float("kd_alpha", 0.9, "KD weight alpha (CE weight 1 - alpha).")
-flags.DEFINE_bool("normal_kd", True, "Also train the weak model from the strong one (normal KD).")
-recipe_utils.define_data_flags()
-recipe_utils.define_train_flags(epochs=10, lr=0.05)
 
 
-def distil(teacher, student, data, config, tag) -> dict:
-    """Plain KD into `student`; return its top-1, time and history."""
-    kd = kdkeras.methods.KD(temperature=FLAGS.kd_temperature, weight=FLAGS.kd_alpha)
-    distiller = kdkeras.Distiller(teacher, student, [kd], student_loss_weight=1.0 - FLAGS.kd_alpha)
-    return recipe_utils.fit(distiller, data.train, data.test, config, FLAGS.output_dir, tag=tag)
+def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+    flags.DEFINE_string("weak", "resnet8", "Zoo name of the weaker model (the Re-KD teacher).",
+                        flag_values=fv)
+    flags.DEFINE_string("weak_args", "", "Zoo kwargs of the weak model, e.g. 'width_multiplier=0.5'.",
+                        flag_values=fv)
+    flags.DEFINE_string("strong", "resnet20", "Zoo name of the stronger model (the Re-KD student).",
+                        flag_values=fv)
+    flags.DEFINE_string("strong_args", "", "Zoo kwargs of the strong model.", flag_values=fv)
+    flags.DEFINE_float("kd_temperature", 4.0, "KD temperature.", lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_float("kd_alpha", 0.9, "KD weight alpha (CE weight 1 - alpha).", lower_bound=0.0,
+                       upper_bound=1.0, flag_values=fv)
+    flags.DEFINE_bool("normal_kd", True, "Also train the weak model from the strong one (normal KD).",
+                      flag_values=fv)
+    recipe_utils.define_run_flags(fv, epochs=10, lr=0.05)
 
 
-def plot(rows: list[tuple[str, float]], path: str) -> str:
-    names = [r[0] for r in rows]
-    values = [100 * r[1] for r in rows]
-    colors = {"alone": "#888888", "KD": "#4c72b0"}
-    fig, axes = new_figure(1, 1, max(4.5, 1.6 * len(rows)), 3.6)
-    ax = axes[0, 0]
-    bars = ax.bar(range(len(rows)), values,
-                  color=[colors["alone"] if "alone" in n else colors["KD"] for n in names])
-    ax.set_xticks(range(len(rows)), names, fontsize=8)
-    for bar, v in zip(bars, values):
-        ax.annotate(f"{v:.2f}", (bar.get_x() + bar.get_width() / 2, v), ha="center",
-                    va="bottom", fontsize=8)
-    ax.set_ylim(max(0.0, min(values) - 5.0), min(100.0, max(values) + 3.0))
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"Reversed KD on {FLAGS.dataset}: {FLAGS.weak} teaches {FLAGS.strong}")
-    return save_figure(fig, path)
-
-
-def main(argv):
-    del argv
-    strategy = recipe_utils.start_run()
-    data = recipe_utils.setup_data()
-    config = recipe_utils.train_config()
-    weak_kwargs, strong_kwargs = recipe_utils.zoo_kwargs(FLAGS.weak_args), recipe_utils.zoo_kwargs(FLAGS.strong_args)
+def run(fv: flags.FlagValues):
+    """Run the recipe on parsed flags; returns what it measured (tests read it)."""
+    config = recipe_utils.run_config(fv)
+    strategy = experiment.start(config)
+    data = experiment.setup_data(config)
+    specs = {"weak": (fv.weak, recipe_utils.parse_kwargs(fv.weak_args), config.seed),
+             "strong": (fv.strong, recipe_utils.parse_kwargs(fv.strong_args), config.seed + 1)}
 
     def build(role):
-        name, kwargs, seed = ((FLAGS.weak, weak_kwargs, FLAGS.seed) if role == "weak"
-                              else (FLAGS.strong, strong_kwargs, FLAGS.seed + 1))
-        return recipe_utils.build_model(name, data, seed=seed, **kwargs)
+        name, kwargs, seed = specs[role]
+        with strategy.scope():
+            return experiment.build_model(name, data, seed=seed, **kwargs)
 
-    steps = ["weak alone", "strong alone", "Re-KD"] + (["normal KD"] if FLAGS.normal_kd else [])
-    results: dict[str, dict] = {}
-    models = {}
+    def kd(teacher, student, tag):
+        return experiment.distill(teacher, student, [KD(temperature=fv.kd_temperature, weight=fv.kd_alpha)],
+                                  data, config, student_loss_weight=1.0 - fv.kd_alpha, tag=tag,
+                                  strategy=strategy)
+
+    steps = ["weak alone", "strong alone", "Re-KD"] + (["normal KD"] if fv.normal_kd else [])
+    results, models = {}, {}
     for i, step in enumerate(steps, 1):
         print(f"[{i}/{len(steps)}] {step}")
-        with strategy.scope():
-            if step == "weak alone":
-                models["weak"] = build("weak")
-                out = recipe_utils.fit(models["weak"], data.train, data.test, config,
-                          FLAGS.output_dir, tag="weak")
-            elif step == "strong alone":
-                models["strong"] = build("strong")
-                out = recipe_utils.fit(models["strong"], data.train, data.test, config,
-                          FLAGS.output_dir, tag="strong")
-            elif step == "Re-KD":
-                out = distil(models["weak"], build("strong"), data, config, "rekd")
-            else:
-                out = distil(models["strong"], build("weak"), data, config, "normal_kd")
+        if step.endswith("alone"):
+            role = step.split()[0]
+            models[role] = build(role)
+            with strategy.scope():
+                out = experiment.fit(models[role], data.train, data.test, config.train_config(),
+                                     config.output_dir, tag=role)
+        elif step == "Re-KD":
+            out = kd(models["weak"], build("strong"), "rekd")
+        else:
+            out = kd(models["strong"], build("weak"), "normal_kd")
         results[step] = out
         print(f"    {step} top1={out['top1']:.4f}")
 
     weak, strong = results["weak alone"]["top1"], results["strong alone"]["top1"]
-    labels = {
-        "weak alone": (f"{FLAGS.weak} (weak)", "-", "cross-entropy", None),
-        "strong alone": (f"{FLAGS.strong} (strong)", "-", "cross-entropy", None),
-        "Re-KD": (f"{FLAGS.strong} (strong)", f"{FLAGS.weak} ({100 * weak:.2f}%)", "KD", strong),
-        "normal KD": (f"{FLAGS.weak} (weak)", f"{FLAGS.strong} ({100 * strong:.2f}%)", "KD", weak),
+    described = {  # trained model, teacher (top-1), loss, the same model alone
+        "weak alone": (f"{fv.weak} (weak)", "-", "cross-entropy", None),
+        "strong alone": (f"{fv.strong} (strong)", "-", "cross-entropy", None),
+        "Re-KD": (f"{fv.strong} (strong)", f"{fv.weak} ({vis.pct(weak)}%)", "KD", strong),
+        "normal KD": (f"{fv.weak} (weak)", f"{fv.strong} ({vis.pct(strong)}%)", "KD", weak),
     }
-    rows, bars = [], []
+    rows = []
     for step, r in results.items():
-        model, teacher, loss, ref = labels[step]
-        gain = "-" if ref is None else f"{100 * (r['top1'] - ref):+.2f}"
-        rows.append([step, model, teacher, loss, recipe_utils.pct(r["top1"]), gain])
-        bars.append((BAR_LABELS[step].format(weak=FLAGS.weak, strong=FLAGS.strong), r["top1"]))
-    table = recipe_utils.markdown_table(["run", "trained model", "teacher (top-1)", "loss", "top-1 (%)",
-                            "vs the same model alone"], rows)
-    png = plot(bars, os.path.join(FLAGS.output_dir, "reversed_kd.png"))
-    command = "python " + " ".join(sys.argv)
-    write_report(os.path.join(FLAGS.output_dir, "reversed_kd.md"),
-                 f"Reversed KD on {FLAGS.dataset}",
-                 [("Results", [table, f"{data.num_train} training examples, {FLAGS.epochs} epochs, "
-                               f"KD T={FLAGS.kd_temperature}, alpha={FLAGS.kd_alpha}; each model "
-                               "starts from the same initial weights in every run."]),
-                  ("Plot", png), ("Command", f"`{command}`")])
-    payload = {
-        "dataset": FLAGS.dataset, "weak": FLAGS.weak, "strong": FLAGS.strong,
-        "epochs": FLAGS.epochs, "train_limit": FLAGS.train_limit, "seed": FLAGS.seed,
-        "kd_temperature": FLAGS.kd_temperature, "kd_alpha": FLAGS.kd_alpha, "command": command,
-        "weak_top1": weak, "strong_top1": strong,
-        "rekd_top1": results["Re-KD"]["top1"],
-        "rekd_gain": results["Re-KD"]["top1"] - strong,
-        "results": {k: {"top1": r["top1"], "train_seconds": r["train_seconds"],
-                        "history": r["history"]} for k, r in results.items()},
-    }
-    training.write_json(os.path.join(FLAGS.output_dir, "reversed_kd.json"), payload)
+        model, teacher, loss, alone = described[step]
+        gain = "-" if alone is None else f"{100 * (r['top1'] - alone):+.2f}"
+        rows.append([step, model, teacher, loss, vis.pct(r["top1"]), gain])
+    table = vis.markdown_table(["run", "trained model", "teacher (top-1)", "loss", "top-1 (%)",
+                                "vs the same model alone"], rows, align="llllrr")
+    png = vis.accuracy_bars(
+        [BAR_LABELS[s].format(weak=fv.weak, strong=fv.strong) for s in results],
+        [r["top1"] for r in results.values()], os.path.join(config.output_dir, "reversed_kd.png"),
+        f"Reversed KD on {config.dataset}: {fv.weak} teaches {fv.strong}",
+        highlight=["alone" not in s for s in results])
+    command = experiment.command_line()
+    experiment.write_results(
+        config.output_dir, "reversed_kd", f"Reversed KD on {config.dataset}",
+        [("Results", [table, f"{data.num_train} training examples, {config.epochs} epochs, "
+                             f"KD T={fv.kd_temperature}, alpha={fv.kd_alpha}; each model "
+                             "starts from the same initial weights in every run."]),
+         ("Plot", png), ("Command", f"`{command}`")],
+        {"dataset": config.dataset, "weak": fv.weak, "strong": fv.strong, "epochs": config.epochs,
+         "train_limit": config.train_limit, "seed": config.seed, "kd_temperature": fv.kd_temperature,
+         "kd_alpha": fv.kd_alpha, "command": command, "weak_top1": weak, "strong_top1": strong,
+         "rekd_top1": results["Re-KD"]["top1"], "rekd_gain": results["Re-KD"]["top1"] - strong,
+         "results": {k: {"top1": r["top1"], "train_seconds": r["train_seconds"],
+                         "history": r["history"]} for k, r in results.items()}})
     print(table)
-    print(f"RESULT weak_top1={weak:.4f} strong_top1={strong:.4f} "
-          f"rekd_top1={results['Re-KD']['top1']:.4f}")
+    print(experiment.result_line({"weak_top1": weak, "strong_top1": strong,
+                                  "rekd_top1": results["Re-KD"]["top1"]}))
+    return results
+
+
+def main(argv):
+    del argv
+    run(FLAGS)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -13,14 +13,18 @@ import glob
 import json
 import os
 import statistics
-import sys
 
 from absl import app, flags
 
+from kdkeras.vis import markdown_table
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("runs", None, "Comma-separated run folders or glob patterns holding metrics.json.")
-flags.DEFINE_string("output", None, "Write the Markdown table here too.")
-flags.mark_flag_as_required("runs")
+
+
+def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+    flags.DEFINE_string("runs", None, "Comma-separated run folders or glob patterns holding metrics.json.",
+                        required=True, flag_values=fv)
+    flags.DEFINE_string("output", None, "Write the Markdown table here too.", flag_values=fv)
 
 KEYS = ("teacher_top1", "baseline_top1", "student_top1")
 
@@ -50,27 +54,33 @@ def table(runs: list[dict]) -> str:
     by_method: dict[str, list[dict]] = {}
     for run in runs:
         by_method.setdefault(run.get("method", "?"), []).append(run)
-    lines = [
-        "| method | runs (seeds) | teacher top-1 % | baseline top-1 % | student top-1 % | student - baseline (points) |",
-        "|---|---|---|---|---|---|",
-    ]
+    rows = []
     for method, group in by_method.items():
         cols = [stats([r[k] for r in group if r.get(k) is not None]) for k in KEYS]
         gains = [r["student_top1"] - r["baseline_top1"] for r in group if r.get("baseline_top1") is not None]
         seeds = ",".join(str(r.get("seed")) for r in group)
-        lines.append(f"| {method} | {len(group)} ({seeds}) | " + " | ".join(cols) + f" | {stats(gains)} |")
-    return "\n".join(lines) + "\n\nmean ± sample std (min-max) over runs\n"
+        rows.append([method, f"{len(group)} ({seeds})", *cols, stats(gains)])
+    text = markdown_table(["method", "runs (seeds)", "teacher top-1 %", "baseline top-1 %",
+                           "student top-1 %", "student - baseline (points)"], rows)
+    return text + "\n\nmean ± sample std (min-max) over runs\n"
+
+
+def run(fv: flags.FlagValues):
+    """Run the recipe on parsed flags; returns what it measured (tests read it)."""
+    text = table(load_runs(fv.runs))
+    print(text)
+    if fv.output:
+        os.makedirs(os.path.dirname(os.path.abspath(fv.output)), exist_ok=True)
+        with open(fv.output, "w") as f:
+            f.write(text)
+    return text
 
 
 def main(argv):
     del argv
-    text = table(load_runs(FLAGS.runs))
-    print(text)
-    if FLAGS.output:
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-        with open(FLAGS.output, "w") as f:
-            f.write(text)
+    run(FLAGS)
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    define_flags()
+    app.run(main)

@@ -15,36 +15,37 @@ DIR/teacher_free.json.
 from __future__ import annotations
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import keras
+from absl import app, flags
 
-import keras  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-import kdkeras  # noqa: E402
-from kdkeras import recipe_utils, training  # noqa: E402
-from kdkeras.methods.soft_labels import LSR, VirtualTeacher  # noqa: E402
-from kdkeras.vis.plots import new_figure, save_figure  # noqa: E402
-from kdkeras.vis.report import write_report  # noqa: E402
+from kdkeras import experiment, recipe_utils, vis
+from kdkeras.methods import KD, LSR, VirtualTeacher
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("student", "resnet8", "Zoo name of the student.")
-flags.DEFINE_string("student_args", "", "Zoo kwargs for the student, e.g. 'width_multiplier=0.5'.")
-flags.DEFINE_string("teacher", None, "Optional teacher for the normal-KD row: a .keras path or a zoo name.")
-flags.DEFINE_integer("teacher_epochs", 10, "Epochs when --teacher is a zoo name trained here.")
-flags.DEFINE_float("lsr_epsilon", 0.1, "LSR smoothing epsilon.")
-flags.DEFINE_float("self_temperature", 20.0, "Tf-KD self: KD temperature.")
-flags.DEFINE_float("self_alpha", 0.95, "Tf-KD self: KD weight alpha (CE weight 1 - alpha).")
-flags.DEFINE_float("reg_temperature", 20.0, "Tf-KD reg: virtual teacher temperature.")
-flags.DEFINE_float("reg_correct_prob", 0.99, "Tf-KD reg: virtual teacher's probability on the label.")
-flags.DEFINE_float("reg_weight", 0.1,
-                   "Tf-KD reg: weight of the virtual-teacher term (the reference's alpha * m / K).")
-flags.DEFINE_float("reg_ce_weight", 0.9, "Tf-KD reg: CE weight (the reference's 1 - alpha).")
-flags.DEFINE_float("kd_temperature", 4.0, "Normal KD (with --teacher): temperature.")
-flags.DEFINE_float("kd_alpha", 0.9, "Normal KD: weight alpha (CE weight 1 - alpha).")
-recipe_utils.define_data_flags()
-recipe_utils.define_train_flags(epochs=10, lr=0.05)
+
+
+def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+    flags.DEFINE_string("student", "resnet8", "Zoo name of the student.", flag_values=fv)
+    flags.DEFINE_string("student_args", "", "Zoo kwargs for the student, e.g. 'width_multiplier=0.5'.",
+                        flag_values=fv)
+    flags.DEFINE_string("teacher", None, "Optional teacher for the normal-KD row: a .keras path or a zoo name.",
+                        flag_values=fv)
+    flags.DEFINE_integer("teacher_epochs", 10, "Epochs when --teacher is a zoo name trained here.",
+                         lower_bound=1, flag_values=fv)
+    for name, default, help_ in (
+        ("lsr_epsilon", 0.1, "LSR smoothing epsilon."),
+        ("self_temperature", 20.0, "Tf-KD self: KD temperature."),
+        ("self_alpha", 0.95, "Tf-KD self: KD weight alpha (CE weight 1 - alpha)."),
+        ("reg_temperature", 20.0, "Tf-KD reg: virtual teacher temperature."),
+        ("reg_correct_prob", 0.99, "Tf-KD reg: virtual teacher's probability on the label."),
+        ("reg_weight", 0.1, "Tf-KD reg: weight of the virtual-teacher term (the reference's alpha * m / K)."),
+        ("reg_ce_weight", 0.9, "Tf-KD reg: CE weight (the reference's 1 - alpha)."),
+        ("kd_temperature", 4.0, "Normal KD (with --teacher): temperature."),
+        ("kd_alpha", 0.9, "Normal KD: weight alpha (CE weight 1 - alpha)."),
+    ):
+        flags.DEFINE_float(name, default, help_, lower_bound=0.0, flag_values=fv)
+    recipe_utils.define_run_flags(fv, epochs=10, lr=0.05)
 
 
 def frozen_copy(model: keras.Model, name: str) -> keras.Model:
@@ -56,130 +57,82 @@ def frozen_copy(model: keras.Model, name: str) -> keras.Model:
     return copy
 
 
-def distil(teacher, student, methods, ce_weight, data, config, tag) -> dict:
-    """Train `student` through a Distiller; return its top-1, time and history."""
-    distiller = kdkeras.Distiller(teacher, student, methods, student_loss_weight=ce_weight)
-    return recipe_utils.fit(distiller, data.train, data.test, config, FLAGS.output_dir, tag=tag)
-
-
-def train_self_kd(trained: keras.Model, student: keras.Model, data, config,
-                  temperature: float, alpha: float, tag: str = "tfkd_self") -> dict:
-    """Tf-KD self: KD into `student` from a frozen copy of the `trained` student."""
-    teacher = frozen_copy(trained, name=f"{trained.name}_self_teacher")
-    kd = kdkeras.methods.KD(temperature=temperature, weight=alpha)
-    return distil(teacher, student, [kd], 1.0 - alpha, data, config, tag)
-
-
-def get_teacher(spec, data):
-    """(teacher, top-1) from a .keras path or a zoo name trained here; (None, None) if none."""
-    if not spec or spec.lower() == "none":
-        return None, None
-    if recipe_utils.is_model_path(spec):
-        teacher = training.load_model(spec)
-    else:
-        teacher = recipe_utils.build_model(spec, data, seed=FLAGS.seed + 1000)
-        print(f"Training teacher {spec} for {FLAGS.teacher_epochs} epochs")
-        recipe_utils.fit(teacher, data.train, data.test,
-            recipe_utils.train_config(FLAGS.teacher_epochs),
-            FLAGS.output_dir, tag="teacher")
-        teacher.save(os.path.join(FLAGS.output_dir, "teacher.keras"))
-    return teacher, training.evaluate_top1(teacher, data.test)
-
-
-def plot(results: dict, baseline: float, path: str) -> str:
-    names = list(results)
-    values = [100 * results[n]["top1"] for n in names]
-    fig, axes = new_figure(1, 1, max(4.0, 1.3 * len(names)), 3.6)
-    ax = axes[0, 0]
-    bars = ax.bar(names, values, color=["#888888"] + ["#4c72b0"] * (len(names) - 1))
-    ax.axhline(100 * baseline, color="#c44e52", linestyle="--", label="baseline")
-    for bar, v in zip(bars, values):
-        ax.annotate(f"{v:.2f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom",
-                    fontsize=8)
-    low = min(values)
-    ax.set_ylim(max(0.0, low - 5.0), min(100.0, max(values) + 3.0))
-    ax.set_ylabel("student top-1 (%)")
-    ax.set_title(f"Teacher-free KD: {FLAGS.student} on {FLAGS.dataset}")
-    ax.legend(loc="lower right")
-    return save_figure(fig, path)
-
-
-def main(argv):
-    del argv
-    strategy = recipe_utils.start_run()
-    teacher_shape = None
-    if FLAGS.teacher and recipe_utils.is_model_path(FLAGS.teacher):
-        teacher_shape = recipe_utils.model_input_shape(FLAGS.teacher)
-    data = recipe_utils.setup_data(teacher_shape)
-    config = recipe_utils.train_config()
-    kwargs = recipe_utils.zoo_kwargs(FLAGS.student_args)
+def run(fv: flags.FlagValues):
+    """Run the recipe on parsed flags; returns what it measured (tests read it)."""
+    config = recipe_utils.run_config(fv)
+    strategy = experiment.start(config)
+    shape = experiment.model_input_shape(fv.teacher) if fv.teacher and experiment.is_model_path(fv.teacher) else None
+    data = experiment.setup_data(config, shape)
+    teacher = experiment.get_teacher(fv.teacher, data, epochs=fv.teacher_epochs, strategy=strategy)
+    kwargs = recipe_utils.parse_kwargs(fv.student_args)
     with strategy.scope():
-        teacher, teacher_top1 = get_teacher(FLAGS.teacher, data)
-
-    def fresh_student():
-        model = recipe_utils.build_model(FLAGS.student, data, seed=FLAGS.seed, **kwargs)
-        model.set_weights(initial)
-        return model
-
-    with strategy.scope():
-        initial = recipe_utils.build_model(FLAGS.student, data, seed=FLAGS.seed, **kwargs).get_weights()
-    runs = ["baseline", "LSR", "Tf-KD self", "Tf-KD reg"] + (["KD"] if teacher is not None else [])
+        initial = experiment.build_model(fv.student, data, seed=config.seed, **kwargs).get_weights()
+    runs = {
+        "baseline": (None, [], 1.0, "cross-entropy"),
+        "LSR": (None, [LSR(epsilon=fv.lsr_epsilon)], 0.0, f"epsilon={fv.lsr_epsilon}"),
+        "Tf-KD self": ("self", [KD(temperature=fv.self_temperature, weight=fv.self_alpha)],
+                       1.0 - fv.self_alpha,
+                       f"T={fv.self_temperature}, alpha={fv.self_alpha}, teacher = the baseline"),
+        "Tf-KD reg": (None, [VirtualTeacher(correct_prob=fv.reg_correct_prob,
+                                            temperature=fv.reg_temperature, weight=fv.reg_weight)],
+                      fv.reg_ce_weight, f"a={fv.reg_correct_prob}, T={fv.reg_temperature}, "
+                      f"weight={fv.reg_weight}, CE {fv.reg_ce_weight}"),
+    }
+    if teacher is not None:
+        runs["KD"] = (teacher.model, [KD(temperature=fv.kd_temperature, weight=fv.kd_alpha)],
+                      1.0 - fv.kd_alpha, f"T={fv.kd_temperature}, alpha={fv.kd_alpha}, teacher "
+                      f"{fv.teacher} (top-1 {vis.pct(teacher.top1)})")
     results: dict[str, dict] = {}
-    for i, run in enumerate(runs, 1):
-        print(f"[{i}/{len(runs)}] {run}: {FLAGS.student}, {FLAGS.epochs} epochs")
+    for i, (run, (run_teacher, methods, ce_weight, _)) in enumerate(runs.items(), 1):
+        print(f"[{i}/{len(runs)}] {run}: {fv.student}, {config.epochs} epochs")
         with strategy.scope():
-            student = fresh_student()
-            if run == "baseline":
-                out = recipe_utils.fit(student, data.train, data.test, config,
-                          FLAGS.output_dir, tag="baseline")
-                baseline_model = student
-            elif run == "LSR":
-                out = distil(None, student, [LSR(epsilon=FLAGS.lsr_epsilon)], 0.0, data, config, "lsr")
-            elif run == "Tf-KD self":
-                out = train_self_kd(baseline_model, student, data, config,
-                                    FLAGS.self_temperature, FLAGS.self_alpha)
-            elif run == "Tf-KD reg":
-                vt = VirtualTeacher(correct_prob=FLAGS.reg_correct_prob,
-                                    temperature=FLAGS.reg_temperature, weight=FLAGS.reg_weight)
-                out = distil(None, student, [vt], FLAGS.reg_ce_weight, data, config, "tfkd_reg")
-            else:
-                kd = kdkeras.methods.KD(temperature=FLAGS.kd_temperature, weight=FLAGS.kd_alpha)
-                out = distil(teacher, student, [kd], 1.0 - FLAGS.kd_alpha, data, config, "kd")
+            student = experiment.build_model(fv.student, data, seed=config.seed, **kwargs)
+            student.set_weights(initial)
+        if run == "baseline":
+            with strategy.scope():
+                out = experiment.fit(student, data.train, data.test, config.train_config(),
+                                     config.output_dir, tag="baseline")
+            baseline_model = student
+        else:
+            if run_teacher == "self":
+                run_teacher = frozen_copy(baseline_model, f"{baseline_model.name}_self_teacher")
+            out = experiment.distill(run_teacher, student, methods, data, config,
+                                     student_loss_weight=ce_weight, strategy=strategy,
+                                     tag=run.lower().replace(" ", "_").replace("-", ""))
         results[run] = out
         print(f"    {run} top1={out['top1']:.4f}")
 
     baseline = results["baseline"]["top1"]
-    settings = {
-        "baseline": "cross-entropy",
-        "LSR": f"epsilon={FLAGS.lsr_epsilon}",
-        "Tf-KD self": f"T={FLAGS.self_temperature}, alpha={FLAGS.self_alpha}, teacher = the baseline",
-        "Tf-KD reg": (f"a={FLAGS.reg_correct_prob}, T={FLAGS.reg_temperature}, "
-                      f"weight={FLAGS.reg_weight}, CE {FLAGS.reg_ce_weight}"),
-        "KD": f"T={FLAGS.kd_temperature}, alpha={FLAGS.kd_alpha}, teacher {FLAGS.teacher} "
-              f"(top-1 {teacher_top1 if teacher_top1 is None else round(100 * teacher_top1, 2)})",
-    }
-    rows = [[run, recipe_utils.pct(r["top1"]), f"{100 * (r['top1'] - baseline):+.2f}", settings[run]]
+    rows = [[run, vis.pct(r["top1"]), f"{100 * (r['top1'] - baseline):+.2f}", runs[run][3]]
             for run, r in results.items()]
-    table = recipe_utils.markdown_table(["method", "top-1 (%)", "vs baseline", "settings"], rows)
-    png = plot(results, baseline, os.path.join(FLAGS.output_dir, "teacher_free.png"))
-    command = "python " + " ".join(sys.argv)
-    write_report(os.path.join(FLAGS.output_dir, "teacher_free.md"),
-                 f"Teacher-free KD on {FLAGS.dataset}",
-                 [("Results", [table, f"{FLAGS.student}, {data.num_train} training examples, "
-                               f"{FLAGS.epochs} epochs, same initial weights for every row."]),
-                  ("Plot", png), ("Command", f"`{command}`")])
-    payload = {
-        "dataset": FLAGS.dataset, "student": FLAGS.student, "epochs": FLAGS.epochs,
-        "train_limit": FLAGS.train_limit, "seed": FLAGS.seed, "teacher": FLAGS.teacher,
-        "teacher_top1": teacher_top1, "baseline_top1": baseline, "command": command,
-        "results": {run: {"top1": r["top1"], "train_seconds": r["train_seconds"],
-                          "settings": settings[run], "history": r["history"]}
-                    for run, r in results.items()},
-    }
-    training.write_json(os.path.join(FLAGS.output_dir, "teacher_free.json"), payload)
+    table = vis.markdown_table(["method", "top-1 (%)", "vs baseline", "settings"], rows, align="lrrl")
+    png = vis.accuracy_bars(list(results), [r["top1"] for r in results.values()],
+                            os.path.join(config.output_dir, "teacher_free.png"),
+                            f"Teacher-free KD: {fv.student} on {config.dataset}", reference=baseline,
+                            highlight=[run != "baseline" for run in results])
+    command = experiment.command_line()
+    experiment.write_results(
+        config.output_dir, "teacher_free", f"Teacher-free KD on {config.dataset}",
+        [("Results", [table, f"{fv.student}, {data.num_train} training examples, "
+                             f"{config.epochs} epochs, same initial weights for every row."]),
+         ("Plot", png), ("Command", f"`{command}`")],
+        {"dataset": config.dataset, "student": fv.student, "epochs": config.epochs,
+         "train_limit": config.train_limit, "seed": config.seed, "teacher": fv.teacher,
+         "teacher_top1": teacher.top1 if teacher else None, "baseline_top1": baseline,
+         "command": command,
+         "results": {run: {"top1": r["top1"], "train_seconds": r["train_seconds"],
+                           "settings": runs[run][3], "history": r["history"]}
+                     for run, r in results.items()}})
     print(table)
-    print("RESULT " + " ".join(f"{run.replace(' ', '_')}={r['top1']:.4f}" for run, r in results.items()))
+    print(experiment.result_line({run.replace(" ", "_"): r["top1"] for run, r in results.items()}))
+    return results
+
+
+def main(argv):
+    del argv
+    run(FLAGS)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -9,49 +9,52 @@ Writes DIR/model.keras and DIR/metrics.json (`top1` on the test split, 0..1).
 from __future__ import annotations
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from kdkeras import recipe_utils, training  # noqa: E402
+from kdkeras import experiment, recipe_utils, training
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "resnet20", "Zoo model name (see kdkeras.models.available()).")
-recipe_utils.define_data_flags()
-recipe_utils.define_train_flags(epochs=10, lr=0.05)
+
+
+def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+    flags.DEFINE_string("model", "resnet20", "Zoo model name (see kdkeras.models.available()).",
+                        flag_values=fv)
+    flags.DEFINE_string("model_args", "", "Zoo kwargs, e.g. 'width_multiplier=0.5,dropout=0.1'.",
+                        flag_values=fv)
+    recipe_utils.define_run_flags(fv, epochs=10, lr=0.05)
+
+
+def run(fv: flags.FlagValues):
+    """Run the recipe on parsed flags; returns what it measured (tests read it)."""
+    config = recipe_utils.run_config(fv)
+    strategy = experiment.start(config)
+    data = experiment.setup_data(config)
+    with strategy.scope():
+        model = experiment.build_model(fv.model, data, seed=config.seed,
+                                       **recipe_utils.parse_kwargs(fv.model_args))
+        print(f"Training {fv.model} ({model.count_params():,} params) on {config.dataset} "
+              f"{data.input_shape}, {data.num_train} examples, {config.epochs} epochs")
+        result = experiment.fit(model, data.train, data.test, config.train_config(),
+                                config.output_dir, tag="teacher")
+    path = os.path.join(config.output_dir, "model.keras")
+    model.save(path)
+    metrics = {
+        "model": fv.model, "model_args": fv.model_args, "dataset": config.dataset,
+        "top1": result["top1"], "epochs": config.epochs, "train_limit": config.train_limit,
+        "train_seconds": result["train_seconds"], "params": model.count_params(),
+        "input_shape": list(data.input_shape), "seed": config.seed, "history": result["history"],
+    }
+    training.write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
+    print(f"top1={result['top1']:.4f}  saved {path}")
+    return metrics
 
 
 def main(argv):
     del argv
-    strategy = recipe_utils.start_run()
-    data = recipe_utils.setup_data()
-    with strategy.scope():
-        model = recipe_utils.build_model(FLAGS.model, data, seed=FLAGS.seed)
-    print(f"Training {FLAGS.model} ({model.count_params():,} params) on {FLAGS.dataset} "
-          f"{data.input_shape}, {data.num_train} examples, {FLAGS.epochs} epochs")
-    with strategy.scope():
-        result = training.train_supervised(
-            model, data.train, data.test, recipe_utils.train_config(), FLAGS.output_dir, tag="teacher"
-        )
-    path = os.path.join(FLAGS.output_dir, "model.keras")
-    model.save(path)
-    metrics = {
-        "model": FLAGS.model,
-        "dataset": FLAGS.dataset,
-        "top1": result["top1"],
-        "epochs": FLAGS.epochs,
-        "train_limit": FLAGS.train_limit,
-        "train_seconds": result["train_seconds"],
-        "params": model.count_params(),
-        "input_shape": list(data.input_shape),
-        "seed": FLAGS.seed,
-        "history": result["history"],
-    }
-    training.write_json(os.path.join(FLAGS.output_dir, "metrics.json"), metrics)
-    print(f"top1={result['top1']:.4f}  saved {path}")
+    run(FLAGS)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

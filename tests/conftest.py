@@ -15,4 +15,30 @@ def _seed():
     keras.utils.set_random_seed(0)
     np.random.seed(0)
     yield
+    # Fresh layer names for the next test; skip the full gc.collect() (~0.5 s a test).
+    keras.backend.clear_session(free_memory=False)
+
+
+class TinyTeacher:
+    """A resnet8 trained for one epoch on 128 Fashion-MNIST images: a real
+    saved teacher for the recipe tests, trained once per test session."""
+
+    def __init__(self, directory):
+        import json
+
+        self.dir = directory
+        self.path = str(directory / "model.keras")
+        self.metrics = json.loads((directory / "metrics.json").read_text())
+        self.top1 = self.metrics["top1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory):
+    from tests.helpers import FASHION_MNIST, TINY, run_recipe
+
+    if not os.path.exists(FASHION_MNIST):
+        pytest.skip("needs Debian's dataset-fashion-mnist")
+    directory = tmp_path_factory.mktemp("tiny_teacher")
+    run_recipe("train_teacher", "--model=resnet8", f"--output_dir={directory}", *TINY)
     keras.backend.clear_session()
+    return TinyTeacher(directory)

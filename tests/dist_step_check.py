@@ -1,7 +1,7 @@
 """Run one Distiller step on one device and under MirroredStrategy over two
 logical CPUs, on the same global batch; print the max differences as JSON.
 
-Run as a script (a fresh process: logical devices must be set before TF starts).
+Run as `python -m tests.dist_step_check` (a fresh process: logical devices must be set before TF starts).
 """
 
 import json
@@ -20,7 +20,6 @@ tf.config.set_logical_device_configuration(
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import kdkeras  # noqa: E402
 from tests.helpers import tiny_cnn, tiny_data  # noqa: E402
 

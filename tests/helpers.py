@@ -1,5 +1,6 @@
-"""Tiny models and data, and the script runner, shared by the tests."""
+"""Tiny models and data, and the script runners, shared by the tests."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -13,6 +14,9 @@ FASHION_MNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 needs_fashion_mnist = pytest.mark.skipif(
     not os.path.exists(FASHION_MNIST), reason="needs Debian's dataset-fashion-mnist"
 )
+#: recipe flags of the end-to-end tests: tiny Fashion-MNIST subsets, one epoch, eager steps
+TINY = ["--dataset=fashion_mnist", "--train_limit=128", "--test_limit=64", "--batch_size=64",
+        "--epochs=1", "--run_eagerly"]
 
 
 def run_script(path, *args, timeout=600, check=True, env=None):
@@ -28,9 +32,16 @@ def run_script(path, *args, timeout=600, check=True, env=None):
     return proc
 
 
-def recipe_output(script, *args, timeout=600):
-    """stdout of `recipes/<script>` run with `args`, which must succeed."""
-    return run_script(os.path.join("recipes", script), *args, timeout=timeout).stdout
+def run_recipe(name, *args):
+    """Run `recipes/<name>.py` in this process on its own flag values (so recipes
+    and tests can share one TensorFlow start-up); returns what its `run` returns."""
+    from absl import flags
+
+    module = importlib.import_module(f"recipes.{name}")
+    values = flags.FlagValues()
+    module.define_flags(values)
+    values([f"{name}.py", *args])
+    return module.run(values)
 
 
 def tiny_cnn(width=4, num_classes=3, input_shape=(8, 8, 1), name="net", batchnorm=True):

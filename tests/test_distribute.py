@@ -12,8 +12,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def run_check(spec):
     proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "dist_step_check.py"), json.dumps(spec)],
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "tests.dist_step_check", json.dumps(spec)],
+        capture_output=True, text=True, timeout=300, cwd=os.path.dirname(HERE),
     )
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     assert line, proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -1,11 +1,17 @@
-"""The per-method speed benchmark and the results-table script run end to end
-on tiny settings and write their JSON keys (no timing or accuracy asserted)."""
+"""The per-method and CRD speed benchmarks write ratios that equal what their
+own raw timings give, and the results-table script runs end to end on tiny
+settings (no speed or accuracy asserted)."""
 
+import collections
+import importlib.util
 import json
+import re
 
+import numpy as np
 import pytest
 
-from tests.helpers import run_script
+from tests.helpers import ROOT, run_script
+from tests.test_benchmarks import benchmark, count_calls
 
 
 def _run(script, *args):
@@ -13,27 +19,87 @@ def _run(script, *args):
 
 
 @pytest.mark.e2e
-def test_methods_speed_writes_ratios(tmp_path):
+def test_methods_speed_json_matches_its_timings(tmp_path, monkeypatch, capsys):
     out = tmp_path / "methods_speed.json"
-    proc = _run(
+    rounds, steps, warmup = 3, 2, 1  # three rounds: a median of ratios, not a ratio of medians
+    counts = collections.Counter()
+    with benchmark(
         "methods_speed.py", "--teacher=resnet8", "--student=resnet8", "--feature_teacher=resnet8",
-        "--feature_student=resnet8", "--image_size=8", "--batch_size=8", "--methods=at,fitnet",
-        "--rounds=1", "--steps=1", "--warmup=1", f"--json={out}",
-    )
+        "--feature_student=resnet8", "--image_size=8", "--channels=1", "--batch_size=8",
+        "--methods=at,fitnet", f"--rounds={rounds}", f"--steps={steps}", f"--warmup={warmup}",
+        f"--json={out}",
+    ) as methods_speed:
+        measure = methods_speed.measure
+        monkeypatch.setattr(methods_speed, "measure", lambda variants, *a: measure(count_calls(variants, counts), *a))
+        methods_speed.main([])
     data = json.loads(out.read_text())
-    for key in ("at_over_kd", "fitnet_over_kd", "fitnet_over_keras_feature",
-                "keras_feature_over_keras_logits", "fitnet_over_floor", "floor_over_keras_feature"):
-        assert data[key] > 0, key
+    method_group = {"kd", "at", "fitnet"}
+    keras_group = {"kdkeras_fitnet", "keras_feature", "keras_logits", "student_alone", "teacher_to_tap"}
+    ratio_keys = {"at_over_kd", "fitnet_over_kd", "fitnet_over_keras_feature",
+                  "keras_feature_over_keras_logits", "fitnet_over_floor", "floor_over_keras_feature"}
+    assert set(data) == ratio_keys | {"targets", "target_notes", "skipped", "median_step_seconds",
+                                      "step_seconds", "wall_seconds", "config"}
     assert data["skipped"] == {}
-    med = data["median_step_seconds"]
-    assert set(med) == {"kd", "at", "fitnet", "kdkeras_fitnet", "keras_feature", "keras_logits",
-                        "student_alone", "teacher_to_tap"}
-    # one round: the floor ratios are plain quotients of the printed times
-    floor = med["student_alone"] + med["teacher_to_tap"]
-    assert data["fitnet_over_floor"] == pytest.approx(med["kdkeras_fitnet"] / floor)
-    assert data["floor_over_keras_feature"] == pytest.approx(floor / med["keras_feature"])
-    assert data["config"]["feature_taps"]["teacher_layer"] == data["config"]["feature_taps"]["student_layer"]
-    assert "fitnet_over_keras_feature" in proc.stdout
+    # the warm-up steps, then `steps` steps of every variant in each round
+    assert counts == {name: warmup + rounds * steps for name in method_group | keras_group}
+    t = {name: np.asarray(v) for name, v in data["step_seconds"].items()}
+    assert set(t) == set(data["median_step_seconds"]) == method_group | keras_group
+    for name, times in t.items():
+        assert times.shape == (rounds,), name
+        assert data["median_step_seconds"][name] == pytest.approx(np.median(times), rel=1e-12), name
+    # every ratio is the median over rounds of the per-round ratio
+    floor = t["student_alone"] + t["teacher_to_tap"]
+    expected = {
+        "at_over_kd": t["at"] / t["kd"],
+        "fitnet_over_kd": t["fitnet"] / t["kd"],
+        "fitnet_over_keras_feature": t["kdkeras_fitnet"] / t["keras_feature"],
+        "keras_feature_over_keras_logits": t["keras_feature"] / t["keras_logits"],
+        "fitnet_over_floor": t["kdkeras_fitnet"] / floor,
+        "floor_over_keras_feature": floor / t["keras_feature"],
+    }
+    for key, per_round in expected.items():
+        assert data[key] == pytest.approx(np.median(per_round), rel=1e-12), key
+    cfg = data["config"]
+    assert (cfg["rounds"], cfg["steps"], cfg["warmup"], cfg["quick"]) == (rounds, steps, warmup, False)
+    assert cfg["feature_taps"]["teacher_layer"] == cfg["feature_taps"]["student_layer"]
+    printed = capsys.readouterr().out
+    value = re.search(r"^fitnet_over_keras_feature\s+([0-9.]+)", printed, re.M)
+    assert value is not None, printed
+    assert float(value.group(1)) == pytest.approx(data["fitnet_over_keras_feature"], abs=5e-4)
+
+
+@pytest.mark.e2e
+def test_crd_speed_json_matches_its_timings(tmp_path, capsys):
+    out = tmp_path / "crd_speed.json"
+    spec = importlib.util.spec_from_file_location("_benchmark_crd_speed", f"{ROOT}/benchmarks/crd_speed.py")
+    crd_speed = importlib.util.module_from_spec(spec)  # argparse flags: no absl clash
+    spec.loader.exec_module(crd_speed)
+    n, k, dim, batch, repetitions, steps = 64, 16, 8, 8, 2, 2
+    result = crd_speed.main([
+        "--teacher=resnet8", "--student=resnet8", f"--batch_size={batch}", "--image_size=8",
+        "--num_classes=10", f"--num_examples={n}", f"--num_negatives={k}", f"--feat_dim={dim}",
+        f"--repetitions={repetitions}", f"--steps={steps}", f"--json={out}",
+    ])
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(result))
+    t = {name: np.asarray(v) for name, v in data["step_seconds_all"].items()}
+    assert set(t) == {"kd", "crd_shared", "crd_exact"}
+    for name, times in t.items():
+        # one step of every configuration per round, repetitions x steps rounds
+        assert times.shape == (repetitions * steps,), name
+        assert data["step_seconds"][name] == pytest.approx(np.median(times), rel=1e-12), name
+        assert data["over_kd"][name] == pytest.approx(np.median(times / t["kd"]), rel=1e-12), name
+        assert data["over_kd_min"][name] == pytest.approx(times.min() / t["kd"].min(), rel=1e-12), name
+    assert data["over_kd"]["kd"] == 1.0
+    assert data["crd_over_kd"] == data["over_kd"]["crd_shared"]
+    assert data["crd_exact_over_kd"] == data["over_kd"]["crd_exact"]
+    # two N x D float32 banks, N int32 labels, two float32 log-normalisers
+    assert data["bank_bytes"] == n * (2 * dim * 4 + 4) + 2 * 4
+    assert data["bank_read_bytes_per_step"]["shared"] == 2 * (k + batch) * dim * 4
+    assert data["reference_gather_bytes_per_step"] == 2 * batch * (k + 1) * dim * 4
+    cfg = data["config"]
+    assert (cfg["repetitions"], cfg["steps"], cfg["num_examples"]) == (repetitions, steps, n)
+    assert f"crd_over_kd = {data['crd_over_kd']:.3f}" in capsys.readouterr().out
 
 
 @pytest.mark.e2e

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import kdkeras
-from kdkeras.methods import KD
+from kdkeras.methods import KD, StepContext
 from kdkeras.methods.hints import AB, AT, FSP, FT, NST, VID, FitNet
 from tests.helpers import CallCounter, tiny_cnn, tiny_data
 
@@ -332,7 +332,8 @@ def make_teacher(name):
 
 def term(method, d, x, y, training):
     """The method's unweighted term on (x, y) through the Distiller's taps."""
-    out = method.compute_loss(d.teacher_outputs(x), d._student_tap(x, training=training), y, training=training)
+    out = method.compute_loss(d.teacher_outputs(x), d._student_tap(x, training=training), y,
+                              StepContext(training=training))
     return sum(out.values()) if isinstance(out, dict) else out
 
 

@@ -173,10 +173,11 @@ def test_dkd_is_finite_and_differentiable_on_extreme_logits():
 def test_dkd_warmup_factor_convention():
     method = DKD(warmup_epochs=4)
     assert float(method.warmup_factor()) == 1.0  # outside a Distiller: no warm-up
-    object.__setattr__(method, "epoch", keras.Variable(0, dtype="int32"))
-    for epoch, want in [(0, 0.25), (1, 0.5), (3, 1.0), (10, 1.0)]:
-        method.epoch.assign(epoch)
-        assert float(method.warmup_factor()) == want
+    epoch = keras.Variable(0, dtype="int32")
+    context = base.StepContext(epoch=epoch)
+    for value, want in [(0, 0.25), (1, 0.5), (3, 1.0), (10, 1.0)]:
+        epoch.assign(value)
+        assert float(method.warmup_factor(context)) == want
 
 
 def test_dkd_warmup_follows_epochs_in_fit_and_after_resume():
@@ -198,6 +199,22 @@ def test_dkd_warmup_follows_epochs_in_fit_and_after_resume():
     hist = d.fit(x, y, batch_size=16, epochs=5, initial_epoch=2, shuffle=False, verbose=0).history
     np.testing.assert_allclose(hist["dkd_tckd"], [0.75 * raw, raw, raw], rtol=1e-5)
     assert int(d.epoch.numpy()) == 4
+
+
+def test_dkd_warmup_fraction_scales_with_the_fitted_epochs():
+    teacher = tiny_cnn(width=6, name="teacher", batchnorm=False)
+    student = tiny_cnn(width=4, name="student", batchnorm=False)
+    dkd = DKD(temperature=2.0, warmup_epochs=20, warmup_fraction=0.5)
+    d = kdkeras.Distiller(teacher, student, [dkd])
+    d.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0))
+    x, y = tiny_data(16)
+    hist = d.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0).history
+    raw = hist["dkd_tckd"][-1]
+    # ceil(0.5 * 4) = 2 warm-up epochs, not 20: full strength from epoch index 1
+    np.testing.assert_allclose(hist["dkd_tckd"], [0.5 * raw, raw, raw, raw], rtol=1e-5)
+    assert DKD.from_config(dkd.get_config()).warmup_fraction == 0.5
+    with pytest.raises(ValueError, match="warmup_fraction.*1.5"):
+        DKD(warmup_fraction=1.5)
 
 
 def test_teacher_free_methods_train_without_teacher():

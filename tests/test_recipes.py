@@ -1,60 +1,95 @@
-"""The foundation recipes end to end on tiny Fashion-MNIST subsets (short form)."""
+"""The distillation recipes end to end, in process, on tiny Fashion-MNIST subsets."""
 
 import json
+import math
 
 import pytest
 
-from tests.helpers import needs_fashion_mnist, run_script
-from tests.helpers import recipe_output as run
+import kdkeras
+from kdkeras import training
+from tests.helpers import TINY, needs_fashion_mnist, run_recipe
 
 pytestmark = [pytest.mark.e2e, needs_fashion_mnist]
-TINY = ["--dataset=fashion_mnist", "--train_limit=192", "--test_limit=128", "--batch_size=64", "--epochs=1"]
 
 
-def test_train_teacher_then_distill_with_baseline(tmp_path):
-    tdir, ddir = tmp_path / "teacher", tmp_path / "kd"
-    run("train_teacher.py", "--model=resnet8", f"--output_dir={tdir}", *TINY)
-    teacher_metrics = json.loads((tdir / "metrics.json").read_text())
-    assert 0.0 <= teacher_metrics["top1"] <= 1.0
-    assert (tdir / "model.keras").exists()
-    out = run(
-        "distill.py", f"--teacher={tdir / 'model.keras'}", "--student=resnet8",
-        "--method=kd", "--method_args=kd.temperature=2", "--baseline", "--seed=3",
-        f"--output_dir={ddir}", *TINY,
-    )
-    m = json.loads((ddir / "metrics.json").read_text())
-    for key in ("student_top1", "teacher_top1", "baseline_top1", "train_seconds"):
-        assert 0.0 <= m[key] and (key == "train_seconds" or m[key] <= 1.0), key
-    assert m["method"] == "kd" and m["epochs"] == 1
-    assert abs(m["teacher_top1"] - teacher_metrics["top1"]) < 1e-6
-    assert "kd" in m["history"] and "agreement" in m["history"]
-    assert (ddir / "student.keras").exists() and "RESULT" in out
+def _top1_of(path, dataset):
+    return training.evaluate_top1(training.load_model(str(path)), dataset)
 
 
-def test_distill_trains_a_zoo_teacher_and_rejects_bad_method(tmp_path):
-    run("distill.py", "--teacher=resnet8", "--teacher_epochs=1", "--student=resnet8",
-        f"--output_dir={tmp_path / 'a'}", *TINY)
-    assert (tmp_path / "a" / "teacher.keras").exists()
-    proc = run_script("recipes/distill.py", "--teacher=none", "--method=kdd",
-                      f"--output_dir={tmp_path / 'b'}", *TINY, timeout=300, check=False)
-    assert proc.returncode != 0 and "'kdd'" in proc.stderr
+def test_train_teacher_reports_the_top1_of_the_model_it_saved(tiny_teacher):
+    from kdkeras.experiment import RunConfig, setup_data
+
+    data = setup_data(RunConfig(dataset="fashion_mnist", test_limit=64, batch_size=64))
+    assert tiny_teacher.metrics["top1"] == pytest.approx(_top1_of(tiny_teacher.path, data.test))
+    assert tiny_teacher.metrics["input_shape"] == [28, 28, 1]
+    assert len(tiny_teacher.metrics["history"]["loss"]) == 1
+
+
+def test_distill_with_baseline_reports_what_it_saved(tiny_teacher, tmp_path):
+    run = run_recipe(
+        "distill", f"--teacher={tiny_teacher.path}", "--method=kd", "--method_args=kd.temperature=2",
+        "--baseline", "--seed=3", f"--output_dir={tmp_path}", *TINY)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["student_top1"] == pytest.approx(_top1_of(tmp_path / "student.keras", run.data.test))
+    assert m["baseline_top1"] == pytest.approx(_top1_of(tmp_path / "baseline.keras", run.data.test))
+    assert m["teacher_top1"] == pytest.approx(tiny_teacher.top1)
+    # KD's own CE weight (the CIFAR recipe), and the method argument reached the method
+    assert m["student_loss_weight"] == 0.1 and run.methods[0].temperature == 2
+    assert {"kd", "agreement", "student_loss"} <= set(m["history"]) and len(m["history"]["loss"]) == 1
+    h = m["history"]
+    # the logged total is 0.1 * CE + 0.9 * KD (epoch means of per-batch values)
+    assert h["val_loss"][0] == pytest.approx(0.1 * h["val_student_loss"][0] + 0.9 * h["val_kd"][0],
+                                             rel=1e-4)
+
+
+def test_lsr_replaces_the_cross_entropy(tmp_path):
+    # Was a bug: distill.py kept the CE at weight 1.0 next to LSR.
+    m = run_recipe("distill", "--teacher=none", "--method=lsr", f"--output_dir={tmp_path}",
+                   *TINY).metrics
+    assert m["student_loss_weight"] == 0.0 and m["teacher_top1"] is None
+    assert m["history"]["val_loss"][0] == pytest.approx(m["history"]["val_lsr"][0], rel=1e-5)
+    assert m["history"]["val_loss"][0] != pytest.approx(m["history"]["val_student_loss"][0], rel=1e-3)
+
+
+def test_run_eagerly_reaches_the_distiller(tiny_teacher, tmp_path, monkeypatch):
+    # Was a bug: distill.py defined --run_eagerly but never used it.
+    seen = []
+    compile_ = kdkeras.Distiller.compile
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("run_eagerly"))
+        return compile_(self, *args, **kwargs)
+
+    monkeypatch.setattr(kdkeras.Distiller, "compile", spy)
+    run_recipe("distill", f"--teacher={tiny_teacher.path}", f"--output_dir={tmp_path / 'on'}", *TINY)
+    flags_off = [f for f in TINY if f != "--run_eagerly"] + ["--train_limit=64", "--test_limit=32"]
+    run_recipe("distill", f"--teacher={tiny_teacher.path}", f"--output_dir={tmp_path / 'off'}", *flags_off)
+    assert seen == [True, False]
+
+
+def test_distill_trains_a_zoo_teacher_and_rejects_a_bad_method(tmp_path):
+    m = run_recipe("distill", "--teacher=resnet8", "--teacher_epochs=1", "--train_limit=64",
+                   f"--output_dir={tmp_path / 'a'}", *TINY).metrics
+    assert (tmp_path / "a" / "teacher.keras").exists() and m["teacher_epochs"] == 1
+    assert m["teacher"] == str(tmp_path / "a" / "teacher.keras")
+    with pytest.raises(ValueError, match=r"'kdd'.*Accepted"):
+        run_recipe("distill", "--teacher=none", "--method=kdd", f"--output_dir={tmp_path / 'b'}", *TINY)
 
 
 @pytest.mark.parametrize("method", ["ft+kd", "crd"])
-def test_distill_recipe_runs_staged_and_index_methods(tmp_path, method):
-    tdir = tmp_path / "teacher"
-    run("train_teacher.py", "--model=resnet8", f"--output_dir={tdir}", *TINY)
-    run("distill.py", f"--teacher={tdir / 'model.keras'}", "--student=resnet8", f"--method={method}",
-        "--init_epochs=1", f"--output_dir={tmp_path / 'd'}", *TINY)
-    m = json.loads((tmp_path / "d" / "metrics.json").read_text())
-    assert m["method"] == method and 0.0 <= m["student_top1"] <= 1.0
+def test_distill_runs_staged_and_index_methods(tiny_teacher, tmp_path, method):
+    m = run_recipe("distill", f"--teacher={tiny_teacher.path}", f"--method={method}", "--init_epochs=1",
+                   f"--output_dir={tmp_path}", *TINY).metrics
+    assert m["method"] == method
     if method.startswith("ft"):
-        assert "ft_paraphraser" in m["history"]["stages"]
-        import math
-
+        assert list(m["history"]["stages"]) == ["ft_paraphraser"] and m["init_epochs"] == 1
         # the paraphraser learns its reconstruction unweighted: finite, no blow-up
         assert all(math.isfinite(v) for v in m["history"]["stages"]["ft_paraphraser"]["ft"])
         assert all(math.isfinite(v) for v in m["history"]["loss"])
-        assert (tmp_path / "d" / "stages" / "00_ft_paraphraser" / "done.json").exists()
+        assert (tmp_path / "stages" / "00_ft_paraphraser" / "done.json").exists()
+        # a rerun skips the finished paraphraser stage instead of training it again
+        again = run_recipe("distill", f"--teacher={tiny_teacher.path}", f"--method={method}",
+                           "--init_epochs=1", f"--output_dir={tmp_path}", *TINY).metrics
+        assert again["history"]["stages"] == m["history"]["stages"]
     else:
-        assert "crd" in m["history"]
+        assert "crd" in m["history"] and m["student_loss_weight"] == 1.0

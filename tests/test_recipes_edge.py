@@ -1,56 +1,56 @@
 """The edge recipe (distil, export four LiteRT variants, check) and the visual
 report recipe end to end on tiny Fashion-MNIST subsets."""
 
-import functools
 import json
+import os
 
 import numpy as np
 import pytest
 
-from tests.helpers import needs_fashion_mnist, recipe_output, tiny_cnn
+from kdkeras import export
+from tests.helpers import TINY, needs_fashion_mnist, run_recipe, tiny_cnn
 
 pytestmark = [pytest.mark.e2e, needs_fashion_mnist]
-TINY = ["--dataset=fashion_mnist", "--train_limit=128", "--test_limit=64", "--batch_size=64",
-        "--epochs=1"]
 VARIANTS = ("keras", "float32", "float16", "dynamic", "int8")
 CHECKS = ("float32_top1_matches_keras", "float32_logits_match_keras",
           "int8_size_vs_float32", "int8_top1_vs_keras")
 
 
-run = functools.partial(recipe_output, timeout=900)
-
-
-def test_edge_recipe_exports_and_checks_all_variants(tmp_path):
-    out = run(
-        "edge_mobilenetv2.py", "--teacher=resnet8", "--teacher_epochs=1", "--input_size=32",
-        "--alpha=0.35", "--num_representative=16", "--latency_runs=5", "--warmup_runs=1",
+def test_edge_recipe_exports_and_checks_all_variants(tiny_teacher, tmp_path):
+    # The 28x28x1 teacher reads the recipe's 32x32x3 pipeline through an adapted input.
+    report = run_recipe(
+        "edge_mobilenetv2", f"--teacher={tiny_teacher.path}", "--input_size=32", "--alpha=0.35",
+        "--num_representative=16", "--latency_runs=5", "--warmup_runs=1",
         f"--output_dir={tmp_path}", *TINY,
     )
-    report = json.loads((tmp_path / "report.json").read_text())
-    for name in VARIANTS:
-        for key in ("top1", "size_bytes", "latency_ms"):
-            assert key in report[name], (name, key)
-        assert 0.0 <= report[name]["top1"] <= 1.0 and report[name]["size_bytes"] > 0
-        assert report[name]["latency_ms"] > 0
-    assert report["keras"]["num_examples"] == report["int8"]["num_examples"] == 64
+    assert json.loads((tmp_path / "report.json").read_text())["checks"] == report["checks"]
+    assert report["teacher_top1"] == pytest.approx(tiny_teacher.top1)
+    assert report["input_shape"] == [32, 32, 3] and "baseline_top1" not in report
+    # Every variant's figures recomputed from its file with the LiteRT interpreter.
+    from kdkeras.experiment import RunConfig, setup_data
+
+    test = setup_data(RunConfig(dataset="fashion_mnist", test_limit=64, batch_size=64), (32, 32, 3)).test
     for q in VARIANTS[1:]:
-        assert (tmp_path / report[q]["file"]).stat().st_size == report[q]["size_bytes"]
-    assert (tmp_path / "student_int8.tflite").exists()
-    assert 0.0 <= report["teacher_top1"] <= 1.0 and "baseline_top1" not in report
-    assert set(CHECKS) <= set(report["checks"])
-    for check in report["checks"].values():
-        assert isinstance(check["pass"], bool) and isinstance(check["value"], float)
+        path = tmp_path / report[q]["file"]
+        again = export.evaluate_tflite(str(path), test, latency_runs=1, warmup_runs=0)
+        assert report[q]["top1"] == pytest.approx(again["top1"]), q
+        assert report[q]["size_bytes"] == os.path.getsize(path) == again["size_bytes"], q
+        assert report[q]["num_examples"] == 64
+    ratio = report["int8"]["size_bytes"] / report["float32"]["size_bytes"]
+    assert report["checks"]["int8_size_vs_float32"]["value"] == pytest.approx(ratio)
+    assert report["checks"]["int8_size_vs_float32"]["pass"] == (ratio <= 0.30)
+    gap = abs(report["int8"]["top1"] - report["keras"]["top1"]) * 100
+    assert report["checks"]["int8_top1_vs_keras"]["value"] == pytest.approx(gap)
+    assert set(CHECKS) == set(report["checks"])
     # float32 conversion must be exact whatever the training budget.
     assert report["float32"]["max_abs_logit_diff"] <= 1e-3
     assert report["checks"]["float32_top1_matches_keras"]["pass"]
     assert report["checks"]["float32_logits_match_keras"]["pass"]
-    assert report["int8"]["size_bytes"] < report["float32"]["size_bytes"]
     md = (tmp_path / "report.md").read_text()
-    assert "edge_mobilenetv2.py" in md and "| int8 |" in md and "## Checks" in md
+    assert report["command"] in md
+    assert "| int8 |" in md and "## Checks" in md and "int8 file by content" in md
     b = report["int8"]["size_breakdown"]
     assert b["file_bytes"] == report["int8"]["size_bytes"] and b["quantized_channels"] > 0
-    assert "int8 file by content" in md
-    assert "CHECK float32_logits_match_keras" in out
     # Defaults: mixed int8 weight scales, tensor names stripped from every file.
     assert report["int8"]["weight_granularity"] == "mixed" and "`mixed`" in md
     for q in VARIANTS[1:]:
@@ -84,8 +84,8 @@ def _not_blank(path):
 def test_visualize_writes_figures_and_report(tmp_path):
     paths = _save_tiny_run(tmp_path)
     out_dir = tmp_path / "visual"
-    run(
-        "visualize.py", f"--teacher={paths['teacher']}", f"--student={paths['student']}",
+    result = run_recipe(
+        "visualize", f"--teacher={paths['teacher']}", f"--student={paths['student']}",
         f"--baseline={paths['baseline']}", f"--metrics={paths['metrics']}", "--num_images=2",
         "--dataset=fashion_mnist", "--test_limit=64", f"--output_dir={out_dir}",
     )
@@ -99,6 +99,7 @@ def test_visualize_writes_figures_and_report(tmp_path):
     assert "| student |" in md and "ECE" in md
     assert (out_dir / "report.html").exists()
     summary = json.loads((out_dir / "visual.json").read_text())
+    assert summary["models"] == result["models"]
     assert [r["model"] for r in summary["models"]] == ["teacher", "baseline", "student"]
     assert summary["attention_stages"]["teacher"] == ["relu1", "relu2"]
     assert len(summary["images"]) == 2

@@ -1,70 +1,89 @@
-"""The soft-label recipes end to end on tiny Fashion-MNIST (table, plot, JSON)."""
+"""The experiment recipes (teacher-free, Re-KD, De-KD, bias-variance) end to end,
+in process, on tiny Fashion-MNIST: table, plot and JSON agree with each other."""
 
 import json
 
+import numpy as np
 import pytest
 
-from tests.helpers import run_script
+from tests.helpers import TINY, needs_fashion_mnist, run_recipe
 
-TINY = ["--dataset=fashion_mnist", "--train_limit=128", "--test_limit=64", "--epochs=1",
-        "--batch_size=64", "--run_eagerly"]
+pytestmark = [pytest.mark.e2e, needs_fashion_mnist]
 
 
-def run_recipe(name, tmp_path, *flags):
-    out = tmp_path / name
-    proc = run_script(f"recipes/{name}.py", *TINY, f"--output_dir={out}", *flags,
-                      env={"CUDA_VISIBLE_DEVICES": ""})
+def _outputs(out, name):
     for ext in ("md", "png", "json"):
         assert (out / f"{name}.{ext}").stat().st_size > 0, ext
-    with open(out / f"{name}.json") as f:
-        payload = json.load(f)
     markdown = (out / f"{name}.md").read_text()
-    assert f"{name}.png" in markdown and "|---|" in markdown
-    return payload, markdown, proc.stdout
+    assert f"({name}.png)" in markdown
+    return json.loads((out / f"{name}.json").read_text()), markdown
 
 
-@pytest.mark.e2e
-def test_teacher_free_recipe(tmp_path):
-    payload, markdown, stdout = run_recipe("teacher_free", tmp_path, "--student=resnet8")
-    assert list(payload["results"]) == ["baseline", "LSR", "Tf-KD self", "Tf-KD reg"]
-    for row in payload["results"].values():
-        assert 0.0 <= row["top1"] <= 1.0
-    assert "Tf-KD reg" in markdown and "RESULT baseline=" in stdout
+def _row(markdown, first_cell):
+    """The cells of the Markdown table row that starts with `first_cell`."""
+    line = next(l for l in markdown.splitlines() if l.startswith(f"| {first_cell} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
 
 
-@pytest.mark.e2e
+def test_teacher_free_recipe(tiny_teacher, tmp_path):
+    results = run_recipe("teacher_free", "--student=resnet8", f"--teacher={tiny_teacher.path}",
+                         f"--output_dir={tmp_path}", *TINY)
+    payload, markdown = _outputs(tmp_path, "teacher_free")
+    assert list(payload["results"]) == ["baseline", "LSR", "Tf-KD self", "Tf-KD reg", "KD"]
+    assert payload["teacher_top1"] == pytest.approx(tiny_teacher.top1)
+    baseline = payload["results"]["baseline"]["top1"]
+    for run, row in payload["results"].items():
+        assert row["top1"] == results[run]["top1"]
+        cells = _row(markdown, run)
+        assert cells[1] == f"{100 * row['top1']:.2f}"
+        assert cells[2] == f"{100 * (row['top1'] - baseline):+.2f}"
+    # each row trained its own copy of the student from the same initial weights
+    assert payload["results"]["LSR"]["history"]["lsr"] and "kd" in payload["results"]["KD"]["history"]
+
+
 def test_reversed_kd_recipe(tmp_path):
-    payload, markdown, _ = run_recipe(
-        "reversed_kd", tmp_path, "--weak=resnet8", "--weak_args=width_multiplier=0.5",
-        "--strong=resnet8", "--nonormal_kd")
+    run_recipe("reversed_kd", "--weak=resnet8", "--weak_args=width_multiplier=0.5", "--strong=resnet8",
+               "--nonormal_kd", f"--output_dir={tmp_path}", *TINY)
+    payload, markdown = _outputs(tmp_path, "reversed_kd")
     assert list(payload["results"]) == ["weak alone", "strong alone", "Re-KD"]
     assert payload["rekd_gain"] == pytest.approx(payload["rekd_top1"] - payload["strong_top1"])
-    assert "Re-KD" in markdown
+    assert _row(markdown, "Re-KD")[-1] == f"{100 * payload['rekd_gain']:+.2f}"
+    assert _row(markdown, "Re-KD")[2] == f"resnet8 ({100 * payload['weak_top1']:.2f}%)"
 
 
-@pytest.mark.e2e
 def test_defective_kd_recipe(tmp_path):
-    payload, markdown, _ = run_recipe(
-        "defective_kd", tmp_path, "--teacher=resnet8", "--student=resnet8", "--defect=steps",
-        "--levels=0,1", "--nofull_teacher")
-    assert [p["level"] for p in payload["points"]] == [0, 1]
-    assert payload["points"][0]["teacher"] == "untrained"
+    points = run_recipe("defective_kd", "--teacher=resnet8", "--student=resnet8", "--defect=steps",
+                        "--levels=0,1", "--nofull_teacher", f"--output_dir={tmp_path}", *TINY)
+    payload, markdown = _outputs(tmp_path, "defective_kd")
+    assert [p["level"] for p in payload["points"]] == [0, 1] == [p["level"] for p in points]
+    assert [p["teacher"] for p in payload["points"]] == ["untrained", "1 steps"]
     for p in payload["points"]:
-        assert 0.0 <= p["teacher_top1"] <= 1.0
         assert p["gain"] == pytest.approx(p["student_top1"] - payload["baseline_top1"])
+        assert _row(markdown, str(p["level"]))[3] == f"{100 * p['student_top1']:.2f}"
     assert "student alone" in markdown
 
 
-@pytest.mark.e2e
-def test_bias_variance_recipe(tmp_path):
-    payload, markdown, _ = run_recipe(
-        "bias_variance", tmp_path, "--teacher=resnet8", "--teacher_epochs=1", "--student=resnet8",
-        "--methods=ce,wsl", "--num_models=2", "--resample=bootstrap")
-    assert list(payload["results"]) == ["ce", "wsl"]
-    for row in payload["results"].values():
+def test_defective_kd_rejects_bad_levels(tmp_path):
+    with pytest.raises(ValueError, match=r"noise levels must lie in \[0, 1\], got \[1.5\]"):
+        run_recipe("defective_kd", "--defect=noise", "--levels=1.5", f"--output_dir={tmp_path}", *TINY)
+    with pytest.raises(ValueError, match="'x'"):
+        run_recipe("defective_kd", "--defect=steps", "--levels=1,x", f"--output_dir={tmp_path}", *TINY)
+
+
+def test_bias_variance_recipe(tiny_teacher, tmp_path):
+    summaries = run_recipe("bias_variance", f"--teacher={tiny_teacher.path}", "--student=resnet8",
+                           "--methods=ce,wsl", "--num_models=2", "--resample=bootstrap",
+                           f"--output_dir={tmp_path}", *TINY)
+    payload, markdown = _outputs(tmp_path, "bias_variance")
+    assert list(payload["results"]) == ["ce", "wsl"] == list(summaries)
+    for name, row in payload["results"].items():
         assert row["num_models"] == 2 and row["noise"] == 0.0
         # the decomposition adds up to the expected CE measured separately
         assert row["bias"] + row["variance"] == pytest.approx(row["expected_ce_measured"], rel=1e-6)
-        assert row["variance"] >= 0 and 0 <= row["regularization_share"] <= 1
+        assert row["top1"] == pytest.approx(np.mean(row["top1_per_model"]))
+        assert row["top1_std"] == pytest.approx(np.std(row["top1_per_model"]))
         assert set(row["teacher_worse_split"]) == {"in", "out"}
+        split = row["teacher_worse_split"]
+        assert split["in"]["count"] + split["out"]["count"] == payload["test_examples"] == 64
+        assert _row(markdown, name)[6] == f"{row['bias']:.4f}"
     assert "noise+bias+variance" in markdown

@@ -1,11 +1,8 @@
 """The seed summary: means, spreads and paired gains from metrics.json files."""
 
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes"))
-import summarize_runs  # noqa: E402
+from recipes import summarize_runs
 
 
 def test_table_aggregates_runs(tmp_path):

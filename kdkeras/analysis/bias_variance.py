@@ -218,3 +218,59 @@ def split_by_mask(decomposition: Decomposition, mask: np.ndarray) -> dict[str, d
             "expected_ce": float(decomposition.ce_per_sample[sel].mean()),
         }
     return out
+
+
+def compare_methods(
+    logits: dict[str, list[np.ndarray]],
+    labels: np.ndarray,
+    teacher_logits: np.ndarray | None = None,
+    reference: str = "ce",
+) -> tuple[dict[str, dict], np.ndarray | None]:
+    """Decompose each method's M trainings (`logits[name]`: M arrays of (N, K)).
+
+    Per method: the decomposition's summary plus the measured expected CE;
+    with the teacher's logits, the share of regularisation samples; with a
+    `reference` method (plain CE) too, the split of bias and variance over the
+    samples where the teacher is worse than the reference students (returned
+    as the mask, else None).
+    """
+    teacher_worse = None
+    if teacher_logits is not None and reference in logits:
+        ce_reference = cross_entropy_per_sample(np.stack(logits[reference]), labels, from_logits=True)
+        ce_teacher = cross_entropy_per_sample(teacher_logits, labels, from_logits=True)
+        teacher_worse = ce_teacher > ce_reference.mean(0)
+    summaries = {}
+    for name, runs in logits.items():
+        stacked = np.stack(runs)
+        d = decompose(stacked, labels, from_logits=True)
+        s = {**d.summary(), "expected_ce_measured": float(
+            cross_entropy_per_sample(stacked, labels, from_logits=True).mean())}
+        if teacher_logits is not None:
+            s["regularization_share"] = regularization_share(teacher_logits, stacked, labels,
+                                                             from_logits=True)
+        if teacher_worse is not None:
+            s["teacher_worse_split"] = split_by_mask(d, teacher_worse)
+        summaries[name] = s
+    return summaries, teacher_worse
+
+
+def summary_table(summaries: dict[str, dict]) -> str:
+    """`compare_methods`' summaries as a Markdown table (percentages for accuracies)."""
+    from kdkeras.vis.report import markdown_table, pct
+
+    def pair(split, key):
+        return "-" if split is None else f"{split['in'][key]:.4f} / {split['out'][key]:.4f}"
+
+    rows = []
+    for name, s in summaries.items():
+        share, split = s.get("regularization_share"), s.get("teacher_worse_split")
+        rows.append([
+            name, s["num_models"], pct(s["top1"]),
+            "-" if s.get("top1_std") is None else pct(s["top1_std"]), pct(s["ensemble_top1"]),
+            s["noise"], s["bias"], s["variance"], s["error"], s["expected_ce_measured"],
+            "-" if share is None else pct(share), pair(split, "bias"), pair(split, "variance"),
+        ])
+    return markdown_table(
+        ["method", "M", "top-1 (%)", "± std", "ensemble top-1 (%)", "noise", "bias", "variance",
+         "noise+bias+variance", "E[CE] measured", "reg. samples (%)",
+         "bias: teacher-worse / other", "variance: teacher-worse / other"], rows, align="lrrrrrrrrrrrr")

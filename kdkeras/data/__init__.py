@@ -9,9 +9,11 @@ from kdkeras.data.pipeline import (
     augment_image,
     convert_channels,
     default_augment,
+    fit_images,
     load,
     preprocess_image,
 )
+from kdkeras.data.resample import RESAMPLES, noisy_labels, resampled
 from kdkeras.data.sources import (
     FASHION_MNIST_CLASSES,
     DatasetInfo,
@@ -22,16 +24,20 @@ from kdkeras.data.sources import (
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
+    "RESAMPLES",
     "DatasetInfo",
     "DatasetNotFoundError",
     "DatasetUnavailableError",
     "augment_image",
     "convert_channels",
     "default_augment",
+    "fit_images",
     "info",
     "load",
+    "noisy_labels",
     "parse_idx",
     "preprocess_image",
     "read_idx",
     "read_idx_shape",
+    "resampled",
 ]

@@ -13,6 +13,7 @@ import numbers
 import tensorflow as tf
 
 from kdkeras.data.sources import DatasetInfo, get_source, split_base
+from kdkeras.keys import IMAGE, INDEX
 
 AUGMENT_PAD = 4
 # Flips change the meaning of these (or their images are tiny greyscale digits/clothes).
@@ -33,6 +34,16 @@ def convert_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
         return image[..., :3]
     raise ValueError(f"Cannot convert images with {current} channels to channels={channels}; "
                      f"accepted conversions: 1->3, 3->1, 4->3, 4->1")
+
+
+def fit_images(images, shape) -> tf.Tensor:
+    """A batch of float images resized (bilinear) and channel-converted to a
+    model's (H, W, C) input, e.g. to feed one pipeline to networks of other sizes."""
+    h, w, c = shape
+    x = tf.convert_to_tensor(images, tf.float32)
+    if tuple(x.shape[1:3]) != (h, w):
+        x = tf.image.resize(x, (h, w))
+    return convert_channels(x, c)
 
 
 def preprocess_image(
@@ -157,7 +168,7 @@ def load(
         image = preprocess_image(raw.decode(raw_x), image_size, channels)
         if augment:
             image = augment_image(image, tf.stack([aug_seed, index]))
-        x = {"image": image, "index": index} if with_index else image
+        x = {IMAGE: image, INDEX: index} if with_index else image
         return x, tf.cast(label, tf.int32)
 
     ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,12 +1,23 @@
 """Export distilled Keras models to LiteRT (TFLite) and evaluate the files."""
 
+from .edge_report import (
+    VARIANTS,
+    EdgeOptions,
+    EdgeTargets,
+    edge_checks,
+    edge_report_markdown,
+    export_variants,
+    keras_latency_ms,
+)
 from .granularity import WEIGHT_GRANULARITIES, mixed_granularity
-from .litert_eval import compare_with_keras, evaluate_tflite
+from .litert_eval import compare_with_keras, evaluate_tflite, logit_agreement
 from .size import strip_tensor_names, tflite_size_breakdown
 from .tflite import QUANTIZATIONS, export_saved_model, export_tflite
 
 __all__ = [
+    "VARIANTS", "EdgeOptions", "EdgeTargets", "edge_checks", "edge_report_markdown",
+    "export_variants", "keras_latency_ms",
     "QUANTIZATIONS", "WEIGHT_GRANULARITIES", "compare_with_keras", "evaluate_tflite",
-    "export_saved_model", "export_tflite", "mixed_granularity", "strip_tensor_names",
+    "export_saved_model", "export_tflite", "logit_agreement", "mixed_granularity", "strip_tensor_names",
     "tflite_size_breakdown",
 ]

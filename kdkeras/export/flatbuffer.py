@@ -1,3 +1,4 @@
+# Kept: no hand-written parsing here, it wraps TensorFlow's generated LiteRT schema (ModelT) and flatbuffer_utils (ai_edge_litert bundles the same two; no gain in switching); the `tflite` PyPI package 2.18.0 has only accessors and low-level builder calls (no ModelT object API), so writing the rewrites back would mean re-serialising every table by hand.
 """Read and write a .tflite flatbuffer as TensorFlow's mutable schema objects.
 
 The size breakdown, name stripping and the weight-granularity rewrite all

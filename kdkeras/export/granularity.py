@@ -1,3 +1,4 @@
+# Kept hand-written: ai-edge-quantizer 0.10.0 fits the pins (needs ai-edge-litert==2.3.0) and can make full-int8 files with tensorwise FULLY_CONNECTED, but tells 1x1 from 3x3 CONV_2D only by output-name regex (so this parsing stays) and re-calibrates the float model itself (other activation scales than the converter's), while this rewrites the converter's own int8 file, as tests/test_export.py checks.
 """Per-tensor weights for the 1x1 convolutions of a full-integer LiteRT model.
 
 The converter quantises every convolution's weights per output channel, and

@@ -11,59 +11,15 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from .tflite import _image_part
+from .batches import iter_batches, to_numpy
 
 if TYPE_CHECKING:  # keras is imported by callers; only the annotations name it
     import keras
-
-
-def _to_numpy(t: Any) -> np.ndarray:
-    return t.numpy() if hasattr(t, "numpy") else np.asarray(t)
-
-
-def _labels(y: Any) -> np.ndarray | None:
-    if y is None:
-        return None
-    y = _to_numpy(y)
-    if y.ndim > 1 and y.shape[-1] > 1:  # one-hot / soft targets
-        y = y.argmax(-1)
-    return y.reshape(-1).astype(np.int64)
-
-
-def _iter_batches(dataset: Any, max_batches: int | None,
-                  batch_size: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """Yield (x float32 NHWC, y int labels or None) numpy batches.
-
-    Accepts a tf.data dataset or any iterable of (x, y) / (x, y, w) / x
-    batches (x may be {"image": ...}), or a pair of numpy arrays (x, y),
-    which is cut into batches of `batch_size`.
-    """
-    if (isinstance(dataset, tuple) and len(dataset) == 2
-            and isinstance(dataset[0], np.ndarray)):
-        x_all, y_all = dataset
-        elements: Any = ((x_all[i:i + batch_size], y_all[i:i + batch_size])
-                         for i in range(0, len(x_all), batch_size))
-    elif isinstance(dataset, np.ndarray):
-        elements = (dataset[i:i + batch_size] for i in range(0, len(dataset), batch_size))
-    elif isinstance(dataset, tf.data.Dataset):
-        elements = dataset.as_numpy_iterator()
-    else:
-        elements = iter(dataset)
-    for n, element in enumerate(elements):
-        if max_batches is not None and n >= max_batches:
-            return
-        if isinstance(element, (tuple, list)) and len(element) in (2, 3):
-            x, y = element[0], element[1]
-        else:
-            x, y = element, None
-        x = np.asarray(_to_numpy(_image_part(x)), dtype=np.float32)
-        yield x, _labels(y)
 
 
 class _Runner:
@@ -174,7 +130,7 @@ def evaluate_tflite(
     runner = _Runner(path, main_threads)
 
     logits, labels, first = [], [], None
-    for x, y in _iter_batches(dataset, max_batches):
+    for x, y in iter_batches(dataset, max_batches):
         if first is None and len(x):
             first = x[:1]
         logits.append(runner.run(x))
@@ -216,8 +172,8 @@ def compare_with_keras(
     """
     runner = _Runner(path, os.cpu_count() or 1)
     k_logits, t_logits, labels = [], [], []
-    for x, y in _iter_batches(dataset, max_batches):
-        k_logits.append(np.asarray(_to_numpy(model(x, training=False)), dtype=np.float32))
+    for x, y in iter_batches(dataset, max_batches):
+        k_logits.append(np.asarray(to_numpy(model(x, training=False)), dtype=np.float32))
         t_logits.append(runner.run(x))
         if y is not None:
             labels.append(y)
@@ -229,7 +185,17 @@ def compare_with_keras(
     return {
         "keras_top1": _top1(k, lab),
         "tflite_top1": _top1(t, lab),
-        "max_abs_logit_diff": float(np.max(np.abs(k - t))),
-        "top1_agreement": float(np.mean(k.argmax(-1) == t.argmax(-1))),
+        **logit_agreement(k, t),
         "num_examples": int(len(k)),
+    }
+
+
+def logit_agreement(reference: np.ndarray, logits: np.ndarray) -> dict:
+    """How far `logits` (N, K) are from `reference` (e.g. the Keras model's on
+    the same examples): `max_abs_logit_diff` and `top1_agreement` (0..1)."""
+    reference = np.asarray(reference, np.float32)
+    logits = np.asarray(logits, np.float32).reshape(reference.shape)
+    return {
+        "max_abs_logit_diff": float(np.max(np.abs(reference - logits))),
+        "top1_agreement": float(np.mean(reference.argmax(-1) == logits.argmax(-1))),
     }

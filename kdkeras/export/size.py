@@ -1,3 +1,4 @@
+# Kept hand-written: no package gives a byte breakdown, and flatbuffer_utils.strip_strings also drops the signature defs, which strip_tensor_names keeps for get_signature_runner.
 """Where the bytes of a .tflite file go, and dropping the ones the runtime never reads.
 
 `tflite_size_breakdown` splits a file into tensor data, quantisation

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 import tensorflow as tf
 
+from .batches import iter_batches
 from .granularity import WEIGHT_GRANULARITIES, mixed_granularity
 from .size import strip_tensor_names
 
@@ -25,46 +26,14 @@ if TYPE_CHECKING:  # keras is imported by callers; only the annotations name it
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 
 
-def _image_part(x: Any) -> Any:
-    """Return the image tensor of a batch input (dict inputs carry it as x["image"])."""
-    if isinstance(x, dict):
-        if "image" not in x:
-            raise ValueError(
-                f"dict inputs must have an 'image' key; got keys {sorted(x)}")
-        return x["image"]
-    return x
-
-
-def _split_batch(element: Any) -> Any:
-    """Take x out of an (x, y) / (x, y, w) element, or return the element itself."""
-    if isinstance(element, (tuple, list)) and len(element) in (2, 3):
-        return element[0]
-    return element
-
-
 def _representative_examples(
     data: Any, example_rank: int, limit: int
 ) -> Iterator[np.ndarray]:
-    """Yield up to `limit` float32 examples of shape (1, H, W, C) from `data`.
-
-    `data` may be a numpy array (N, H, W, C), an (x, y) tuple of arrays,
-    a tf.data dataset of batches (x, y) / x / {"image": ...}, or any
-    iterable of such batches. `example_rank` is the rank of one example
-    without its batch dimension, used to tell batched from unbatched data.
-    """
-    if isinstance(data, np.ndarray) or tf.is_tensor(data):
-        batches: Any = [np.asarray(data)]
-    elif (isinstance(data, tuple) and len(data) == 2
-          and isinstance(data[0], np.ndarray)):
-        batches = [data[0]]
-    elif isinstance(data, tf.data.Dataset):
-        batches = data.as_numpy_iterator()
-    else:
-        batches = iter(data)
-
+    """Yield up to `limit` float32 examples of shape (1, H, W, C) from `data`
+    (anything `iter_batches` reads); `example_rank` is the rank of one example
+    without its batch dimension, to tell batched from unbatched data."""
     count = 0
-    for element in batches:
-        x = np.asarray(_image_part(_split_batch(element)), dtype=np.float32)
+    for x, _ in iter_batches(data, None):
         if x.ndim == example_rank:  # unbatched dataset: one example per element
             x = x[None]
         for i in range(x.shape[0]):

@@ -1,13 +1,17 @@
 """Distillation methods, one class per method; `get("kd")` builds one by name.
 
 Families: `logits` (KD), `soft_labels` (LSR, VirtualTeacher, WSL, DKD), `hints` (FitNet, AT, NST, FSP, VID, FT, AB),
-`relations` (RKD, PKT, SP, CC), `contrastive` (CRD); `connectors` holds the
-small trainable adapters they share.
+`relations` (RKD, PKT, SP, CC), `contrastive` (CRD); `features` holds
+`FeatureMethod` and the tensor helpers the hint and relational methods share,
+`connectors` the small trainable adapters they use. `base` defines the
+contract every method follows (`Method`, `StepContext`).
 """
 
 from kdkeras.methods import connectors
 from kdkeras.methods.base import (
     Method,
+    StepContext,
+    default_student_loss_weight,
     from_spec,
     get,
     method_names,
@@ -15,13 +19,15 @@ from kdkeras.methods.base import (
     register_method,
 )
 from kdkeras.methods.contrastive import CRD, ContrastMemory
+from kdkeras.methods.features import FeatureMethod
 from kdkeras.methods.hints import AB, AT, FSP, FT, NST, VID, FitNet
 from kdkeras.methods.logits import KD
 from kdkeras.methods.relations import CC, PKT, RKD, SP
 from kdkeras.methods.soft_labels import DKD, LSR, WSL, VirtualTeacher
 
 __all__ = [
-    "Method", "from_spec", "get", "method_names", "parse_method_args", "register_method",
+    "Method", "StepContext", "FeatureMethod", "default_student_loss_weight",
+    "from_spec", "get", "method_names", "parse_method_args", "register_method",
     "KD", "LSR", "VirtualTeacher", "WSL", "DKD", "FitNet", "AT", "NST", "FSP", "VID", "FT", "AB", "RKD", "PKT", "SP", "CC",
     "CRD", "ContrastMemory", "connectors",
 ]

@@ -1,21 +1,35 @@
-"""The base class of every distillation method.
+"""The base class of every distillation method, and the contract it follows.
 
 A method is a Keras layer that turns the tapped outputs of the teacher and the
 student into one scalar term. It never calls a network: the `Distiller` runs
 each network once per step and hands every method dictionaries of named
-tensors (`"logits"` plus one entry per tapped layer). Methods that need
+tensors (`keys.LOGITS` plus one entry per tapped layer, and `grad_key(tap)`
+for each of its `gradient_keys`) with a `StepContext`. Methods that need
 trainable parts (connectors, embeddings, memory banks) create them in
 `build_parts`, from the tapped shapes, so they are tracked, trained with the
 student and saved with the Distiller, but never exported with the student.
+
+What a method declares, so that neither the Distiller nor `kdkeras.stages`
+names a method:
+
+* `compute_loss(teacher, student, y, context)`: the term;
+* `default_taps` / `gradient_keys`: what the networks must output;
+* `init_stages(init_epochs)`, `in_main_stage`, `setup_main()`: the stages its
+  paper trains before the main one (FT, AB, FSP);
+* `default_weight`, `default_student_loss_weight`: its published weights.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
 
 import keras
 from keras import ops
+
+from kdkeras.stage import Stage
 
 _REGISTRY: dict[str, type["Method"]] = {}
 
@@ -59,11 +73,41 @@ def _default_name(cls) -> str:
     return registered or re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", cls.__name__).lower()
 
 
-class Method(keras.layers.Layer):
-    """A distillation term: `weight * compute_loss(teacher, student, y)`.
+@dataclass(frozen=True)
+class StepContext:
+    """What the Distiller tells every method about the current step.
 
-    Subclasses set `default_weight`, override `compute_loss`, and, where they
-    tap features, `default_taps` and `build_parts`.
+    Args:
+        training: True in a training step (BN layers of a method's parts in
+            training mode, memory banks written); False in evaluation and
+            outside a Distiller.
+        index: each sample's dataset index, shape (B,), or None when the batch
+            carries none (`{"image": x, "index": i}` inputs give it).
+        epoch: the 0-based epoch of the Distiller's `fit` (an int32 scalar
+            variable, read inside the step), or None outside a Distiller.
+        epochs: the number of epochs of that `fit` (`epochs=` of the call, an
+            int32 scalar variable), or None outside a Distiller.
+    """
+
+    training: bool = False
+    index: Any = None
+    epoch: Any = None
+    epochs: Any = None
+
+
+def is_training(context: StepContext | None) -> bool:
+    """The context's training flag; False outside a Distiller (no context)."""
+    return context is not None and bool(context.training)
+
+
+class Method(keras.layers.Layer):
+    """A distillation term: `weight * compute_loss(teacher, student, y, context)`.
+
+    Subclasses set `default_weight` (and `default_student_loss_weight` where
+    their recipe changes the CE weight), override `compute_loss`, and, where
+    they tap features, `default_taps` and `build_parts`. A method whose paper
+    trains something before the main stage overrides `init_stages` (and
+    `setup_main`, `in_main_stage`).
 
     Args:
         weight: multiplier of the term in the total loss; `None` takes the
@@ -78,6 +122,16 @@ class Method(keras.layers.Layer):
 
     #: the published weight of the term
     default_weight: float = 1.0
+    #: the student's own CE weight the method's published recipe trains with
+    #: (KD: 0.1, LSR: 0, as it replaces the CE); `default_student_loss_weight`
+    #: takes the smallest of a mix
+    default_student_loss_weight: float = 1.0
+    #: False for methods whose term trains only in their own init stage (AB,
+    #: FSP): `kdkeras.stages.default_stages` leaves them out of the main stage
+    in_main_stage: bool = True
+    #: True when the class overrides `init_stages` (derived, never set by hand)
+    has_init_stage: bool = False
+    _takes_context: bool = True
     #: False for teacher-free methods (label smoothing, virtual teacher)
     requires_teacher: bool = True
     #: True for methods that read the dataset index of each sample (CRD)
@@ -87,9 +141,15 @@ class Method(keras.layers.Layer):
     uses_teacher_logits: bool = True
     #: keys of the sub-terms `compute_loss` returns as a dict (logged each)
     log_keys: tuple = ()
-    #: taps (or `"input"`) whose CE-loss gradient the method reads, as
-    #: `"grad:<key>"` in both output dicts (gradient-based attention)
+    #: taps (or `keys.INPUT_TAP`) whose CE-loss gradient the method reads, as
+    #: `keys.grad_key(tap)` in both output dicts (gradient-based attention)
     gradient_keys: tuple = ()
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        cls.has_init_stage = cls.init_stages is not Method.init_stages
+        # Methods written before `StepContext` take `index=` and `training=`.
+        cls._takes_context = "context" in inspect.signature(cls.compute_loss).parameters
 
     def __init__(
         self,
@@ -105,8 +165,6 @@ class Method(keras.layers.Layer):
         self.teacher_layers = _as_name_list(teacher_layers)
         self.student_layers = _as_name_list(student_layers)
         self._parts_built = False
-        # The Distiller's epoch counter (a scalar variable) for warm-ups.
-        object.__setattr__(self, "epoch", None)
 
     # -- taps -----------------------------------------------------------------
     def default_taps(self, model: keras.Model, role: str) -> list[str]:
@@ -153,21 +211,50 @@ class Method(keras.layers.Layer):
         paraphraser stage trains its reconstruction unweighted)."""
         return self.weight
 
+    # -- stages -----------------------------------------------------------------
+    def init_stages(self, init_epochs: int) -> list[Stage]:
+        """The stages the method's paper trains before the main one; none by default.
+
+        `kdkeras.stages.default_stages` runs them before the main stage (stages
+        that train only the methods' parts first, then those that train the
+        student; stages of one name from several methods merge into one).
+        """
+        del init_epochs
+        return []
+
+    def setup_main(self) -> None:
+        """Called before the main stage starts or is restored (FT switches back
+        to its transfer term); nothing by default."""
+
     # -- the term ---------------------------------------------------------------
     def compute_loss(
         self,
         teacher: Mapping[str, Any] | None,
         student: Mapping[str, Any],
         y,
-        index=None,
-        training: bool = False,
+        context: StepContext | None = None,
     ):
         """Return the unweighted term: a scalar, or a dict of named scalars
-        that add up to it (each is logged as `<name>_<key>`)."""
+        that add up to it (each is logged as `<name>_<key>`).
+
+        `teacher` is None for teacher-free methods; `y` holds integer labels
+        (B,); `context` is the step's `StepContext` (None outside a Distiller:
+        evaluation mode, no index, no epoch).
+        """
         raise NotImplementedError
 
-    def call(self, teacher, student, y, index=None, training=False):
-        return self.compute_loss(teacher, student, y, index=index, training=training)
+    def step_loss(self, teacher, student, y, context: StepContext):
+        """`compute_loss` as the Distiller calls it; a method written before
+        `StepContext` (`compute_loss(..., index=None, training=False)`) gets
+        the context's index and training flag instead."""
+        if self._takes_context:
+            return self.compute_loss(teacher, student, y, context)
+        return self.compute_loss(
+            teacher, student, y, index=context.index, training=context.training
+        )
+
+    def call(self, teacher, student, y, context: StepContext | None = None):
+        return self.step_loss(teacher, student, y, context or StepContext())
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -196,7 +283,13 @@ def as_float32(x):
     return ops.cast(x, "float32")
 
 
-def sparse_labels(y, num_classes: int | None = None):
+def default_student_loss_weight(methods: Iterable[Method]) -> float:
+    """The student's CE weight for a mix of methods: the smallest of their
+    `default_student_loss_weight` (kd+at -> 0.1, lsr -> 0.0), 1.0 for none."""
+    return min((float(m.default_student_loss_weight) for m in methods), default=1.0)
+
+
+def sparse_labels(y):
     """Integer labels of shape (B,) from sparse or one-hot `y`."""
     y = ops.convert_to_tensor(y)
     if len(y.shape) >= 2 and y.shape[-1] not in (None, 1):
@@ -228,18 +321,29 @@ def _parse_value(text: str):
     return text.strip()
 
 
+def parse_kwargs(text: str | None, example: str = "'width_multiplier=0.5,dropout=0.1'") -> dict[str, Any]:
+    """`"width_multiplier=0.5,dropout=0.1"` -> `{"width_multiplier": 0.5, "dropout": 0.1}`
+    (numbers, true/false and none parsed; anything else kept as a string)."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"Bad argument {item!r} in {text!r}: expected KEY=VALUE, e.g. {example}.")
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
 def parse_method_args(text: str | None) -> dict[str, dict[str, Any]]:
     """`"kd.temperature=2,at.weight=500"` -> `{"kd": {"temperature": 2}, "at": {"weight": 500}}`."""
     out: dict[str, dict[str, Any]] = {}
-    for item in filter(None, (p.strip() for p in (text or "").split(","))):
-        key, sep, value = item.partition("=")
-        method, dot, arg = key.strip().partition(".")
-        if not sep or not dot or not method or not arg:
+    example = "'kd.temperature=2' or 'at.weight=500'"
+    for key, value in parse_kwargs(text, example).items():
+        method, dot, arg = key.partition(".")
+        if not dot or not method or not arg:
             raise ValueError(
-                f"Bad method argument {item!r}: expected METHOD.ARG=VALUE, e.g. "
-                "'kd.temperature=2' or 'at.weight=500'."
+                f"Bad method argument {key + '=' + str(value)!r}: expected METHOD.ARG=VALUE, e.g. {example}."
             )
-        out.setdefault(method.lower(), {})[arg] = _parse_value(value)
+        out.setdefault(method.lower(), {})[arg] = value
     return out
 
 
@@ -249,8 +353,6 @@ def from_spec(spec: str, args: str | dict | None = None, **common: Any) -> list[
     `common` holds keyword arguments given to every method class that accepts
     them (e.g. `num_examples` for memory-bank methods).
     """
-    import inspect
-
     names = [n.strip().lower() for n in str(spec).split("+") if n.strip()]
     if not names:
         raise ValueError(f"Empty method spec {spec!r}; accepted names: {method_names()}.")
@@ -258,17 +360,44 @@ def from_spec(spec: str, args: str | dict | None = None, **common: Any) -> list[
     unknown = set(per_method) - set(names)
     if unknown:
         raise ValueError(
-            f"Method arguments given for {sorted(unknown)}, which are not in the spec {spec!r}."
+            f"Method arguments given for {sorted(unknown)}, which are not in the spec "
+            f"{spec!r}; give arguments for {sorted(set(names))}."
         )
     methods = []
     for name in names:
         get(name)  # validates the name with a clear error
         cls = _REGISTRY[name]
-        accepted = inspect.signature(cls.__init__).parameters
-        kwargs = {k: v for k, v in common.items() if k in accepted}
+        own = inspect.signature(cls.__init__).parameters
+        kwargs = {k: v for k, v in common.items() if k in own}
         kwargs.update(per_method.get(name, {}))
+        accepted = _init_arguments(cls)
+        unknown = set(per_method.get(name, {})) - accepted - _init_arguments(keras.layers.Layer)
+        if unknown:
+            raise ValueError(
+                f"Unknown arguments {sorted(unknown)} for method {name!r}. Accepted "
+                f"arguments: {sorted(accepted)}."
+            )
         try:
             methods.append(cls(**kwargs))
         except TypeError as err:
-            raise ValueError(f"Bad arguments {kwargs} for method {name!r}: {err}") from err
+            raise ValueError(
+                f"Bad arguments {kwargs} for method {name!r}: {err}. Accepted "
+                f"arguments: {sorted(accepted)}."
+            ) from err
     return methods
+
+
+def _init_arguments(cls: type) -> set[str]:
+    """Keyword arguments `cls(...)` names: its own and those of its bases up to
+    `Method` (or up to `cls` itself when it is not a method)."""
+    top = Method if issubclass(cls, Method) else cls
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if not issubclass(klass, top) or "__init__" not in klass.__dict__:
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {
+            p.name for p in params
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        }
+    return names

@@ -14,6 +14,8 @@ from typing import Sequence
 import keras
 from keras import ops
 
+from kdkeras.methods.features import flatten, l2_normalize
+
 _BN = {"momentum": 0.9, "epsilon": 1e-5}
 
 
@@ -138,8 +140,7 @@ class LinearEmbed(keras.layers.Layer):
         self.dense.build((input_shape[0], math.prod(input_shape[1:])))
 
     def call(self, x):
-        x = ops.reshape(x, (-1, math.prod(x.shape[1:])))
-        return l2_normalize(self.dense(x), axis=-1)
+        return l2_normalize(self.dense(flatten(x)), axis=-1)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.dim)
@@ -294,9 +295,3 @@ class Translator(keras.layers.Layer):
 def factor_channels(channels: int, factor_rate: float) -> int:
     """FT's factor width: `int(channels * factor_rate)`, at least 1."""
     return max(1, int(channels * factor_rate))
-
-
-def l2_normalize(x, axis=-1, epsilon: float = 1e-12):
-    """`x / max(||x||, epsilon)` along `axis`, with a finite gradient at 0."""
-    squared = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    return x * ops.rsqrt(ops.maximum(squared, epsilon * epsilon))

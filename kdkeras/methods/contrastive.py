@@ -25,8 +25,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kdkeras import taps as taps_lib
-from kdkeras.methods.base import Method, as_float32, register_method
+from kdkeras import tap_detection
+from kdkeras.keys import IMAGE, INDEX
+from kdkeras.methods.base import (
+    Method,
+    StepContext,
+    as_float32,
+    is_training,
+    register_method,
+    sparse_labels,
+)
 
 # The reference's epsilon in the NCE posterior `P / (P + K / N + eps)`.
 _NCE_EPS = 1e-7
@@ -309,7 +317,7 @@ class CRD(Method):
         label bank (default: this method's).
         """
         n, k = self.num_examples, self.num_negatives
-        y = tf.cast(tf.reshape(y, (-1,)), "int32")
+        y = sparse_labels(y)
         batch = tf.shape(y)[0]
         by_class = self.negatives == "other_classes"
         if by_class and labels is None:
@@ -421,19 +429,22 @@ class CRD(Method):
         return {"student": loss_s, "teacher": loss_t}, tf.stack([log_z_s, log_z_t])
 
     # -- the term ------------------------------------------------------------------------
-    def compute_loss(self, teacher, student, y, index=None, training=False):
+    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         if self.memory is None:
             raise ValueError("CRD is not built: use it inside a kdkeras.Distiller.")
+        training = is_training(context)
+        index = None if context is None else context.index
         v_s = self.embed(student[self.student_layers[0]], self.embed_student)
         v_t = self.embed(teacher[self.teacher_layers[0]], self.embed_teacher)
-        y = tf.cast(tf.reshape(y, (-1,)), "int32")
+        y = sparse_labels(y)
         memory = self.memory
         pos_index = None
         if training:
             if index is None:
                 raise ValueError(
                     "CRD needs each sample's dataset index in training: feed x as "
-                    "{'image': images, 'index': indices} (kdkeras.data.load(..., with_index=True))."
+                    f"{{{IMAGE!r}: images, {INDEX!r}: indices}} "
+                    "(kdkeras.data.load(..., with_index=True))."
                 )
             pos_index = tf.cast(tf.reshape(index, (-1,)), "int32")
             tf.debugging.assert_less(
@@ -467,41 +478,6 @@ class CRD(Method):
 
 
 def embedding_layer_name(model: keras.Model) -> str:
-    """Name of the layer whose output feeds the logits Dense of `model`.
-
-    Uses `kdkeras.tap_detection.embedding_layer` when that module exists;
-    otherwise a layer named `"embedding"` (the zoo's), else the layer feeding
-    the last Dense.
-    """
-    try:
-        from kdkeras.tap_detection import embedding_layer  # noqa: PLC0415
-    except ImportError:
-        embedding_layer = None
-    if embedding_layer is not None:
-        found = embedding_layer(model)
-        return found if isinstance(found, str) else found.name
-    if "embedding" in taps_lib.all_layer_names(model):
-        return "embedding"
-    dense = None
-    for layer in _all_layers(model):
-        if isinstance(layer, keras.layers.Dense):
-            dense = layer
-    if dense is None or not getattr(dense, "_inbound_nodes", None):
-        raise ValueError(
-            f"Cannot find the embedding of model {model.name!r} (no layer named "
-            "'embedding' and no Dense logits layer); pass teacher_layers=/student_layers=."
-        )
-    parents = dense._inbound_nodes[0].parent_nodes
-    if not parents or isinstance(parents[0].operation, keras.layers.InputLayer):
-        raise ValueError(
-            f"The logits Dense {dense.name!r} of {model.name!r} reads the model input; "
-            "pass teacher_layers=/student_layers= to CRD."
-        )
-    return parents[0].operation.name
-
-
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model) and hasattr(layer, "layers"):
-            yield from _all_layers(layer)
+    """Name of the layer whose output feeds the logits Dense of `model` (CRD's
+    default tap; `kdkeras.tap_detection.embedding_layer`)."""
+    return tap_detection.embedding_layer(model)

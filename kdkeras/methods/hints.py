@@ -1,7 +1,7 @@
 """Feature-map (hint) methods: the student matches the teacher's inner maps.
 
 FitNet, AT, NST, FSP, VID, FT and AB, each exactly as the reference sheet
-(`docs/methods.md`) states it. Taps default to the detected stage outputs
+states it (see docs/methods.md in this repository). Taps default to the detected stage outputs
 (`kdkeras.tap_detection`); teacher and student lists of different lengths are
 paired deepest-first (`pair_taps`), maps of different spatial sizes are
 average-pooled to the smaller size where the sheet says so, and different
@@ -10,13 +10,11 @@ channel counts go through connectors built from the tapped shapes.
 
 from __future__ import annotations
 
-import math
-from typing import Mapping
-
 from keras import ops
 
 from kdkeras import tap_detection
-from kdkeras.methods.base import Method, as_float32, register_method
+from kdkeras.keys import INPUT_TAP, grad_key
+from kdkeras.methods.base import StepContext, as_float32, is_training, register_method
 from kdkeras.methods.connectors import (
     Connector1x1,
     ConvRegressor,
@@ -24,92 +22,18 @@ from kdkeras.methods.connectors import (
     Translator,
     VIDRegressor,
     factor_channels,
-    l2_normalize,
 )
-
-# -- shared feature helpers ------------------------------------------------------------
-
-
-def flatten(x):
-    """(B, ...) -> (B, prod(...)) with a static feature size."""
-    return ops.reshape(x, (-1, math.prod(x.shape[1:])))
-
-
-def pool_to(x, size):
-    """Average-pool an NHWC map to spatial `size` (exact blocks when the sizes
-    divide, adaptive average pooling otherwise)."""
-    h, w = x.shape[1], x.shape[2]
-    th, tw = size
-    if (h, w) == (th, tw):
-        return x
-    if h % th == 0 and w % tw == 0:
-        x = ops.reshape(x, (-1, th, h // th, tw, w // tw, x.shape[-1]))
-        return ops.mean(x, axis=(2, 4))
-    return ops.adaptive_average_pool(x, (th, tw))
-
-
-def common_size(a_shape, b_shape) -> tuple[int, int]:
-    """The smaller spatial size of two NHWC shapes (per dimension)."""
-    return min(a_shape[1], b_shape[1]), min(a_shape[2], b_shape[2])
-
-
-def match_spatial(a, b):
-    """Average-pool the larger of two NHWC maps to the smaller's size."""
-    size = common_size(a.shape, b.shape)
-    return pool_to(a, size), pool_to(b, size)
-
-
-def spatial_attention(f):
-    """AT's `l2_normalize(flatten(mean_over_channels(f^2)))` per sample."""
-    return l2_normalize(flatten(ops.mean(ops.square(f), axis=-1)), axis=-1)
-
-
-def channel_vectors(f):
-    """NHWC -> (B, HW, C): one spatial vector per channel (as columns)."""
-    return ops.reshape(f, (-1, f.shape[1] * f.shape[2], f.shape[3]))
-
-
-def _check_4d(name: str, shape, method: str) -> None:
-    if len(shape) != 4:
-        raise ValueError(
-            f"{method} needs 4-D (B, H, W, C) feature maps, but tap {name!r} has "
-            f"shape {shape}. Tap a convolutional stage output."
-        )
-
-
-class FeatureMethod(Method):
-    """Base of the feature and relational methods: pairs the tap lists and
-    hands `compute_loss` float32 (teacher, student) tensor pairs."""
-
-    uses_teacher_logits = False
-
-    def resolve_taps(self, teacher, student):
-        t, s = super().resolve_taps(teacher, student)
-        if len(t) != len(s):
-            t, s = tap_detection.pair_taps(t, s)
-            self.teacher_layers, self.student_layers = t, s
-        if not t:
-            raise ValueError(f"Method {self.name!r} has no layers to tap.")
-        return t, s
-
-    def tap_pairs(self, teacher: Mapping, student: Mapping) -> list[tuple]:
-        """[(teacher map, student map)] in float32, one per tap pair."""
-        return [
-            (as_float32(teacher[t]), as_float32(student[s]))
-            for t, s in zip(self.teacher_layers, self.student_layers)
-        ]
-
-    def shape_pairs(self, teacher_shapes: Mapping, student_shapes: Mapping) -> list[tuple]:
-        return [
-            (tuple(teacher_shapes[t]), tuple(student_shapes[s]))
-            for t, s in zip(self.teacher_layers, self.student_layers)
-        ]
-
-    def check_4d(self, teacher_shapes, student_shapes) -> None:
-        for t, s in zip(self.teacher_layers, self.student_layers):
-            _check_4d(t, teacher_shapes[t], type(self).__name__)
-            _check_4d(s, student_shapes[s], type(self).__name__)
-
+from kdkeras.methods.features import (  # noqa: F401  (flatten, pool_to: re-exported)
+    FeatureMethod,
+    channel_vectors,
+    common_size,
+    flatten,
+    l2_normalize,
+    match_spatial,
+    pool_to,
+    spatial_attention,
+)
+from kdkeras.stage import Stage
 
 # -- methods --------------------------------------------------------------------------
 
@@ -142,8 +66,8 @@ class FitNet(FeatureMethod):
             regressors.append(r)
         self.regressors = regressors
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
-        total = 0.0
+    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
+        total, training = 0.0, is_training(context)
         for (t, s), r in zip(self.tap_pairs(teacher, student), self.regressors):
             total = total + ops.mean(ops.square(as_float32(r(s, training=training)) - t))
         return total
@@ -184,7 +108,7 @@ class AT(FeatureMethod):
                 )
             self.gradient_keys = tuple(
                 dict.fromkeys((self.teacher_layers or []) + (self.student_layers or []))
-            ) or ("input",)
+            ) or (INPUT_TAP,)
 
     def resolve_taps(self, teacher, student):
         if self.mode == "gradient":
@@ -210,15 +134,15 @@ class AT(FeatureMethod):
 
     def _gradient_pairs(self):
         if not self.teacher_layers:
-            return [("input", "input")]
+            return [(INPUT_TAP, INPUT_TAP)]
         return list(zip(self.teacher_layers, self.student_layers))
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
+    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         total = 0.0
         if self.mode == "gradient":
             for t, s in self._gradient_pairs():
-                gt = _flat_unit(as_float32(teacher["grad:" + t]))
-                gs = _flat_unit(as_float32(student["grad:" + s]))
+                gt = _flat_unit(as_float32(teacher[grad_key(t)]))
+                gs = _flat_unit(as_float32(student[grad_key(s)]))
                 total = total + ops.mean(ops.square(gs - gt))
             return total
         for t, s in self.tap_pairs(teacher, student):
@@ -232,9 +156,7 @@ class AT(FeatureMethod):
 
 def _flat_unit(g):
     """Per-sample L2-normalised flattening (`F.normalize` semantics, eps 1e-12)."""
-    flat = ops.reshape(g, (ops.shape(g)[0], -1))
-    norm = ops.sqrt(ops.sum(ops.square(flat), axis=-1, keepdims=True))
-    return flat / ops.maximum(norm, 1e-12)
+    return l2_normalize(flatten(g), axis=-1)
 
 
 def _poly_kernel_mean(a, b):
@@ -259,7 +181,7 @@ class NST(FeatureMethod):
     def build_parts(self, teacher_shapes, student_shapes):
         self.check_4d(teacher_shapes, student_shapes)
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
+    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         total = 0.0
         for t, s in self.tap_pairs(teacher, student):
             t, s = match_spatial(t, s)
@@ -271,6 +193,16 @@ class NST(FeatureMethod):
         return total
 
 
+class _InitStageTerm(FeatureMethod):
+    """A method whose paper trains its term alone (no CE) in an initialisation
+    stage, then leaves it out of the main stage (AB, FSP)."""
+
+    in_main_stage = False
+
+    def init_stages(self, init_epochs: int) -> list[Stage]:
+        return [Stage("init", [self], init_epochs, student_loss_weight=0.0)]
+
+
 def fsp_matrix(a, b):
     """`G[i, j] = mean over positions of a_i * b_j`, the larger map pooled to
     the smaller; shape (B, C_a, C_b)."""
@@ -280,7 +212,7 @@ def fsp_matrix(a, b):
 
 
 @register_method("fsp")
-class FSP(FeatureMethod):
+class FSP(_InitStageTerm):
     """Yim et al. (2017), flow of solution procedure between consecutive stages.
 
     `mean((G_s - G_t)^2)` for each consecutive pair of tapped maps, summed.
@@ -289,8 +221,6 @@ class FSP(FeatureMethod):
     """
 
     default_weight = 50.0
-    #: the paper trains this term in a stage before the main one
-    has_init_stage = True
 
     def default_taps(self, model, role):
         return tap_detection.stage_outputs(model)
@@ -313,7 +243,7 @@ class FSP(FeatureMethod):
                     "width (e.g. resnet56 -> resnet20) or use another method."
                 )
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
+    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         pairs = self.tap_pairs(teacher, student)
         total = 0.0
         for (t0, s0), (t1, s1) in zip(pairs[:-1], pairs[1:]):
@@ -356,7 +286,7 @@ class VID(FeatureMethod):
             regressors.append(r)
         self.regressors = regressors
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
+    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         total = 0.0
         for (t, s), r in zip(self.tap_pairs(teacher, student), self.regressors):
             t, s = match_spatial(t, s)
@@ -386,8 +316,7 @@ class FT(FeatureMethod):
     """
 
     default_weight = 200.0
-    #: the paper trains the paraphraser in a stage before the main one
-    has_init_stage = True
+    #: the values of `stage`: the paraphraser's init stage, then the main one
     stages = ("paraphraser", "transfer")
 
     def __init__(self, factor_rate: float = 0.5, stage: str = "transfer", **kwargs):
@@ -416,6 +345,21 @@ class FT(FeatureMethod):
             p.trainable = self._stage == "paraphraser"
         for t in self.translators:
             t.trainable = self._stage == "transfer"
+
+    def init_stages(self, init_epochs: int) -> list[Stage]:
+        """The paraphraser stage: it learns to reconstruct the teacher's map
+        (term unweighted, no CE) while the student stays frozen."""
+        return [
+            Stage("ft_paraphraser", [self], init_epochs, student_loss_weight=0.0,
+                  train_student=False, setup=self._to_paraphraser)
+        ]
+
+    def _to_paraphraser(self) -> None:
+        self.stage = "paraphraser"
+
+    def setup_main(self) -> None:
+        """Back to the transfer term, through the frozen paraphraser."""
+        self.stage = "transfer"
 
     def default_taps(self, model, role):
         return tap_detection.stage_outputs(model)[-1:]
@@ -447,7 +391,8 @@ class FT(FeatureMethod):
             total = total + ops.mean(ops.square(as_float32(p(t, training=training)) - t))
         return total
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
+    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
+        training = is_training(context)
         if self._stage == "paraphraser":
             return self.paraphraser_reconstruction_loss(teacher, training=training)
         total = 0.0
@@ -466,7 +411,7 @@ class FT(FeatureMethod):
 
 
 @register_method("ab")
-class AB(FeatureMethod):
+class AB(_InitStageTerm):
     """Heo et al. (2019), activation boundaries on pre-ReLU stage outputs.
 
     With `s = connector(f_s)` (1x1 conv + BN to the teacher's channels) and
@@ -479,7 +424,6 @@ class AB(FeatureMethod):
     """
 
     default_weight = 1.0
-    has_init_stage = True
 
     def __init__(self, margin: float = 1.0, **kwargs):
         super().__init__(**kwargs)
@@ -499,8 +443,8 @@ class AB(FeatureMethod):
             connectors.append(c)
         self.connectors = connectors
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
-        m = self.margin
+    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
+        m, training = self.margin, is_training(context)
         pairs = self.tap_pairs(teacher, student)
         n = len(pairs)
         total = 0.0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from keras import ops
 
-from kdkeras.methods.base import Method, kl_div, log_softmax_t, register_method
+from kdkeras.keys import LOGITS
+from kdkeras.methods.base import Method, StepContext, kl_div, log_softmax_t, register_method
 
 
 @register_method("kd")
@@ -24,6 +25,8 @@ class KD(Method):
     """
 
     default_weight = 0.9
+    #: Hinton's CIFAR recipe: CE 0.1, KD 0.9
+    default_student_loss_weight = 0.1
 
     def __init__(self, temperature: float = 4.0, **kwargs):
         super().__init__(**kwargs)
@@ -31,10 +34,10 @@ class KD(Method):
             raise ValueError(f"KD temperature must be > 0, got {temperature!r}.")
         self.temperature = float(temperature)
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
+    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         t = self.temperature
-        log_pt = log_softmax_t(teacher["logits"], t)
-        log_ps = log_softmax_t(student["logits"], t)
+        log_pt = log_softmax_t(teacher[LOGITS], t)
+        log_ps = log_softmax_t(student[LOGITS], t)
         return ops.mean(kl_div(log_pt, log_ps)) * (t * t)
 
     def get_config(self):

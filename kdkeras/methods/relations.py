@@ -9,12 +9,13 @@ tapped map is flattened per sample.
 
 from __future__ import annotations
 
+import keras
 from keras import ops
 
 from kdkeras import tap_detection
-from kdkeras.methods.base import as_float32, register_method
-from kdkeras.methods.connectors import LinearEmbed, l2_normalize
-from kdkeras.methods.hints import FeatureMethod, flatten
+from kdkeras.methods.base import StepContext, as_float32, register_method
+from kdkeras.methods.connectors import LinearEmbed
+from kdkeras.methods.features import FeatureMethod, flatten, l2_normalize
 
 
 def _batch_size(x):
@@ -22,9 +23,9 @@ def _batch_size(x):
 
 
 def huber(a, b):
-    """Smooth L1 (delta 1) averaged over every element."""
-    d = ops.abs(a - b)
-    return ops.mean(ops.where(d < 1.0, 0.5 * ops.square(d), d - 0.5))
+    """Smooth L1 (delta 1) averaged over every element: `keras.losses.huber`
+    (which averages the last axis) on the flattened tensors."""
+    return keras.losses.huber(ops.reshape(b, (1, -1)), ops.reshape(a, (1, -1)), delta=1.0)[0]
 
 
 def pairwise_distances(e, eps: float = 1e-12):
@@ -75,7 +76,7 @@ class RKD(_EmbeddingMethod):
         self.distance_weight = float(distance_weight)
         self.angle_weight = float(angle_weight)
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
+    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         distance, angle = 0.0, 0.0
         for t, s in self.vector_pairs(teacher, student):
             distance = distance + huber(_normalised_distances(s), _normalised_distances(t))
@@ -114,7 +115,7 @@ class PKT(_EmbeddingMethod):
         super().__init__(**kwargs)
         self.eps = float(eps)
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
+    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         total, eps = 0.0, self.eps
         for t, s in self.vector_pairs(teacher, student):
             p_t, p_s = _pkt_probabilities(t, eps), _pkt_probabilities(s, eps)
@@ -138,7 +139,7 @@ class SP(FeatureMethod):
     def default_taps(self, model, role):
         return tap_detection.stage_outputs(model)[-1:]
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
+    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         total = 0.0
         for t, s in self.tap_pairs(teacher, student):
             t, s = flatten(t), flatten(s)
@@ -177,7 +178,7 @@ class CC(_EmbeddingMethod):
             t_embeds.append(e_t)
         self.student_embeds, self.teacher_embeds = s_embeds, t_embeds
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
+    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         total = 0.0
         parts = zip(self.tap_pairs(teacher, student), self.teacher_embeds, self.student_embeds)
         for (t, s), e_t, e_s in parts:

@@ -7,16 +7,19 @@ teacher; the bias-variance view (Zhou et al. 2021) weights each sample's soft
 label by how much better the teacher is on it (`WSL`). `DKD` (Zhao et al.
 2022) splits KD into its target and non-target parts and reweights them.
 
-Every term is computed in float32 and reduced as the reference sheet
-(`docs/methods.md`) says: a per-sample value, averaged over the batch.
+Every term is computed in float32 and reduced as the reference sheet says
+(see docs/methods.md in this repository): a per-sample value, averaged over
+the batch.
 """
 
 from __future__ import annotations
 
 from keras import ops
 
+from kdkeras.keys import LOGITS
 from kdkeras.methods.base import (
     Method,
+    StepContext,
     as_float32,
     kl_div,
     log_softmax_t,
@@ -105,7 +108,8 @@ class LSR(Method):
     """Label smoothing: `CE(q', z_s)` with `q' = (1 - eps) q + eps / K`.
 
     Teacher-free. It replaces the plain cross-entropy, so train it with
-    `Distiller(None, student, [LSR()], student_loss_weight=0.0)`.
+    `Distiller(None, student, [LSR()], student_loss_weight=0.0)` (its
+    `default_student_loss_weight`).
 
     Example:
 
@@ -116,6 +120,8 @@ class LSR(Method):
     """
 
     default_weight = 1.0
+    #: the smoothed CE replaces the plain one
+    default_student_loss_weight = 0.0
     requires_teacher = False
 
     def __init__(self, epsilon: float = 0.1, **kwargs):
@@ -124,8 +130,8 @@ class LSR(Method):
             raise ValueError(f"LSR epsilon must be in [0, 1], got {epsilon!r}.")
         self.epsilon = float(epsilon)
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
-        log_ps = log_softmax_t(student["logits"], 1.0)
+    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
+        log_ps = log_softmax_t(student[LOGITS], 1.0)
         k = log_ps.shape[-1]
         target = (1.0 - self.epsilon) * _one_hot(y, k) + self.epsilon / k
         return ops.mean(-ops.sum(target * log_ps, axis=-1))
@@ -150,6 +156,8 @@ class VirtualTeacher(Method):
     """
 
     default_weight = 0.1
+    #: `1 - alpha` of the same ResNet18/CIFAR-100 setting
+    default_student_loss_weight = 0.9
     requires_teacher = False
 
     def __init__(self, correct_prob: float = 0.99, temperature: float = 20.0, **kwargs):
@@ -161,8 +169,8 @@ class VirtualTeacher(Method):
         self.correct_prob = float(correct_prob)
         self.temperature = _check_positive("VirtualTeacher", "temperature", temperature)
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
-        log_ps = log_softmax_t(student["logits"], 1.0)
+    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
+        log_ps = log_softmax_t(student[LOGITS], 1.0)
         log_target = _virtual_teacher_log_probs(
             y, log_ps.shape[-1], self.correct_prob, self.temperature
         )
@@ -192,11 +200,11 @@ class WSL(Method):
         super().__init__(**kwargs)
         self.temperature = _check_positive("WSL", "temperature", temperature)
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
+    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         t = self.temperature
-        w = wsl_sample_weights(teacher["logits"], student["logits"], y)
-        log_pt = log_softmax_t(teacher["logits"], t)
-        log_ps = log_softmax_t(student["logits"], t)
+        w = wsl_sample_weights(teacher[LOGITS], student[LOGITS], y)
+        log_pt = log_softmax_t(teacher[LOGITS], t)
+        log_ps = log_softmax_t(student[LOGITS], t)
         soft_ce = -ops.sum(ops.exp(log_pt) * log_ps, axis=-1)
         return ops.mean(w * soft_ce) * (t * t)
 
@@ -212,12 +220,19 @@ class DKD(Method):
     coefficient and the warm-up, logged as `dkd_tckd` and `dkd_nckd`.
 
     Warm-up: the factor is `min((epoch + 1) / warmup_epochs, 1)` with the
-    Distiller's 0-based epoch, i.e. mdistiller's `min(epoch / warmup, 1)`
-    with epochs counted from 1: the first epoch trains at `1 / warmup_epochs`
-    and epoch index `warmup_epochs - 1` reaches the full term. The Distiller
-    keeps its epoch equal to Keras' epoch index, so a resume with
-    `fit(initial_epoch=e)` continues the ramp. `warmup_epochs=0` turns it
-    off, and so does using the method outside a Distiller (no epoch).
+    0-based epoch of the step context (`StepContext.epoch`), i.e.
+    mdistiller's `min(epoch / warmup, 1)` with epochs counted from 1: the
+    first epoch trains at `1 / warmup_epochs` and epoch index
+    `warmup_epochs - 1` reaches the full term. The Distiller keeps that epoch
+    equal to Keras' epoch index, so a resume with `fit(initial_epoch=e)`
+    continues the ramp. `warmup_epochs=0` turns it off, and so does using the
+    method outside a Distiller (no epoch).
+
+    `warmup_fraction` scales the warm-up with the run instead: it then lasts
+    `max(1, ceil(warmup_fraction * epochs))` epochs of the `fit` (`epochs=`
+    of the call; the published 20 of 240 epochs is `1 / 12`), so a short run
+    still reaches the full term; `warmup_epochs` is then used only without
+    a known run length.
     """
 
     default_weight = 1.0
@@ -229,26 +244,37 @@ class DKD(Method):
         beta: float = 8.0,
         temperature: float = 4.0,
         warmup_epochs: int = 20,
+        warmup_fraction: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if warmup_epochs < 0:
             raise ValueError(f"DKD warmup_epochs must be >= 0, got {warmup_epochs!r}.")
+        if warmup_fraction is not None and not 0.0 < warmup_fraction <= 1.0:
+            raise ValueError(f"DKD warmup_fraction must be in (0, 1], got {warmup_fraction!r}.")
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.temperature = _check_positive("DKD", "temperature", temperature)
         self.warmup_epochs = int(warmup_epochs)
+        self.warmup_fraction = None if warmup_fraction is None else float(warmup_fraction)
 
-    def warmup_factor(self):
-        """The current warm-up multiplier, a float32 scalar in (0, 1]."""
-        if self.warmup_epochs == 0 or self.epoch is None:
+    def warmup_factor(self, context: StepContext | None = None):
+        """The warm-up multiplier at `context`'s epoch, a float32 scalar in (0, 1]."""
+        epoch = None if context is None else context.epoch
+        if epoch is None:
             return ops.convert_to_tensor(1.0, "float32")
-        done = ops.cast(self.epoch, "float32") + 1.0
-        return ops.minimum(done / float(self.warmup_epochs), 1.0)
+        if self.warmup_fraction is not None and context.epochs is not None:
+            run = ops.cast(context.epochs, "float32")
+            length = ops.maximum(ops.ceil(self.warmup_fraction * run), 1.0)
+        elif self.warmup_epochs == 0:
+            return ops.convert_to_tensor(1.0, "float32")
+        else:
+            length = float(self.warmup_epochs)
+        return ops.minimum((ops.cast(epoch, "float32") + 1.0) / length, 1.0)
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
-        tckd, nckd = dkd_per_sample(teacher["logits"], student["logits"], y, self.temperature)
-        factor = self.warmup_factor()
+    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
+        tckd, nckd = dkd_per_sample(teacher[LOGITS], student[LOGITS], y, self.temperature)
+        factor = self.warmup_factor(context)
         return {
             "tckd": factor * self.alpha * ops.mean(tckd),
             "nckd": factor * self.beta * ops.mean(nckd),
@@ -261,4 +287,5 @@ class DKD(Method):
             "beta": self.beta,
             "temperature": self.temperature,
             "warmup_epochs": self.warmup_epochs,
+            "warmup_fraction": self.warmup_fraction,
         }

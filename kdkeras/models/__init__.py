@@ -25,10 +25,12 @@ from collections.abc import Sequence
 
 import keras
 
+from .adapt import adapt_input
 from .applications import APPLICATION_MODELS, build_mobilenetv2, build_resnet50, set_bn_momentum
 from .cifar import CIFAR_MODELS, build_resnet, build_vgg, build_wrn, check_num_classes
 
 __all__ = [
+    "adapt_input",
     "available",
     "get",
     "build_resnet",

@@ -10,20 +10,29 @@ from .plots import (
     reliability_diagram,
     training_curves,
 )
-from .report import write_report
+from .experiment_plots import accuracy_bars, bias_variance_bars, student_vs_teacher
+from .report import markdown_table, pct, write_report
 from .saliency import METHODS, explain, saliency_grid
+from .visual_report import SALIENCY_METHODS, write_visual_report
 
 __all__ = [
     "METHODS",
+    "SALIENCY_METHODS",
+    "accuracy_bars",
     "agreement",
     "agreement_matrix",
     "attention_map",
     "attention_maps",
+    "bias_variance_bars",
     "calibration_bins",
     "expected_calibration_error",
     "explain",
+    "markdown_table",
+    "pct",
     "reliability_diagram",
     "saliency_grid",
+    "student_vs_teacher",
     "training_curves",
     "write_report",
+    "write_visual_report",
 ]

@@ -59,6 +59,28 @@ def _html(title: str, sections, page_dir: str) -> str:
             + "\n".join(body) + "\n</body></html>\n")
 
 
+def pct(value: float) -> str:
+    """A 0..1 fraction as a percentage with two decimals."""
+    return f"{100 * value:.2f}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence], align: str | None = None) -> str:
+    """A Markdown table; floats with four decimals. `align` has one letter per
+    column, `l` or `r` (right-aligned numbers), default all left."""
+
+    def cell(value) -> str:
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|")  # a pipe would split the cell
+
+    align = align or "l" * len(headers)
+    if len(align) != len(headers):
+        raise ValueError(f"align {align!r} has {len(align)} letters for {len(headers)} columns.")
+    rule = "|" + "".join("---:|" if a == "r" else "---|" for a in align)
+    lines = ["| " + " | ".join(map(str, headers)) + " |", rule]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def write_report(path: str, title: str,
                  sections: list[tuple[str, str | list[str]]], *,
                  html_copy: bool = False) -> str:
