@@ -12,6 +12,14 @@ student top-1, gain over the baseline, gain over KD, train seconds) to
         --dataset=fashion_mnist --train_limit=5000 --test_limit=2000 --epochs=2 \
         --output=runs/methods_table/table.md
 
+With a saved teacher, the runs read the teacher's outputs from teacher-output
+caches (`--teacher_cache`, default `OUTPUT_DIR/teacher_cache`): one cache per
+set of teacher layers the methods read (KD, DKD and WSL share the logits-only
+one; AT, NST and VID the stage outputs; ...), built by the first run that
+needs it and reused by the others, so the teacher runs once per example
+instead of once per example per method per epoch (`--teacher_cache=none`
+runs it online, for comparison).
+
 Each run writes `OUTPUT_DIR/<method>/metrics.json` and `log.txt`; `--resume`
 skips methods whose metrics.json exists. FT, AB and FSP also run their
 initialisation stage (`--init_epochs`, default a quarter of `--epochs`, at
@@ -48,6 +56,9 @@ flags.DEFINE_integer("seed", 0, "Seed of every run (same initial student weights
 flags.DEFINE_string("output_dir", None, "Folder of the runs (default: the folder of --output, else runs/methods_table).")
 flags.DEFINE_string("output", None, "Markdown table path (default: OUTPUT_DIR/table.md); JSON goes next to it.")
 flags.DEFINE_bool("resume", False, "Skip methods whose metrics.json already exists.")
+flags.DEFINE_string("teacher_cache", "auto",
+                    "Root folder of the teacher-output caches ('auto': OUTPUT_DIR/teacher_cache; 'none': "
+                    "run the teacher online in every run).")
 flags.DEFINE_string("extra_args", "", "More flags for every distill.py run, e.g. '--teacher_epochs=1 --augment=off'.")
 flags.mark_flag_as_required("teacher")
 
@@ -91,7 +102,40 @@ def distill_args(method: str, run_dir: str) -> list[str]:
             args.append(f"--{name}={getattr(FLAGS, name)}")
     if method == REFERENCE:
         args.append("--baseline")
+    cache = cache_folder(method)
+    if cache:
+        args.append(f"--teacher_cache={cache}")
     return args + shlex.split(FLAGS.extra_args)
+
+
+_TEACHER: dict = {}
+
+
+def cache_folder(method: str) -> str | None:
+    """The teacher cache a method's run reads: one per set of teacher layers
+    (None with --teacher_cache=none, a zoo-name teacher, a teacher-free method,
+    or a method reading teacher gradients)."""
+    if FLAGS.teacher_cache.lower() == "none" or not FLAGS.teacher.endswith(".keras"):
+        return None
+    import hashlib
+
+    import kdkeras
+    from kdkeras.cache import CacheError, teacher_taps
+
+    if "model" not in _TEACHER:
+        _TEACHER["model"] = kdkeras.training.load_model(FLAGS.teacher)
+    methods = kdkeras.methods.from_spec(method, num_examples=1)
+    if not any(m.requires_teacher for m in methods):
+        return None
+    try:
+        taps, _ = teacher_taps(_TEACHER["model"], methods)
+    except CacheError:
+        return None
+    key = "logits" if not taps else "taps_" + hashlib.sha1(",".join(sorted(taps)).encode()).hexdigest()[:10]
+    root = FLAGS.teacher_cache
+    if root.lower() == "auto":
+        root = os.path.join(paths()[0], "teacher_cache")
+    return os.path.join(root, key)
 
 
 def run_one(method: str, output_dir: str) -> dict:
@@ -198,13 +242,13 @@ def markdown(rows: list[dict], summary: dict, command: str) -> str:
         f"every run: {budget}; each method alone with its published default weight "
         f"(recipes/distill.py); gains in percentage points.",
         "",
-        "| method | student top-1 (%) | gain over baseline (pp) | gain over KD (pp) | train s | note |",
-        "|---|---:|---:|---:|---:|---|",
     ]
-    for r in rows:
-        secs = "–" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
-        lines.append(f"| {r['method']} | {_pct(r['student_top1'])} | {_gain(r['gain_over_baseline'])} | "
-                     f"{_gain(r['gain_over_kd'])} | {secs} | {r['note']} |")
+    from kdkeras.vis import markdown_table
+
+    table = [[r["method"], _pct(r["student_top1"]), _gain(r["gain_over_baseline"]), _gain(r["gain_over_kd"]),
+              "–" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}", r["note"]] for r in rows]
+    lines.append(markdown_table(["method", "student top-1 (%)", "gain over baseline (pp)", "gain over KD (pp)",
+                                 "train s", "note"], table, align="lrrrrl"))
     return "\n".join(lines) + "\n"
 
 
@@ -217,7 +261,7 @@ def write(results: dict, table_md: str, table_json: str, command: str) -> None:
         "command": command, **summary, "rows": rows,
         "config": {k: getattr(FLAGS, k) for k in (
             "teacher", "student", "dataset", "epochs", "init_epochs", "train_limit", "test_limit",
-            "batch_size", "lr", "seed", "extra_args")},
+            "batch_size", "lr", "seed", "extra_args", "teacher_cache")},
         "methods": list(results),
     }
     with open(table_json, "w") as f:

@@ -10,11 +10,18 @@ teacher/student pair (the teacher several times the student's cost):
   with `LogitsDistillation(temperature=T, loss=keras.losses.KLDivergence())`.
   The `loss` object is passed on purpose: Keras' default `"kl_divergence"`
   string takes KL of raw logits (no softmax, no T^2), which is not KD.
+- `kdkeras_kd_cached`: one kdkeras KD epoch from a teacher-output cache
+  (`kdkeras.cache`: the teacher's logits read from disk with each batch; no
+  teacher in the step),
+- `cache_build`: building that cache (one view) into a fresh folder.
 
 Prints a table (median seconds per epoch) and the ratios `kd_over_student`
-(the distillation tax), `teacher_over_student` and
-`kd_over_keras_distillation`; `--json PATH` writes them. Machines are noisy,
-so only ratios measured in the same run are reported.
+(the distillation tax), `teacher_over_student`, `kd_over_keras_distillation`,
+`kd_cached_over_student`, `kd_cached_over_keras_distillation` and
+`cache_build_over_teacher_epoch`, then the peak resident memory of one cached
+epoch (`cached_epoch_peak_rss_mb`, and its growth over the resident memory
+before the epoch, next to the cache's size on disk); `--json PATH` writes
+them. Machines are noisy, so only ratios measured in the same run are reported.
 
     python benchmarks/speed.py --quick --json runs/speed.json
 """
@@ -22,7 +29,9 @@ so only ratios measured in the same run are reported.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -66,6 +75,21 @@ def sgd():
     return keras.optimizers.SGD(0.01, momentum=0.9)
 
 
+def indexed(ds):
+    """The same batches with each example's index: `({"image", "index"}, y)`."""
+    batch = FLAGS.batch_size
+    flat = ds.unbatch().enumerate().map(lambda i, xy: ({"image": xy[0], "index": i}, xy[1]))
+    return flat.batch(batch).cache()
+
+
+def build_cache(teacher, ds, path):
+    """A one-view teacher cache (logits) of the benchmark's data at `path`."""
+    shutil.rmtree(path, ignore_errors=True)
+    examples = sum(int(y.shape[0]) for _, y in ds)
+    return kdkeras.cache.build_teacher_cache(path, teacher, lambda v: indexed(ds), num_examples=examples,
+                                             verbose=False)
+
+
 def make_variants(ds):
     """Each variant: a callable that runs one epoch (compiled, warmed up)."""
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -98,12 +122,57 @@ def make_variants(ds):
         for x in images:
             infer(x)
 
+    folder = tempfile.mkdtemp(prefix="kdkeras_speed_cache_")
+    cache = build_cache(teacher, ds, os.path.join(folder, "kd"))
+    cached_ds = indexed(ds).map(lambda x, y: (cache.attach(x, tf.constant(0, tf.int64)), y)).prefetch(2)
+    cached = kdkeras.Distiller(
+        None, build(FLAGS.student, 2),
+        [kdkeras.methods.KD(temperature=FLAGS.temperature, weight=0.9)], student_loss_weight=0.1,
+        teacher_cache=cache,
+    )
+    cached.compile(optimizer=sgd(), loss=ce, metrics=["accuracy"])
+    CACHED["dataset"], CACHED["cache"], CACHED["model"] = cached_ds, cache, cached
+
     return {
         "student": lambda: student.fit(ds, epochs=1, verbose=0),
         "teacher_inference": teacher_pass,
         "kdkeras_kd": lambda: ours.fit(ds, epochs=1, verbose=0),
         "keras_kd": lambda: theirs.fit(ds, epochs=1, verbose=0),
+        "kdkeras_kd_cached": lambda: cached.fit(cached_ds, epochs=1, verbose=0),
+        "cache_build": lambda: build_cache(teacher, ds, os.path.join(folder, "build")),
     }
+
+
+#: the cached variant's pieces, for the memory measurement after the timings
+CACHED: dict = {}
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def cached_epoch_memory() -> dict:
+    """Peak resident memory (MB) of one cached epoch: the kernel's high-water mark
+    (VmHWM) is reset first (Linux clear_refs), so it is the epoch's own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return {}
+    before = _status_kb("VmRSS")
+    CACHED["model"].fit(CACHED["dataset"], epochs=1, verbose=0)
+    peak = _status_kb("VmHWM")
+    cache = CACHED["cache"]
+    size = cache.bytes_per_example_view * cache.num_examples * cache.views
+    return {"cached_epoch_peak_rss_mb": peak / 1024, "cached_epoch_rss_growth_mb": (peak - before) / 1024,
+            "cache_mb": size / 2**20}
 
 
 def measure(variants, repeats):
@@ -131,7 +200,11 @@ def main(argv):
         "kd_over_student": med["kdkeras_kd"] / med["student"],
         "teacher_over_student": med["teacher_inference"] / med["student"],
         "kd_over_keras_distillation": med["kdkeras_kd"] / med["keras_kd"],
+        "kd_cached_over_student": med["kdkeras_kd_cached"] / med["student"],
+        "kd_cached_over_keras_distillation": med["kdkeras_kd_cached"] / med["keras_kd"],
+        "cache_build_over_teacher_epoch": med["cache_build"] / med["teacher_inference"],
     }
+    memory = cached_epoch_memory()
     print(f"\nteacher={FLAGS.teacher} student={FLAGS.student} "
           f"input={FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels} examples={examples} "
           f"batch={FLAGS.batch_size} repeats={repeats} (interleaved; median s/epoch)")
@@ -139,10 +212,10 @@ def main(argv):
     for name, values in times.items():
         print(f"{name:<20}{med[name]:>10.3f}{min(values):>10.3f}{max(values):>10.3f}")
     print()
-    for key, value in ratios.items():
-        print(f"{key:<28}{value:.3f}")
+    for key, value in {**ratios, **memory}.items():
+        print(f"{key:<34}{value:.3f}")
     if FLAGS.json:
-        training.write_json(FLAGS.json, {**ratios, "seconds": times, "median_seconds": med,
+        training.write_json(FLAGS.json, {**ratios, **memory, "seconds": times, "median_seconds": med,
                                          "config": {"teacher": FLAGS.teacher, "student": FLAGS.student,
                                                     "examples": examples, "batch_size": FLAGS.batch_size,
                                                     "repeats": repeats,

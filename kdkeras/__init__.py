@@ -14,7 +14,7 @@ from kdkeras.stages import Stage, run_stages
 
 __version__ = "0.1.0"
 
-_LAZY = ("models", "data", "export", "vis", "training", "analysis", "stages")
+_LAZY = ("models", "data", "export", "vis", "training", "analysis", "stages", "cache", "experiment", "quantize")
 
 
 def __getattr__(name):

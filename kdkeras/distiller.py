@@ -1,7 +1,8 @@
 """`Distiller`: a Keras model that trains a student from a frozen teacher.
 
 One training step runs the teacher's tap model once (inference mode, outside
-the gradient tape) and the student's tap model once, hands both dictionaries
+the gradient tape), or reads its outputs from a teacher cache that came with
+the batch (`x["teacher"]`, see `kdkeras.cache`), and the student's tap model once, hands both dictionaries
 of named tensors to every method, and minimises
 
     student_loss_weight * compiled_loss(y, z_s) + sum_i weight_i * term_i
@@ -21,8 +22,8 @@ import tensorflow as tf
 from keras import ops
 
 from kdkeras import taps as taps_lib
-from kdkeras.keys import GRAD_PREFIX, IMAGE, INDEX, INPUT_TAP, LOGITS, grad_key
-from kdkeras.methods.base import Method, StepContext, sparse_labels
+from kdkeras.keys import GRAD_PREFIX, IMAGE, INDEX, INPUT_TAP, LOGITS, TEACHER, grad_key
+from kdkeras.methods.base import Method, StepContext, check_weight, sparse_labels
 
 # Aliases of `kdkeras.keys`, kept for code that imports them from here.
 IMAGE_KEY = IMAGE
@@ -54,6 +55,13 @@ def split_inputs(x):
     return x, None
 
 
+def cached_teacher_outputs(x):
+    """The teacher's cached outputs a batch carries (`x["teacher"]`), or None."""
+    if isinstance(x, dict) and TEACHER in x:
+        return {k: tf.stop_gradient(v) for k, v in x[TEACHER].items()}
+    return None
+
+
 @keras.saving.register_keras_serializable(package="kdkeras")
 class Distiller(keras.Model):
     """Trains `student` to match `teacher` through a list of methods.
@@ -72,6 +80,11 @@ class Distiller(keras.Model):
         student_loss_weight: weight of the student's own supervised loss
             (the loss given to `compile`, sparse cross-entropy on logits by
             default).
+        teacher_cache: a `kdkeras.cache.TeacherCache` the batches are read
+            with (`kdkeras.data.load(..., teacher_cache=cache)`): the teacher's
+            outputs come with each batch, so `teacher` may be None (it is
+            then never needed in memory). Methods whose teacher taps are not
+            given take the ones the cache was built for.
 
     Example:
 
@@ -92,6 +105,7 @@ class Distiller(keras.Model):
         methods: Sequence[Method] = (),
         student_loss_weight: float = 1.0,
         name: str = "distiller",
+        teacher_cache=None,
         **kwargs: Any,
     ):
         super().__init__(name=name, **kwargs)
@@ -102,10 +116,11 @@ class Distiller(keras.Model):
                     "Distiller methods must be kdkeras.methods.Method instances "
                     f"(e.g. kdkeras.methods.get('kd')); got {method!r}."
                 )
-        _check_models(teacher, student, methods)
+        _check_models(teacher, student, methods, teacher_cache)
+        object.__setattr__(self, "teacher_cache", teacher_cache)
         self.teacher = teacher
         self.student = student
-        self.student_loss_weight = float(student_loss_weight)
+        self.student_loss_weight = check_weight(student_loss_weight, "student_loss_weight")
         self.methods = _unique_names(methods)
         if teacher is not None:
             teacher.trainable = False
@@ -123,6 +138,8 @@ class Distiller(keras.Model):
     # -- construction ------------------------------------------------------------
     def _build_taps(self):
         teacher_names, student_names = [], []
+        if self.teacher is None and self.teacher_cache is not None:
+            _taps_from_cache(self.methods, self.teacher_cache)
         for method in self.methods:
             t, s = method.resolve_taps(self.teacher, self.student)
             teacher_names += t
@@ -146,6 +163,8 @@ class Distiller(keras.Model):
         )
         object.__setattr__(self, "_teacher_train_tap", self._cut_teacher_tap())
         t_shapes = _output_shapes(self._teacher_tap)
+        if self._teacher_tap is None and self.teacher_cache is not None:
+            t_shapes = {k: (None,) + tuple(v) for k, v in self.teacher_cache.entries.items()}
         s_shapes = _output_shapes(self._student_tap)
         for method in self.methods:
             method.build_from_taps(t_shapes, s_shapes)
@@ -172,7 +191,8 @@ class Distiller(keras.Model):
             for key in method.log_keys:
                 name = f"{method.name}_{key}"
                 self._term_trackers[name] = mean(name=name)
-        self._agreement_tracker = mean(name="agreement") if self.teacher is not None else None
+        has_teacher = self.teacher is not None or self.teacher_cache is not None
+        self._agreement_tracker = mean(name="agreement") if has_teacher else None
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         """Keras' `compile`; the loss defaults to sparse cross-entropy on logits."""
@@ -257,6 +277,14 @@ class Distiller(keras.Model):
                 total = total + _replica_scale(ops.sum(method.losses))
         return total, logs
 
+    def _teacher_or_fail(self, images, y, tap_model):
+        out = self.teacher_outputs(images, y, tap_model)
+        if out is None and any(m.requires_teacher for m in self.methods):
+            raise ValueError(
+                "This Distiller has no teacher model, and the batch carries no cached teacher "
+                "outputs: train on kdkeras.data.load(..., teacher_cache=cache) batches.")
+        return out
+
     def _check_index(self, index):
         if index is None and any(m.requires_index for m in self.methods):
             names = [m.name for m in self.methods if m.requires_index]
@@ -266,12 +294,50 @@ class Distiller(keras.Model):
                 "kdkeras.data.load(..., with_index=True)."
             )
 
+    def _checked_labels(self, y):
+        """`y` when it holds class ids in [0, classes) the compiled loss can read;
+        float labels (which train to accuracy 0), one-hot labels under the sparse
+        default loss, and ids out of range fail with what is accepted."""
+        if y is None:
+            return y
+        y = tf.convert_to_tensor(y)
+        sparse = isinstance(self.loss, keras.losses.SparseCategoricalCrossentropy)
+        one_hot = len(y.shape) >= 2 and y.shape[-1] not in (None, 1)
+        if one_hot and sparse:
+            raise ValueError(
+                f"Labels of shape {tuple(y.shape)} look one-hot, but the Distiller is compiled with the "
+                "sparse cross-entropy (the default), which takes class ids of shape (batch,). Give "
+                "integer labels (argmax of the one-hot rows) or compile(loss="
+                "keras.losses.CategoricalCrossentropy(from_logits=True)).")
+        if one_hot:
+            return y
+        if not y.dtype.is_integer:
+            raise ValueError(
+                f"Labels must be integer class ids in [0, {self._num_classes}), got dtype {y.dtype.name}: "
+                "float labels train to accuracy 0. Cast them, e.g. dataset.map(lambda x, y: "
+                "(x, tf.cast(y, tf.int32))).")
+        check = tf.debugging.assert_less(
+            tf.cast(y, "int64"), tf.constant(self._num_classes, "int64"),
+            message=f"Labels must be class ids in [0, {self._num_classes}) (the student's outputs); "
+                    "this batch has a label >= that. Check the data's classes against the models'.")
+        check_low = tf.debugging.assert_non_negative(
+            y, message=f"Labels must be class ids in [0, {self._num_classes}); this batch has a negative label.")
+        with tf.control_dependencies([check, check_low]):
+            return tf.identity(y)
+
+    @property
+    def _num_classes(self) -> int:
+        return int(_output_dim(self.student))
+
     # -- steps ------------------------------------------------------------------------
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         images, index = split_inputs(x)
+        y = self._checked_labels(y)
         self._check_index(index)
-        teacher_out = self.teacher_outputs(images, y, self._teacher_train_tap)
+        teacher_out = cached_teacher_outputs(x)
+        if teacher_out is None:
+            teacher_out = self._teacher_or_fail(images, y, self._teacher_train_tap)
         with tf.GradientTape() as tape:
             student_out = self._run(self._student_tap, images, y, training=True)
             total, logs = self._terms(
@@ -286,9 +352,16 @@ class Distiller(keras.Model):
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         images, index = split_inputs(x)
-        teacher_out = self.teacher_outputs(images, y)
+        y = self._checked_labels(y)
+        teacher_out = cached_teacher_outputs(x)
+        if teacher_out is None:
+            teacher_out = self.teacher_outputs(images, y)
         student_out = self._run(self._student_tap, images, y, training=False)
         methods = self.methods
+        if teacher_out is None:
+            # No teacher in memory and no cached outputs for this data: score the
+            # student alone (teacher-free terms still count).
+            methods = [m for m in methods if not m.requires_teacher]
         if index is None:
             # Index-based methods (memory banks) cannot score held-out data.
             methods = [m for m in methods if not m.requires_index]
@@ -312,7 +385,7 @@ class Distiller(keras.Model):
                 self._student_loss_tracker if key == "student_loss" else self._term_trackers[key]
             )
             tracker.update_state(value, sample_weight=batch)
-        agreement = self._agreement_tracker is not None and LOGITS in teacher_out
+        agreement = self._agreement_tracker is not None and teacher_out is not None and LOGITS in teacher_out
         if agreement:
             same = ops.equal(
                 ops.argmax(teacher_out[LOGITS], axis=-1), ops.argmax(logits, axis=-1)
@@ -334,6 +407,7 @@ class Distiller(keras.Model):
             "student": serialize(self.student),
             "methods": [serialize(m) for m in self.methods],
             "student_loss_weight": self.student_loss_weight,
+            "teacher_cache": self.teacher_cache.path if self.teacher_cache is not None else None,
         }
 
     @classmethod
@@ -344,6 +418,10 @@ class Distiller(keras.Model):
         config["teacher"] = deserialize(teacher) if teacher is not None else None
         config["student"] = deserialize(config["student"])
         config["methods"] = [deserialize(m) for m in config["methods"]]
+        if config.get("teacher_cache"):
+            from kdkeras.cache import TeacherCache
+
+            config["teacher_cache"] = TeacherCache.open(config["teacher_cache"], verify=False)
         return cls(**config)
 
 
@@ -380,14 +458,40 @@ def _output_shapes(tap_model) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in tap_model.output.items()}
 
 
-def _check_models(teacher, student, methods):
+def _taps_from_cache(methods, cache) -> None:
+    """Give each teacher-reading method without taps the ones the cache was built
+    for, and check that the cache holds every tap the methods read."""
+    for method in methods:
+        if method.gradient_keys:
+            raise ValueError(
+                f"Method {method.name!r} reads CE gradients of the teacher, computed online each step: "
+                "it cannot train from a teacher cache. Give the Distiller the teacher instead.")
+        if not method.requires_teacher:
+            continue
+        if method.teacher_layers is None and type(method).default_taps is Method.default_taps:
+            method.teacher_layers = []  # a logits method: the cache always holds the logits
+        if method.teacher_layers is None:
+            if method.name not in cache.method_taps:
+                raise ValueError(
+                    f"The teacher cache {cache.path!r} was built without method {method.name!r} "
+                    f"(it has {sorted(cache.method_taps)}): give it teacher_layers= from "
+                    f"{sorted(k for k in cache.entries if k != LOGITS)} or rebuild the cache with it.")
+            method.teacher_layers = list(cache.method_taps[method.name])
+        missing = [t for t in method.teacher_layers if t not in cache.entries]
+        if missing:
+            raise ValueError(
+                f"Method {method.name!r} taps teacher layers {missing}, which the teacher cache "
+                f"{cache.path!r} does not hold (it has {sorted(cache.entries)}).")
+
+
+def _check_models(teacher, student, methods, teacher_cache=None):
     if not isinstance(student, keras.Model):
         raise TypeError(f"student must be a keras.Model, got {type(student).__name__}.")
     if not student.built:
         raise ValueError(f"Student {student.name!r} must be built (call it once or give it an Input).")
     needs_teacher = [m.name for m in methods if m.requires_teacher]
     if teacher is None:
-        if needs_teacher:
+        if needs_teacher and teacher_cache is None:
             raise ValueError(
                 f"Methods {needs_teacher} need a teacher, but teacher=None. Pass a "
                 "teacher model or use teacher-free methods (LSR, VirtualTeacher)."
@@ -395,6 +499,18 @@ def _check_models(teacher, student, methods):
         return
     if not isinstance(teacher, keras.Model):
         raise TypeError(f"teacher must be a keras.Model or None, got {type(teacher).__name__}.")
+    if teacher is student:
+        raise ValueError(
+            f"The teacher and the student are the same model object ({student.name!r}): training the "
+            "student would move the frozen teacher too. For self-distillation give a copy, e.g. "
+            "keras.models.clone_model(model) with model.get_weights().")
+    for role, model in (("teacher", teacher), ("student", student)):
+        if _ends_in_softmax(model):
+            raise ValueError(
+                f"The {role} {model.name!r} ends in a softmax (layer {model.layers[-1].name!r}): "
+                "kdkeras methods read logits, and KD on probabilities trains a wrong student. "
+                "Rebuild it without the final softmax (e.g. Dense(classes) with no activation, or "
+                "keras.Model(model.input, model.layers[-1].input) when that layer is a Softmax).")
     if not teacher.built:
         raise ValueError(f"Teacher {teacher.name!r} must be built.")
     t_in, s_in = _input_shape(teacher), _input_shape(student)
@@ -410,6 +526,18 @@ def _check_models(teacher, student, methods):
             f"Teacher has {t_out} output classes but the student has {s_out}; "
             "they must predict the same classes."
         )
+
+
+def _ends_in_softmax(model) -> bool:
+    """True when the model's last layer is a softmax (activation or layer)."""
+    layers = getattr(model, "layers", None)
+    if not layers:
+        return False
+    last = layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    activation = getattr(last, "activation", None)
+    return activation is keras.activations.softmax or getattr(activation, "__name__", "") == "softmax"
 
 
 def _input_shape(model):

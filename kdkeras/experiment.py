@@ -21,15 +21,19 @@ bias-variance) compose them the same way.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
+import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import keras
 
+from kdkeras import cache as cache_lib
 from kdkeras import data as data_lib
 from kdkeras import methods as methods_lib
 from kdkeras import models as models_lib
@@ -63,6 +67,9 @@ class RunConfig(training.TrainConfig):
     augment: bool | None = None
     seed: int = 0
     output_dir: str = "runs/out"
+    #: start fresh in a reused output_dir (drop its backups and finished stages)
+    #: instead of refusing a resume of other settings
+    overwrite: bool = False
 
     def train_config(self, epochs: int | None = None) -> training.TrainConfig:
         """The optimiser/schedule settings for a run of `epochs` (default: this config's)."""
@@ -78,6 +85,66 @@ def start(config: RunConfig):
     training.seeded(config.seed)
     os.makedirs(config.output_dir, exist_ok=True)
     return training.get_strategy(config.strategy)
+
+
+def worker_config(config: RunConfig, strategy) -> RunConfig:
+    """`config` for this process: the chief (and any single process) writes into
+    `output_dir`; another worker of a multi-worker run writes its models, backups
+    and stages into its own `output_dir/.worker<i>` (TensorFlow has every worker
+    save; only the chief's files are the results), removed by `finish_worker`."""
+    chief, index = training.worker_role(strategy)
+    if chief:
+        return config
+    private = os.path.join(config.output_dir, f".worker{index}")
+    os.makedirs(private, exist_ok=True)
+    return config.replace(output_dir=private)
+
+
+def finish_worker(config: RunConfig, strategy) -> None:
+    """Remove a non-chief worker's private folder once its run has succeeded."""
+    if not training.worker_role(strategy)[0] and os.path.basename(config.output_dir).startswith(".worker"):
+        shutil.rmtree(config.output_dir, ignore_errors=True)
+
+
+#: what `check_output_dir` compares: everything that changes the trained model
+_NOT_SETTINGS = ("output_dir", "verbose", "tensorboard", "run_eagerly", "overwrite", "strategy",
+                 "baseline", "saved_dir", "cache_max_bytes", "rebuild_cache")
+#: what a run leaves in its output_dir to be resumed
+RESUMABLE = ("backup", "stages", "distill_done.json")
+
+
+def run_settings(*parts: Any) -> dict:
+    """The settings of a run (dataclasses or dicts merged) as JSON values, minus
+    those that do not change the model (output folder, logging, strategy)."""
+    merged: dict = {}
+    for part in parts:
+        merged.update(dataclasses.asdict(part) if dataclasses.is_dataclass(part) else dict(part))
+    return json.loads(json.dumps({k: v for k, v in merged.items() if k not in _NOT_SETTINGS},
+                                 default=str))
+
+
+def check_output_dir(output_dir: str, settings: dict, overwrite: bool = False) -> None:
+    """Record `settings` in `output_dir/run_config.json`, and refuse to resume
+    backups or finished stages left there by a run of other settings (naming
+    each difference); `overwrite` deletes them and starts fresh instead."""
+    path = os.path.join(output_dir, "run_config.json")
+    leftovers = [n for n in RESUMABLE if os.path.exists(os.path.join(output_dir, n))]
+    if overwrite:
+        for name in leftovers:
+            target = os.path.join(output_dir, name)
+            shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+    elif leftovers and os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)
+        differ = {k: (before.get(k), settings.get(k)) for k in sorted(set(before) | set(settings))
+                  if before.get(k) != settings.get(k)}
+        if differ:
+            listed = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in differ.items())
+            raise ValueError(
+                f"{output_dir!r} holds {leftovers} of an unfinished run with other settings ({listed}); "
+                "resuming would mix the two. Rerun with the same settings to resume, pass "
+                "--overwrite (RunConfig(overwrite=True)) to start fresh, or use another --output_dir.")
+    training.write_json(path, settings, atomic=True)
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
@@ -96,6 +163,18 @@ class DataSetup:
     input_shape: tuple
     num_train: int
     config: RunConfig
+    #: the epoch clock of the replayed training pipeline (None for other data)
+    clock: data_lib.ReplayClock | None = None
+
+    def callbacks(self) -> list:
+        """What `fit` needs to keep the training pipeline's epochs in step (resumes)."""
+        return [self.clock.callback()] if self.clock is not None else []
+
+    @property
+    def train_augment(self) -> bool:
+        """Whether the training split is augmented."""
+        c = self.config
+        return data_lib.default_augment(self.info, self.info.train_split) if c.augment is None else c.augment
 
     @property
     def num_classes(self) -> int:
@@ -128,6 +207,7 @@ def setup_data(
     if config.channels:
         c = config.channels
     if input_shape is not None:
+        _warn_overridden(config, input_shape)
         h, w, c = input_shape
     if h is None or w is None:
         raise ValueError(
@@ -137,15 +217,34 @@ def setup_data(
         batch_size=config.batch_size, image_size=(h, w), channels=c,
         data_dir=config.data_dir, seed=config.seed,
     )
+    # Replayed epochs: shuffle order and crops are functions of (seed, epoch, index),
+    # so a resumed run or a teacher cache rebuilds any epoch exactly.
+    clock = data_lib.ReplayClock()
     train = data_lib.load(
         config.dataset, info.train_split, augment=config.augment, limit=config.train_limit,
-        with_index=with_index, shuffle=shuffle_train, **common,
+        with_index=with_index, shuffle=shuffle_train, replay=clock, **common,
     )
     test = data_lib.load(config.dataset, info.test_split, limit=config.test_limit, **common)
     num_train = info.splits.get(info.train_split) or training.steps_in(train) * config.batch_size
     if config.train_limit:
         num_train = min(num_train, config.train_limit)
-    return DataSetup(info, train, test, (h, w, c), int(num_train), config)
+    return DataSetup(info, train, test, (h, w, c), int(num_train), config, clock)
+
+
+def _warn_overridden(config: RunConfig, input_shape: Sequence[int]) -> None:
+    """Say so when image_size/channels asked for are replaced by a model's input."""
+    h, w, c = input_shape
+    asked = []
+    if config.image_size and (config.image_size, config.image_size) != (h, w):
+        asked.append(f"image_size={config.image_size}")
+    if config.channels and config.channels != c:
+        asked.append(f"channels={config.channels}")
+    if asked:
+        warnings.warn(
+            f"{' and '.join(asked)} ignored: the model (a saved teacher) fixes the input to "
+            f"{h}x{w}x{c}, so the data is read at {h}x{w} with {c} channel(s). Drop the flag, or give "
+            "a teacher built for that input.", stacklevel=3)
+        print(f"WARNING: {' and '.join(asked)} ignored; the teacher's input {h}x{w}x{c} is used.")
 
 
 # -- models ------------------------------------------------------------------------------
@@ -174,10 +273,11 @@ def build_model(
 class Teacher:
     """A loaded or freshly trained teacher: the model, its test top-1 and its file."""
 
-    model: keras.Model
+    model: keras.Model | None
     top1: float
     source: str
     trained_epochs: int | None = None
+    params: int | None = None
 
 
 def get_teacher(
@@ -217,24 +317,24 @@ def get_teacher(
             teacher = build_model(spec, data, seed=seed, bn_momentum=bn_momentum, **(build_kwargs or {}))
             print(f"Training teacher {spec} ({teacher.count_params():,} params) for {epochs} epochs")
             fit(teacher, data.train, data.test, config.train_config(epochs), config.output_dir,
-                tag="teacher")
+                tag="teacher", callbacks=data.callbacks())
             source = os.path.join(config.output_dir, "teacher.keras")
             teacher.save(source)
             trained_epochs = epochs
     top1 = training.evaluate_top1(teacher, data.test)
     print(f"teacher top1={top1:.4f}")
-    return Teacher(teacher, top1, source, trained_epochs)
+    return Teacher(teacher, top1, source, trained_epochs, teacher.count_params())
 
 
 # -- training --------------------------------------------------------------------------------
 def fit(model: keras.Model, train_ds, test_ds, config: training.TrainConfig,
-        output_dir: str | None = None, tag: str = "run") -> dict:
+        output_dir: str | None = None, tag: str = "run", callbacks: Sequence = ()) -> dict:
     """Compile and fit a logits model or a Distiller; return the trained network's
     `history`, `train_seconds` and test `top1`."""
     history, seconds = training.compile_and_fit(
         model, training.drop_index(train_ds) if not isinstance(model, Distiller) else train_ds,
         training.drop_index(test_ds) if not isinstance(model, Distiller) else test_ds,
-        config, output_dir, tag=tag,
+        config, output_dir, tag=tag, callbacks=callbacks,
     )
     network = model.student if isinstance(model, Distiller) else model
     return {"history": history, "train_seconds": seconds,
@@ -252,13 +352,15 @@ def distill(
     init_epochs: int | None = None,
     tag: str = "distill",
     strategy=None,
+    teacher_cache: cache_lib.TeacherCache | None = None,
 ) -> dict:
     """Distil `student` from `teacher` through `methods` on `data`.
 
     `student_loss_weight=None` takes the methods' own default (KD 0.1, LSR 0,
     ...). Methods with an initialisation stage (FT, AB, FSP) get it first, for
     `init_epochs` (default a quarter of the epochs, at least 1), each stage
-    saved under `output_dir/stages` and skipped when rerun. Returns `history`
+    saved under `output_dir/stages` and skipped when rerun. With a
+    `teacher_cache` (and `data` read with it) `teacher` may be None. Returns `history`
     (with `stages` when staged), `train_seconds`, `top1` and the
     `student_loss_weight` used.
     """
@@ -267,10 +369,16 @@ def distill(
     weight = (methods_lib.default_student_loss_weight(methods)
               if student_loss_weight is None else float(student_loss_weight))
     train_config = config.train_config()
+    if init_epochs is not None and (isinstance(init_epochs, bool) or not isinstance(init_epochs, int)
+                                    or init_epochs < 1):
+        raise ValueError(f"init_epochs must be None (a quarter of the epochs) or an int >= 1, "
+                         f"got {init_epochs!r}.")
     if not needs_init_stage(methods):
         with strategy.scope():
-            distiller = Distiller(teacher, student, methods, student_loss_weight=weight)
-            out = fit(distiller, data.train, data.test, train_config, config.output_dir, tag=tag)
+            distiller = Distiller(teacher, student, methods, student_loss_weight=weight,
+                                  teacher_cache=teacher_cache)
+            out = fit(distiller, data.train, data.test, train_config, config.output_dir, tag=tag,
+                      callbacks=data.callbacks())
         return {**out, "student_loss_weight": weight}
     init_epochs = init_epochs or max(1, config.epochs // 4)
     stages = default_stages(methods, init_epochs, config.epochs, weight)
@@ -287,6 +395,7 @@ def distill(
         histories = run_stages(
             teacher, student, stages, data.train, data.test, optimizer_fn, config.output_dir,
             verbose=config.verbose, compile_kwargs={"run_eagerly": config.run_eagerly},
+            callbacks=data.callbacks() + [training.StopOnNonFiniteLoss()], teacher_cache=teacher_cache,
         )
         seconds = time.perf_counter() - start_time
     history = histories["main"]
@@ -321,6 +430,16 @@ class DistillSpec:
     bn_momentum: float | None = None
     input_shape: tuple | None = None
     saved_dir: str | None = None
+    #: a folder for the teacher-output cache (`train/` and `test/` below it):
+    #: built when missing, reused when it matches, refused when stale
+    teacher_cache: str | None = None
+    #: augmentation views cached (default: the epochs when augmenting, else 1)
+    cache_views: int | None = None
+    cache_storage: str = "float32"
+    cache_top_k: int | None = None
+    cache_max_bytes: int | None = None
+    #: replace a stale cache instead of refusing it
+    rebuild_cache: bool = False
 
 
 @dataclass
@@ -335,10 +454,71 @@ class DistillRun:
     methods: list
 
 
+def teacher_cache_for(
+    path: str, teacher: keras.Model, methods: Sequence, data: DataSetup, split: str, *,
+    views: int = 1, storage: str = "float32", top_k: int | None = None,
+    max_bytes: int | None = None, rebuild: bool = False,
+) -> cache_lib.TeacherCache:
+    """The teacher cache of one split of `data` for `methods` at `path`: reused when
+    it matches, else built (views of the training split's augmentation replayed)."""
+    c = data.config
+    train = split == data.info.train_split
+    augment = data.train_augment if train else False
+    limit = c.train_limit if train else c.test_limit
+    image_size, channels = tuple(data.input_shape[:2]), data.input_shape[2]
+    taps, method_taps = cache_lib.teacher_taps(teacher, methods)
+    for method in methods:  # fix the taps now, while the teacher is here to resolve them
+        if method.name in method_taps and method.teacher_layers is None:
+            method.teacher_layers = list(method_taps[method.name])
+    spec = data_lib.data_spec(data.info, split, image_size, channels, augment, limit, c.seed)
+    num_examples = data_lib.num_examples(c.dataset, split, limit, c.data_dir)
+
+    def view(v):  # the training batch size: the teacher's outputs then equal the online ones bit for bit
+        return data_lib.load(c.dataset, split, batch_size=c.batch_size, image_size=image_size,
+                             channels=channels, augment=augment, limit=limit, seed=c.seed,
+                             data_dir=c.data_dir, shuffle=False, with_index=True,
+                             replay=data_lib.ReplayClock(v), views=views)
+
+    return cache_lib.build_teacher_cache(
+        path, teacher, view, num_examples=num_examples, views=views, data=spec, taps=taps,
+        method_taps=method_taps, storage=storage, top_k=top_k, max_bytes=max_bytes, rebuild=rebuild)
+
+
+def cached_data(data: DataSetup, train_cache, test_cache) -> DataSetup:
+    """`data` read with teacher caches: its batches carry the teacher's outputs."""
+    c = data.config
+    common = dict(batch_size=c.batch_size, image_size=tuple(data.input_shape[:2]),
+                  channels=data.input_shape[2], data_dir=c.data_dir, seed=c.seed)
+    clock = data_lib.ReplayClock()
+    train = data_lib.load(c.dataset, data.info.train_split, augment=data.train_augment,
+                          limit=c.train_limit, replay=clock, teacher_cache=train_cache, **common)
+    test = data_lib.load(c.dataset, data.info.test_split, limit=c.test_limit,
+                         teacher_cache=test_cache, **common)
+    return dataclasses.replace(data, train=train, test=test, clock=clock)
+
+
+def _with_teacher_cache(spec: DistillSpec, config: RunConfig, teacher: Teacher, methods, data):
+    """Build or reuse the caches of both splits, then forget the teacher model."""
+    views = spec.cache_views or (config.epochs if data.train_augment else 1)
+    cache_lib.warn_views(views, config.epochs, data.train_augment)
+    options = dict(storage=spec.cache_storage, top_k=spec.cache_top_k,
+                   max_bytes=spec.cache_max_bytes, rebuild=spec.rebuild_cache)
+    start_time = time.perf_counter()
+    train_cache = teacher_cache_for(os.path.join(spec.teacher_cache, "train"), teacher.model, methods,
+                                    data, data.info.train_split, views=views, **options)
+    test_cache = teacher_cache_for(os.path.join(spec.teacher_cache, "test"), teacher.model, methods,
+                                   data, data.info.test_split, views=1, **options)
+    seconds = time.perf_counter() - start_time
+    teacher.model = None  # training reads the cache: the teacher need not stay in memory
+    return cached_data(data, train_cache, test_cache), train_cache, seconds
+
+
 def run_distillation(config: RunConfig, spec: DistillSpec) -> DistillRun:
     """Teacher, student, distillation, optional baseline; writes student.keras,
     baseline.keras and metrics.json into `config.output_dir`."""
     strategy = start(config)
+    config = worker_config(config, strategy)
+    check_output_dir(config.output_dir, run_settings(config, spec), config.overwrite)
     probe = methods_lib.from_spec(spec.method, spec.method_args, num_examples=1)
     with_index = any(m.requires_index for m in probe)
     shape = spec.input_shape
@@ -356,11 +536,27 @@ def run_distillation(config: RunConfig, spec: DistillSpec) -> DistillRun:
         methods = methods_lib.from_spec(spec.method, spec.method_args, num_examples=data.num_train)
     weight = (methods_lib.default_student_loss_weight(methods)
               if spec.student_loss_weight is None else spec.student_loss_weight)
+    plain, train_cache, cache_seconds = data, None, None
+    if spec.teacher_cache:
+        if teacher is None:
+            raise ValueError("teacher_cache needs a teacher (--teacher): there is nothing to cache.")
+        data, train_cache, cache_seconds = _with_teacher_cache(spec, config, teacher, methods, data)
     print(f"Distilling {spec.student} ({student.count_params():,} params) with "
           f"{[m.name for m in methods]}, student_loss_weight={weight}, {config.epochs} epochs")
-    result = distill(teacher.model if teacher else None, student, methods, data, config,
-                     student_loss_weight=weight, init_epochs=spec.init_epochs, strategy=strategy)
-    student.save(os.path.join(config.output_dir, "student.keras"))
+    student_path = os.path.join(config.output_dir, "student.keras")
+    done_path = os.path.join(config.output_dir, "distill_done.json")
+    if os.path.exists(done_path) and os.path.exists(student_path):
+        # a crash after the distillation (during the baseline): keep what finished
+        print(f"Distillation already finished in {config.output_dir}: reusing {student_path}")
+        with open(done_path) as f:
+            result = json.load(f)
+        student.set_weights(training.load_model(student_path).get_weights())
+    else:
+        result = distill(teacher.model if teacher else None, student, methods, data, config,
+                         student_loss_weight=weight, init_epochs=spec.init_epochs, strategy=strategy,
+                         teacher_cache=train_cache)
+        student.save(student_path)
+        training.write_json(done_path, result, atomic=True)
     print(f"student top1={result['top1']:.4f} ({result['train_seconds']:.0f}s)")
     metrics = {
         "method": spec.method,
@@ -383,19 +579,24 @@ def run_distillation(config: RunConfig, spec: DistillSpec) -> DistillRun:
     }
     if "init_epochs" in result:
         metrics["init_epochs"] = result["init_epochs"]
+    if train_cache is not None:
+        metrics.update(teacher_cache=spec.teacher_cache, teacher_cache_views=train_cache.views,
+                       teacher_cache_storage=train_cache.storage, teacher_cache_seconds=cache_seconds)
     baseline = None
     if spec.baseline:
         with strategy.scope():
             baseline = build_model(spec.student, data, seed=config.seed,
                                    bn_momentum=spec.bn_momentum, **spec.student_args)
             baseline.set_weights(initial)
-            out = fit(baseline, data.train, data.test, config.train_config(), config.output_dir,
-                      tag="baseline")
+            out = fit(baseline, plain.train, plain.test, config.train_config(), config.output_dir,
+                      tag="baseline", callbacks=plain.callbacks())
         baseline.save(os.path.join(config.output_dir, "baseline.keras"))
         metrics.update(baseline_top1=out["top1"], baseline_train_seconds=out["train_seconds"],
                        baseline_history=out["history"])
         print(f"baseline top1={out['top1']:.4f}")
     training.write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
+    os.remove(done_path)  # finished: a rerun trains again (as it always did)
+    finish_worker(config, strategy)
     return DistillRun(metrics, data, teacher, student, baseline, methods)
 
 

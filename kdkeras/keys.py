@@ -26,3 +26,6 @@ INDEX = "index"
 def grad_key(tap: str) -> str:
     """The output-dict key of the CE-loss gradient w.r.t. `tap` (`"grad:input"`)."""
     return GRAD_PREFIX + tap
+#: the teacher's cached outputs in a dict `x` (`{LOGITS: ..., <layer>: ...}`), fed by
+#: `kdkeras.data.load(..., teacher_cache=...)` in place of running the teacher
+TEACHER = "teacher"

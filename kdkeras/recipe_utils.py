@@ -8,9 +8,13 @@ only these two functions read flag values, and only those they are given.
 
 from __future__ import annotations
 
-from absl import flags
+import sys
+from typing import Callable
+
+from absl import app, flags
 
 from kdkeras import training
+from kdkeras.cache.layout import STORAGES
 from kdkeras.experiment import DistillSpec, RunConfig
 from kdkeras.methods.base import parse_kwargs
 
@@ -46,7 +50,7 @@ def define_data_flags(fv: flags.FlagValues = flags.FLAGS, default_dataset: str =
 
 def define_train_flags(fv: flags.FlagValues = flags.FLAGS, epochs: int = 10, lr: float = 0.05) -> None:
     """--epochs, --lr, --optimizer, --schedule, --weight_decay, --strategy,
-    --tensorboard, --output_dir, --run_eagerly."""
+    --tensorboard, --output_dir, --overwrite, --run_eagerly."""
     flags.DEFINE_integer("epochs", epochs, "Training epochs.", lower_bound=1, flag_values=fv)
     flags.DEFINE_float("lr", lr, "Peak learning rate.", lower_bound=0.0, flag_values=fv)
     flags.DEFINE_enum("optimizer", "sgd", list(training.OPTIMIZERS), "Optimizer (SGD uses momentum 0.9).",
@@ -61,6 +65,10 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS, epochs: int = 10, lr:
                       flag_values=fv)
     flags.DEFINE_string("output_dir", "runs/out", "Where models, metrics and reports are written.",
                         flag_values=fv)
+    flags.DEFINE_bool("overwrite", False,
+                      "Start fresh in a reused --output_dir: drop the backups and finished stages an "
+                      "earlier run left there (without it, a resume with other settings is refused).",
+                      flag_values=fv)
     flags.DEFINE_bool("run_eagerly", False,
                       "Run Keras steps eagerly: for debugging, and faster on tiny smoke runs where "
                       "tracing dominates.", flag_values=fv)
@@ -96,6 +104,27 @@ def define_distill_flags(fv: flags.FlagValues = flags.FLAGS, teacher: str | None
     flags.DEFINE_bool("baseline", False,
                       "Also train the student alone on the same budget and initial weights (baseline_top1).",
                       flag_values=fv)
+    define_cache_flags(fv)
+
+
+def define_cache_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """--teacher_cache and its options (see kdkeras.cache)."""
+    flags.DEFINE_string("teacher_cache", None,
+                        "Folder of a teacher-output cache: built when missing (the teacher runs once per "
+                        "example and view), reused when it matches the teacher, data and taps, refused "
+                        "when stale. Training then runs no teacher.", flag_values=fv)
+    flags.DEFINE_integer("teacher_cache_views", None,
+                         "Augmented views cached per example (default: --epochs when augmenting, else 1); "
+                         "fewer than the epochs cycle.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_enum("teacher_cache_storage", "float32", list(STORAGES),
+                      "float32, float16, or topk (logits only: the k largest, the rest's mass spread "
+                      "evenly; taps stay float32).", flag_values=fv)
+    flags.DEFINE_integer("teacher_cache_top_k", None, "k of --teacher_cache_storage=topk.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_float("teacher_cache_max_gb", None, "Refuse to build a cache larger than this (GiB).",
+                       lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_bool("rebuild_teacher_cache", False, "Replace a stale teacher cache instead of refusing it.",
+                      flag_values=fv)
 
 
 def run_config(fv: flags.FlagValues) -> RunConfig:
@@ -106,7 +135,7 @@ def run_config(fv: flags.FlagValues) -> RunConfig:
         channels=int(fv.channels) if fv.channels else None, augment=AUGMENT[fv.augment],
         seed=fv.seed, epochs=fv.epochs, lr=fv.lr, optimizer=fv.optimizer, schedule=fv.schedule,
         weight_decay=fv.weight_decay, strategy=fv.strategy, tensorboard=fv.tensorboard,
-        run_eagerly=fv.run_eagerly, output_dir=fv.output_dir,
+        run_eagerly=fv.run_eagerly, output_dir=fv.output_dir, overwrite=fv.overwrite,
     )
 
 
@@ -117,7 +146,26 @@ def distill_spec(fv: flags.FlagValues, **overrides) -> DistillSpec:
         teacher=fv.teacher, student=fv.student, student_args=parse_kwargs(fv.student_args),
         method=fv.method, method_args=fv.method_args, student_loss_weight=fv.student_loss_weight,
         teacher_epochs=fv.teacher_epochs, init_epochs=fv.init_epochs, baseline=fv.baseline,
+        teacher_cache=fv.teacher_cache, cache_views=fv.teacher_cache_views,
+        cache_storage=fv.teacher_cache_storage, cache_top_k=fv.teacher_cache_top_k,
+        cache_max_bytes=None if fv.teacher_cache_max_gb is None else int(fv.teacher_cache_max_gb * 2**30),
+        rebuild_cache=fv.rebuild_teacher_cache,
     )
     for key, value in overrides.items():
         setattr(spec, key, value)
     return spec
+
+
+def run_main(define_flags: Callable[[flags.FlagValues], None], run: Callable[[flags.FlagValues], object]) -> None:
+    """Run a recipe as a script: its flags on absl's global FLAGS, parsed from the command line
+    (and listed by --helpshort as the script's own, wherever they are defined)."""
+    before = set(flags.FLAGS)
+    define_flags(flags.FLAGS)
+    for name in sorted(set(flags.FLAGS) - before):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+
+    def main(argv):
+        del argv
+        run(flags.FLAGS)
+
+    app.run(main)

@@ -46,12 +46,15 @@ def run_stages(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose="auto",
     compile_kwargs: dict | None = None,
+    teacher_cache=None,
 ) -> dict[str, dict]:
     """Run `stages` in order; returns each stage's Keras history by name.
 
     With `output_dir`, each finished stage leaves `stages/NN_name/done.json` and
     its Distiller's weights; a rerun loads those weights and goes on with the
     first unfinished stage (which itself resumes mid-stage via BackupAndRestore).
+    `teacher_cache` goes to each stage's Distiller (batches carrying cached
+    teacher outputs, `teacher` may then be None).
     """
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
@@ -60,7 +63,7 @@ def run_stages(
     for index, stage in enumerate(stages):
         distiller = Distiller(
             teacher, student, list(stage.methods), student_loss_weight=stage.student_loss_weight,
-            name=f"stage_{stage.name}",
+            name=f"stage_{stage.name}", teacher_cache=teacher_cache,
         )
         student.trainable = stage.train_student
         for method in stage.methods:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+import zipfile
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -26,6 +28,72 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 
 
+def _patch_keras_multiworker() -> None:
+    """Work around keras-team/keras issue 20585 (tensorflow/tensorflow issue 72388):
+    Keras 3's `fit` fails under MultiWorkerMirroredStrategy in two places of
+    keras/src/backend/tensorflow/trainer.py. `reduce_per_replica` reduces every
+    log with `strategy.reduce("MEAN", v, axis=0)`, which fails on scalar logs
+    ("Invalid reduction dimension 0 for input with 0 dimensions"): scalars are
+    averaged over the replicas instead (`axis=None`). `_maybe_symbolic_build`
+    reduces the whole first (x, y) batch with one `strategy.reduce`, which the
+    collective ops cannot take: this worker's own batch is used instead (only
+    its shapes and dtypes are read). Single-worker strategies go to Keras as is."""
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "_kdkeras_patched", False):
+        return
+    symbolic_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self._distribute_strategy
+        if iterator is None or strategy is None or not is_multi_worker(strategy):
+            return symbolic_build(self, iterator=iterator, data_batch=data_batch)
+        for _, _, it in iterator:
+            batch = next(it)
+            data_batch = tree.map_structure(
+                lambda v: strategy.experimental_local_results(v)[0]
+                if isinstance(v, tf.distribute.DistributedValues) else v, batch)
+            break
+        return symbolic_build(self, data_batch=data_batch)
+
+    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            def reduce(v):
+                local = strategy.experimental_local_results(v)[0] if tf_trainer._is_per_replica_instance(v) else v
+                if getattr(local, "shape", None) is not None and local.shape.rank == 0:
+                    return strategy.reduce("MEAN", v, axis=None)
+                return original(v, strategy, reduction)
+            return tree.map_structure(reduce, values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._kdkeras_patched = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy | None = None) -> bool:
+    """True under a MultiWorkerMirroredStrategy that spans several workers."""
+    strategy = strategy or tf.distribute.get_strategy()
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())
+
+
+def worker_role(strategy: tf.distribute.Strategy | None = None) -> tuple[bool, int]:
+    """(is_chief, worker index) of this process: the chief (or worker 0 when the
+    cluster has no chief) writes results; one process is always the chief."""
+    strategy = strategy or tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not is_multi_worker(strategy) or resolver is None or resolver.task_type is None:
+        return True, 0
+    task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
+    has_chief = "chief" in (resolver.cluster_spec().as_dict() or {})
+    chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
+    return chief, task_id
+
+
 def get_strategy(name: str = "default") -> tf.distribute.Strategy:
     """`default` (one device), `mirrored` (all local GPUs, or the CPU), or
     `multiworker` (MultiWorkerMirroredStrategy, configured by TF_CONFIG)."""
@@ -34,6 +102,7 @@ def get_strategy(name: str = "default") -> tf.distribute.Strategy:
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
+        _patch_keras_multiworker()
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"Unknown strategy {name!r}; accepted: {list(STRATEGIES)}.")
 
@@ -79,16 +148,119 @@ def make_optimizer(
     raise ValueError(f"Unknown optimizer {name!r}; accepted: {list(OPTIMIZERS)}.")
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss (bad input data, or a diverging rate)."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop `fit` at the first batch whose loss is NaN or infinite, put back the
+    weights the model had when that epoch began (the last known good ones) and
+    raise `NonFiniteLossError` naming the epoch and batch: unlike Keras'
+    `TerminateOnNaN` the run fails instead of saving a model of NaNs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._good = self.model.get_weights()
+
+    def on_train_batch_end(self, batch, logs=None):
+        value = (logs or {}).get("loss")
+        if value is None or np.all(np.isfinite(np.asarray(value, dtype="float64"))):
+            return
+        self.model.set_weights(self._good)
+        self.model.stop_training = True
+        raise NonFiniteLossError(
+            f"The training loss became {float(np.asarray(value))} at epoch {self._epoch + 1}, batch "
+            f"{batch + 1} (1-based): a NaN/inf in the data (check the images and labels of that batch) "
+            "or a learning rate that diverges (try a smaller --lr). The model's weights were put back "
+            "to those at the start of that epoch; nothing was saved as finished.")
+
+
+class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' `BackupAndRestore`, written atomically: Keras writes the weights, then
+    the epoch, in place, so a crash between the two resumes epoch k's weights as
+    epoch k-1 (a silently wrong model). Here each backup is written whole into
+    `DIR.partial` and swapped in by renames; an interrupted write leaves the
+    previous complete backup (or none), never a mixed one."""
+
+    def on_train_begin(self, logs=None):
+        backup = self.backup_dir
+        if not os.path.exists(backup) and os.path.exists(backup + ".old"):
+            os.rename(backup + ".old", backup)  # crashed between the two renames
+        for leftover in (backup + ".partial", backup + ".old"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        super().on_train_begin(logs)
+
+    def _save_model(self):
+        backup, partial, old = self.backup_dir, self.backup_dir + ".partial", self.backup_dir + ".old"
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+        self.model.save_weights(os.path.join(partial, os.path.basename(self._weights_path)), overwrite=True)
+        meta = os.path.join(partial, os.path.basename(self._training_metadata_path))
+        with open(meta, "w") as f:
+            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(backup):
+            os.rename(backup, old)
+        os.rename(partial, backup)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class HistoryKeeper(keras.callbacks.Callback):
+    """Records each finished epoch's logs and the seconds spent so far in `path`
+    (beside the backup), so a resumed `fit` can report the whole run's history
+    and time, not only the epochs of the last process (`merged`)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.first_epoch, self._epochs, self._prior_seconds = None, {}, 0.0
+        self._start = time.perf_counter()
+
+    def _records(self) -> dict:
+        if not os.path.exists(self.path):
+            return {"epochs": {}, "seconds": 0.0}
+        with open(self.path) as f:
+            return json.load(f)
+
+    def on_train_begin(self, logs=None):
+        self.first_epoch, self._epochs, self._prior_seconds = None, {}, 0.0
+        self._start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+            records = self._records()
+            kept = {k: v for k, v in records["epochs"].items() if int(k) < epoch}
+            self._prior_seconds = records["seconds"] if kept else 0.0
+            self._epochs = kept
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._epochs[str(epoch)] = {k: float(np.asarray(v)) for k, v in (logs or {}).items()}
+        seconds = self._prior_seconds + time.perf_counter() - self._start
+        write_json(self.path, {"epochs": self._epochs, "seconds": seconds}, atomic=True)
+
+    def merged(self, history: dict, seconds: float) -> tuple[dict, float]:
+        """`history`/`seconds` of this fit with the epochs an earlier process finished
+        before the resume put in front; then forget the record."""
+        earlier = [self._epochs[k] for k in sorted(self._epochs, key=int)
+                   if self.first_epoch is not None and int(k) < self.first_epoch]
+        if os.path.exists(self.path):
+            os.remove(self.path)
+        if not earlier:
+            return history, seconds
+        merged = {key: [e.get(key) for e in earlier] + list(values) for key, values in history.items()}
+        return merged, seconds + self._prior_seconds
+
+
 def callbacks_for(
     output_dir: str | None, tensorboard: bool = False, backup: bool = True, tag: str = "run"
 ) -> list[keras.callbacks.Callback]:
-    """Crash-safe training (BackupAndRestore) and optional TensorBoard logs."""
+    """Crash-safe training (an atomic BackupAndRestore) and optional TensorBoard logs."""
     cbs: list[keras.callbacks.Callback] = []
     if output_dir:
         if backup:
-            cbs.append(
-                keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup", tag))
-            )
+            cbs.append(SafeBackupAndRestore(os.path.join(output_dir, "backup", tag)))
         if tensorboard:
             cbs.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard", tag)))
     return cbs
@@ -112,8 +284,12 @@ def images_of(x):
 def predict_logits(model: keras.Model, dataset) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels of a whole dataset of `(x, y)` batches."""
     logits, labels = [], []
+    # predict_on_batch under several workers concatenates every replica's copy of the
+    # batch (N times the rows): call the model itself, on this worker only, instead.
+    local = is_multi_worker(getattr(model, "distribute_strategy", None))
     for x, y in dataset:
-        logits.append(np.asarray(model.predict_on_batch(images_of(x))))
+        out = model(images_of(x), training=False) if local else model.predict_on_batch(images_of(x))
+        logits.append(np.asarray(out))
         labels.append(np.asarray(y))
     return np.concatenate(logits), np.concatenate(labels).reshape(-1)
 
@@ -140,6 +316,24 @@ class TrainConfig:
     #: run Keras steps eagerly: for debugging, and faster on tiny runs where tracing dominates
     run_eagerly: bool = False
 
+    def __post_init__(self):
+        check_train_settings(self.epochs, self.lr, self.weight_decay)
+
+
+def check_train_settings(epochs: Any, lr: Any, weight_decay: Any = 0.0) -> None:
+    """Refuse a budget that trains nothing or diverges silently: epochs an int >= 1,
+    lr a finite number > 0, weight_decay finite and >= 0 (each named with its value)."""
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}.")
+    for name, value, low_ok in (("lr", lr, False), ("weight_decay", weight_decay, True)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not np.isfinite(number) or number < 0 or (number == 0 and not low_ok):
+            accepted = "a finite number >= 0" if low_ok else "a finite number > 0"
+            raise ValueError(f"{name} must be {accepted}, got {value!r}.")
+
 
 def compile_and_fit(
     model: keras.Model,
@@ -149,6 +343,7 @@ def compile_and_fit(
     output_dir: str | None = None,
     tag: str = "run",
     compile_kwargs: dict[str, Any] | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[dict, float]:
     """Compile `model` with the config's optimiser, fit it, return (history, seconds)."""
     steps = steps_in(train_ds)
@@ -165,18 +360,23 @@ def compile_and_fit(
         kwargs["loss"] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     kwargs.update(compile_kwargs or {})
     model.compile(optimizer=optimizer, **kwargs)
+    keeper = HistoryKeeper(os.path.join(output_dir, "backup", f"{tag}.history.json")) if output_dir else None
     start = time.perf_counter()
     history = model.fit(
         train_ds,
         validation_data=test_ds,
         epochs=config.epochs,
-        callbacks=callbacks_for(output_dir, config.tensorboard, tag=tag),
+        callbacks=[StopOnNonFiniteLoss()] + callbacks_for(output_dir, config.tensorboard, tag=tag)
+        + list(callbacks) + ([keeper] if keeper else []),
         verbose=config.verbose,
     )
     seconds = time.perf_counter() - start
+    history = history.history
+    if keeper is not None:  # a resumed fit: put the earlier process's epochs and time in front
+        history, seconds = keeper.merged(history, seconds)
     if output_dir:  # BackupAndRestore deletes its checkpoint on success; drop the empty folder
         _remove_empty_dirs(os.path.join(output_dir, "backup"))
-    return history.history, seconds
+    return history, seconds
 
 
 def _remove_empty_dirs(path: str) -> None:
@@ -214,11 +414,17 @@ def load_model(path: str) -> keras.Model:
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"No model file at {path!r}.")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path!r} exists but is not a Keras model file (a .keras file is a zip archive written by "
+            "model.save('x.keras')); it may be truncated, or another format renamed. Accepted: a "
+            ".keras file saved by Keras 3 (a SavedModel folder or .h5 needs its own loader).")
     return keras.models.load_model(path, compile=False)
 
 
-def write_json(path: str, payload: dict) -> str:
-    """Write `payload` as indented JSON (NumPy scalars converted)."""
+def write_json(path: str, payload: dict, atomic: bool = False) -> str:
+    """Write `payload` as indented JSON (NumPy scalars converted); `atomic` writes
+    a temporary file and renames it, so a crash never leaves half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
     def default(o):
@@ -228,9 +434,12 @@ def write_json(path: str, payload: dict) -> str:
             return o.tolist()
         raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
+    target, path = path, (path + ".partial" if atomic else path)
     with open(path, "w") as f:
         json.dump(payload, f, indent=2, default=default)
-    return path
+    if atomic:
+        os.replace(path, target)
+    return target
 
 
 def seeded(seed: int | None) -> None:

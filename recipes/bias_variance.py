@@ -25,16 +25,15 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from kdkeras import analysis, experiment, recipe_utils, training, vis
 from kdkeras import data as data_lib
 from kdkeras import methods as methods_lib
 
-FLAGS = flags.FLAGS
 
 
-def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("teacher", None,
                         "Teacher for KD-like methods and the regularisation samples: a .keras path or "
                         "a zoo name trained here (needed unless every method is teacher-free).",
@@ -156,11 +155,5 @@ def run(fv: flags.FlagValues):
     return summaries
 
 
-def main(argv):
-    del argv
-    run(FLAGS)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    recipe_utils.run_main(define_flags, run)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from kdkeras import data as data_lib
 from kdkeras import experiment, recipe_utils, training, vis
@@ -31,10 +31,9 @@ from kdkeras.methods import KD
 
 DEFAULT_LEVELS = {"steps": "0,10,40,160", "noise": "1.0,0.95,0.9,0.8", "subset": "20,60,200"}
 
-FLAGS = flags.FLAGS
 
 
-def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("teacher", "resnet20", "Zoo name of the teacher architecture.", flag_values=fv)
     flags.DEFINE_string("teacher_args", "", "Zoo kwargs of the teacher.", flag_values=fv)
     flags.DEFINE_string("student", "resnet8", "Zoo name of the student.", flag_values=fv)
@@ -115,7 +114,7 @@ def run(fv: flags.FlagValues):
     print(f"[1/{total}] baseline: {fv.student} alone")
     with strategy.scope():
         baseline = experiment.fit(student(), data.train, data.test, config.train_config(),
-                                  config.output_dir, tag="baseline")["top1"]
+                                  config.output_dir, tag="baseline", callbacks=data.callbacks())["top1"]
     print(f"    baseline top1={baseline:.4f}")
     points = []
     for i, level in enumerate(runs):
@@ -156,11 +155,5 @@ def run(fv: flags.FlagValues):
     return points
 
 
-def main(argv):
-    del argv
-    run(FLAGS)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    recipe_utils.run_main(define_flags, run)

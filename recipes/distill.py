@@ -14,14 +14,13 @@ the same student trained alone on the same data, budget and initial weights).
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from kdkeras import experiment, recipe_utils
 
-FLAGS = flags.FLAGS
 
 
-def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+def define_flags(fv: flags.FlagValues) -> None:
     recipe_utils.define_distill_flags(fv)
     recipe_utils.define_run_flags(fv, epochs=10, lr=0.05)
 
@@ -34,11 +33,5 @@ def run(fv: flags.FlagValues):
     return distilled
 
 
-def main(argv):
-    del argv
-    run(FLAGS)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    recipe_utils.run_main(define_flags, run)

@@ -27,21 +27,31 @@ report.json holds per variant (`keras`, `float32`, `float16`, `dynamic`,
 model through its compiled graph with TensorFlow's default threads), plus
 `max_abs_logit_diff` for `float32`, and `checks`: the issue's targets with
 their measured values and pass/fail.
+
+`--qat_epochs=N` (default 0, off) adds quantisation-aware distillation: the
+distilled student's fake-quant twin (`kdkeras.quantize.prepare_qat`, weight
+scales per `--qat_weights`, by default as `--int8_weights`) is distilled from the same teacher with the same
+method for N more epochs at `--qat_lr` (default a tenth of `--lr`), saved as
+DIR/student_qat.keras and exported with its trained scales as the fifth
+variant `qat_int8` (DIR/student_qat_int8.tflite), with its own checks.
 """
 
 from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 
-from kdkeras import experiment, export, recipe_utils, training, vis
+from kdkeras import experiment, export, quantize, recipe_utils, training, vis
+from kdkeras import methods as methods_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = flags.FLAGS
+#: QAT weight granularity per --qat_weights ("same": as --int8_weights gives the PTQ file)
+QAT_WEIGHTS = {"mixed": {"pointwise": "per_tensor", "dense": "per_tensor"},
+               "per_channel": "per_channel", "per_tensor": "per_tensor"}
 
 
-def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+def define_flags(fv: flags.FlagValues) -> None:
     recipe_utils.define_distill_flags(fv, teacher="resnet50", student="mobilenetv2")
     flags.DEFINE_float("alpha", 1.0, "MobileNetV2 width multiplier (0.35, 0.5, 0.75, 1.0, ...).",
                        lower_bound=0.01, flag_values=fv)
@@ -69,6 +79,14 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_bool("visualize", False, "Also write the visual report to DIR/visual.", flag_values=fv)
     flags.DEFINE_integer("num_images", 4, "Test images in the visual report's saliency and attention figures.",
                          lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("qat_epochs", 0, "Epochs of quantisation-aware distillation after the float "
+                         "run (0 = off); adds the qat_int8 variant.", lower_bound=0, flag_values=fv)
+    flags.DEFINE_enum("qat_weights", "same", ["same", *QAT_WEIGHTS],
+                      "QAT weight scales: 'same' as --int8_weights, or mixed / per_channel / "
+                      "per_tensor (one scale per tensor everywhere: the smallest file; QAT trains "
+                      "the network to it).", flag_values=fv)
+    flags.DEFINE_float("qat_lr", None, "Peak learning rate of the QAT epochs (default: --lr / 10).",
+                       lower_bound=0.0, flag_values=fv)
     recipe_utils.define_run_flags(fv, epochs=10, lr=0.05)
 
 
@@ -100,6 +118,8 @@ def run(fv: flags.FlagValues):
                                  latency_runs=fv.latency_runs, warmup_runs=fv.warmup_runs)
     report.update(export.export_variants(distilled.student, os.path.join(out, "student.keras"), data.test,
                                          representative, out, options))
+    if fv.qat_epochs:
+        report.update(_qat_variant(fv, distilled, config, options))
     report["checks"] = export.edge_checks(report)
     training.write_json(os.path.join(out, "report.json"), report)
     with open(os.path.join(out, "report.md"), "w") as f:
@@ -119,11 +139,23 @@ def run(fv: flags.FlagValues):
     return report
 
 
-def main(argv):
-    del argv
-    run(FLAGS)
+def _qat_variant(fv, distilled, config, options) -> dict:
+    """Distil the student's fake-quant twin and export it as the qat_int8 variant."""
+    data = distilled.data
+    weights = QAT_WEIGHTS[fv.int8_weights if fv.qat_weights == "same" else fv.qat_weights]
+    methods = methods_lib.from_spec(fv.method, fv.method_args, num_examples=data.num_train)
+    teacher = distilled.teacher.model if distilled.teacher else None
+    print(f"QAT: distilling the int8 twin for {fv.qat_epochs} epoch(s), weights {weights}")
+    qat = quantize.distill_qat(distilled.student, teacher, methods, data, config, fv.qat_epochs,
+                               lr=fv.qat_lr, weights=weights,
+                               student_loss_weight=fv.student_loss_weight)
+    qat["model"].save(os.path.join(config.output_dir, "student_qat.keras"))
+    reference, _ = training.predict_logits(distilled.student, data.test)
+    entry = export.export_qat_variant(qat["model"], data.test, config.output_dir, reference, options)
+    return {"qat": {"epochs": qat["epochs"], "lr": qat["lr"], "weights": weights,
+                    "train_seconds": qat["train_seconds"], "file": "student_qat.keras"},
+            export.QAT_VARIANT: entry}
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    recipe_utils.run_main(define_flags, run)

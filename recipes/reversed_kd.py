@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from kdkeras import experiment, recipe_utils, vis
 from kdkeras.methods import KD
@@ -24,10 +24,9 @@ from kdkeras.methods import KD
 BAR_LABELS = {"weak alone": "weak alone\n{weak}", "strong alone": "strong alone\n{strong}",
               "Re-KD": "Re-KD: strong\nfrom weak", "normal KD": "KD: weak\nfrom strong"}
 
-FLAGS = flags.FLAGS
 
 
-def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("weak", "resnet8", "Zoo name of the weaker model (the Re-KD teacher).",
                         flag_values=fv)
     flags.DEFINE_string("weak_args", "", "Zoo kwargs of the weak model, e.g. 'width_multiplier=0.5'.",
@@ -70,7 +69,7 @@ def run(fv: flags.FlagValues):
             models[role] = build(role)
             with strategy.scope():
                 out = experiment.fit(models[role], data.train, data.test, config.train_config(),
-                                     config.output_dir, tag=role)
+                                     config.output_dir, tag=role, callbacks=data.callbacks())
         elif step == "Re-KD":
             out = kd(models["weak"], build("strong"), "rekd")
         else:
@@ -116,11 +115,5 @@ def run(fv: flags.FlagValues):
     return results
 
 
-def main(argv):
-    del argv
-    run(FLAGS)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    recipe_utils.run_main(define_flags, run)

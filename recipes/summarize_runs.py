@@ -14,14 +14,14 @@ import json
 import os
 import statistics
 
-from absl import app, flags
+from absl import flags
 
+from kdkeras import recipe_utils
 from kdkeras.vis import markdown_table
 
-FLAGS = flags.FLAGS
 
 
-def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("runs", None, "Comma-separated run folders or glob patterns holding metrics.json.",
                         required=True, flag_values=fv)
     flags.DEFINE_string("output", None, "Write the Markdown table here too.", flag_values=fv)
@@ -76,11 +76,5 @@ def run(fv: flags.FlagValues):
     return text
 
 
-def main(argv):
-    del argv
-    run(FLAGS)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    recipe_utils.run_main(define_flags, run)

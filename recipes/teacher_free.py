@@ -17,15 +17,14 @@ from __future__ import annotations
 import os
 
 import keras
-from absl import app, flags
+from absl import flags
 
 from kdkeras import experiment, recipe_utils, vis
 from kdkeras.methods import KD, LSR, VirtualTeacher
 
-FLAGS = flags.FLAGS
 
 
-def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("student", "resnet8", "Zoo name of the student.", flag_values=fv)
     flags.DEFINE_string("student_args", "", "Zoo kwargs for the student, e.g. 'width_multiplier=0.5'.",
                         flag_values=fv)
@@ -91,7 +90,7 @@ def run(fv: flags.FlagValues):
         if run == "baseline":
             with strategy.scope():
                 out = experiment.fit(student, data.train, data.test, config.train_config(),
-                                     config.output_dir, tag="baseline")
+                                     config.output_dir, tag="baseline", callbacks=data.callbacks())
             baseline_model = student
         else:
             if run_teacher == "self":
@@ -128,11 +127,5 @@ def run(fv: flags.FlagValues):
     return results
 
 
-def main(argv):
-    del argv
-    run(FLAGS)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    recipe_utils.run_main(define_flags, run)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from kdkeras import experiment, recipe_utils, training
 
-FLAGS = flags.FLAGS
 
 
-def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("model", "resnet20", "Zoo model name (see kdkeras.models.available()).",
                         flag_values=fv)
     flags.DEFINE_string("model_args", "", "Zoo kwargs, e.g. 'width_multiplier=0.5,dropout=0.1'.",
@@ -29,6 +28,9 @@ def run(fv: flags.FlagValues):
     """Run the recipe on parsed flags; returns what it measured (tests read it)."""
     config = recipe_utils.run_config(fv)
     strategy = experiment.start(config)
+    config = experiment.worker_config(config, strategy)  # other workers than the chief: a private folder
+    experiment.check_output_dir(config.output_dir, experiment.run_settings(
+        config, {"model": fv.model, "model_args": fv.model_args}), config.overwrite)
     data = experiment.setup_data(config)
     with strategy.scope():
         model = experiment.build_model(fv.model, data, seed=config.seed,
@@ -36,7 +38,7 @@ def run(fv: flags.FlagValues):
         print(f"Training {fv.model} ({model.count_params():,} params) on {config.dataset} "
               f"{data.input_shape}, {data.num_train} examples, {config.epochs} epochs")
         result = experiment.fit(model, data.train, data.test, config.train_config(),
-                                config.output_dir, tag="teacher")
+                                config.output_dir, tag="teacher", callbacks=data.callbacks())
     path = os.path.join(config.output_dir, "model.keras")
     model.save(path)
     metrics = {
@@ -47,14 +49,9 @@ def run(fv: flags.FlagValues):
     }
     training.write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
     print(f"top1={result['top1']:.4f}  saved {path}")
+    experiment.finish_worker(config, strategy)
     return metrics
 
 
-def main(argv):
-    del argv
-    run(FLAGS)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    recipe_utils.run_main(define_flags, run)

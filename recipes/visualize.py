@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags
+from absl import flags
 
 from kdkeras import experiment, recipe_utils, training, vis
 
-FLAGS = flags.FLAGS
 
 
-def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("teacher", None, "Path to the teacher .keras model.", required=True,
                         flag_values=fv)
     flags.DEFINE_string("student", None, "Path to the distilled student .keras model.",
@@ -71,11 +70,5 @@ def run(fv: flags.FlagValues):
     )
 
 
-def main(argv):
-    del argv
-    run(FLAGS)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    recipe_utils.run_main(define_flags, run)

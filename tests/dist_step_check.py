@@ -1,5 +1,7 @@
 """Run one Distiller step on one device and under MirroredStrategy over two
 logical CPUs, on the same global batch; print the max differences as JSON.
+With a second argument `cache`, both steps read the teacher's outputs from a
+teacher cache (no teacher model), and the online one-device step is compared too.
 
 Run as `python -m tests.dist_step_check` (a fresh process: logical devices must be set before TF starts).
 """
@@ -24,19 +26,39 @@ import kdkeras  # noqa: E402
 from tests.helpers import tiny_cnn, tiny_data  # noqa: E402
 
 
-def one_step(strategy, weights_t, weights_s, methods_spec):
+def one_step(strategy, weights_t, weights_s, methods_spec, cache=None):
     with strategy.scope():
         teacher = tiny_cnn(width=8, name="teacher", batchnorm=False)
         student = tiny_cnn(width=4, name="student", batchnorm=False)
         teacher.set_weights(weights_t)
         student.set_weights(weights_s)
         methods = [kdkeras.methods.get(name, **kw) for name, kw in methods_spec]
-        d = kdkeras.Distiller(teacher, student, methods, student_loss_weight=0.3)
+        d = kdkeras.Distiller(None if cache else teacher, student, methods, student_loss_weight=0.3,
+                              teacher_cache=cache)
         d.compile(optimizer=keras.optimizers.SGD(0.5))
-    x, y = tiny_data(16)
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    ds = indexed_data()
+    if cache is not None:
+        ds = ds.map(lambda x, y: (cache.attach(x, tf.constant(0, tf.int64)), y))
     hist = d.fit(ds, epochs=1, verbose=0)
     return hist.history, [w.numpy() for w in d.student.weights]
+
+
+def indexed_data():
+    x, y = tiny_data(16)
+    return tf.data.Dataset.from_tensor_slices(({"image": x, "index": np.arange(16)}, y)).batch(16)
+
+
+def build_cache(weights_t, methods_spec):
+    import tempfile
+
+    from kdkeras.cache import build_teacher_cache, teacher_taps
+
+    teacher = tiny_cnn(width=8, name="teacher", batchnorm=False)
+    teacher.set_weights(weights_t)
+    methods = [kdkeras.methods.get(name, **kw) for name, kw in methods_spec]
+    taps, per_method = teacher_taps(teacher, methods)
+    return build_teacher_cache(os.path.join(tempfile.mkdtemp(), "cache"), teacher, lambda v: indexed_data(),
+                               num_examples=16, taps=taps, method_taps=per_method, verbose=False)
 
 
 def main():
@@ -44,9 +66,11 @@ def main():
     wt = tiny_cnn(width=8, name="t0", batchnorm=False).get_weights()
     ws = tiny_cnn(width=4, name="s0", batchnorm=False).get_weights()
     spec = json.loads(sys.argv[1]) if len(sys.argv) > 1 else [["kd", {"temperature": 4.0, "weight": 0.7}]]
-    single, w1 = one_step(tf.distribute.get_strategy(), wt, ws, spec)
+    cache = build_cache(wt, spec) if sys.argv[2:] == ["cache"] else None
+    online, w0 = one_step(tf.distribute.get_strategy(), wt, ws, spec)
+    single, w1 = one_step(tf.distribute.get_strategy(), wt, ws, spec, cache)
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    multi, w2 = one_step(mirrored, wt, ws, spec)
+    multi, w2 = one_step(mirrored, wt, ws, spec, cache)
     out = {
         "replicas": mirrored.num_replicas_in_sync,
         "single_loss": single["loss"][0],
@@ -54,6 +78,8 @@ def main():
         "max_weight_diff": float(max(np.abs(a - b).max() for a, b in zip(w1, w2))),
         "max_weight_change": float(max(np.abs(a - b).max() for a, b in zip(w1, ws))),
         "terms": {k: [single[k][0], multi[k][0]] for k in single},
+        "online_loss": online["loss"][0],
+        "max_weight_diff_online": float(max(np.abs(a - b).max() for a, b in zip(w0, w2))),
     }
     print("RESULT " + json.dumps(out))
 

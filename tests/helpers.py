@@ -86,3 +86,19 @@ def counted_cnn(name, width=4, num_classes=3, input_shape=(8, 8, 1)):
     x = keras.layers.GlobalAveragePooling2D(name="embedding")(x)
     out = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inp, out, name=name)
+
+
+def image_folder(root, classes=3, per_class=10, size=(8, 8), seed=0):
+    """An unsplit folder of random RGB PNGs, root/class<c>/<i>.png; returns its
+    kdkeras name `folder:<root>` (the last image of each class is held out)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        for i in range(per_class):
+            path = os.path.join(str(root), f"class{c}", f"{i}.png")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            pixels = rng.integers(0, 256, (*size, 3)).astype(np.uint8)
+            with open(path, "wb") as f:
+                f.write(tf.io.encode_png(pixels).numpy())
+    return f"folder:{root}"

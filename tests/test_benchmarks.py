@@ -76,11 +76,18 @@ def test_speed_benchmark_json_matches_its_timings(tmp_path, monkeypatch, capsys)
         monkeypatch.setattr(speed, "make_variants", lambda ds: count_calls(make_variants(ds), counts))
         speed.main([])
     data = json.loads(out.read_text())
-    variants = {"student", "teacher_inference", "kdkeras_kd", "keras_kd"}
+    variants = {"student", "teacher_inference", "kdkeras_kd", "keras_kd", "kdkeras_kd_cached", "cache_build"}
     ratios = {"kd_over_student": ("kdkeras_kd", "student"),
               "teacher_over_student": ("teacher_inference", "student"),
-              "kd_over_keras_distillation": ("kdkeras_kd", "keras_kd")}
-    assert set(data) == set(ratios) | {"seconds", "median_seconds", "config"}
+              "kd_over_keras_distillation": ("kdkeras_kd", "keras_kd"),
+              "kd_cached_over_student": ("kdkeras_kd_cached", "student"),
+              "kd_cached_over_keras_distillation": ("kdkeras_kd_cached", "keras_kd"),
+              "cache_build_over_teacher_epoch": ("cache_build", "teacher_inference")}
+    memory = {"cached_epoch_peak_rss_mb", "cached_epoch_rss_growth_mb", "cache_mb"}
+    assert set(data) == set(ratios) | memory | {"seconds", "median_seconds", "config"}
+    # the cache holds 48 examples' logits (10 float32 each), one view
+    assert data["cache_mb"] == pytest.approx(48 * 10 * 4 / 2**20)
+    assert data["cached_epoch_rss_growth_mb"] <= data["cached_epoch_peak_rss_mb"]
     # one untimed warm-up epoch, then `repeats` timed epochs of every variant
     assert counts == {name: 1 + repeats for name in variants}
     assert set(data["seconds"]) == set(data["median_seconds"]) == variants

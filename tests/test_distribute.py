@@ -10,9 +10,9 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_check(spec):
+def run_check(spec, *extra):
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.dist_step_check", json.dumps(spec)],
+        [sys.executable, "-m", "tests.dist_step_check", json.dumps(spec), *extra],
         capture_output=True, text=True, timeout=300, cwd=os.path.dirname(HERE),
     )
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
@@ -27,5 +27,17 @@ def test_mirrored_step_matches_single_device(spec):
     assert out["max_weight_change"] > 1e-3  # the step did move the weights
     assert abs(out["single_loss"] - out["mirrored_loss"]) < 1e-5 * max(1.0, abs(out["single_loss"]))
     assert out["max_weight_diff"] < 1e-5
+    for name, (a, b) in out["terms"].items():
+        assert abs(a - b) < 1e-5 * max(1.0, abs(a)), name
+
+
+def test_mirrored_step_from_a_teacher_cache_matches_one_device_and_the_online_step():
+    # every replica reads the cached outputs of its own examples (no teacher model)
+    out = run_check([["kd", {"temperature": 4.0, "weight": 0.7}], ["at", {"weight": 10.0}]], "cache")
+    assert out["replicas"] == 2 and out["max_weight_change"] > 1e-3
+    assert abs(out["single_loss"] - out["mirrored_loss"]) < 1e-5 * max(1.0, abs(out["single_loss"]))
+    assert abs(out["online_loss"] - out["single_loss"]) < 1e-5 * max(1.0, abs(out["online_loss"]))
+    tolerance = 1e-5 * max(1.0, out["max_weight_change"])
+    assert out["max_weight_diff"] < tolerance and out["max_weight_diff_online"] < tolerance
     for name, (a, b) in out["terms"].items():
         assert abs(a - b) < 1e-5 * max(1.0, abs(a)), name

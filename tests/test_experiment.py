@@ -12,7 +12,7 @@ import kdkeras
 from kdkeras import data as data_lib
 from kdkeras import experiment, recipe_utils, training
 from kdkeras.methods.base import parse_kwargs, parse_method_args
-from tests.helpers import tiny_cnn
+from tests.helpers import image_folder, tiny_cnn
 
 CLASSES = 3
 
@@ -20,14 +20,7 @@ CLASSES = 3
 @pytest.fixture
 def folder(tmp_path):
     """An unsplit RGB folder: 3 classes x 10 random 8x8 images (the last of each class held out)."""
-    rng = np.random.default_rng(0)
-    for c in range(CLASSES):
-        for i in range(10):
-            path = tmp_path / "images" / f"class{c}" / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pixels = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
-            path.write_bytes(tf.io.encode_png(pixels).numpy())
-    return f"folder:{tmp_path / 'images'}"
+    return image_folder(tmp_path / "images", classes=CLASSES)
 
 
 def _config(folder, tmp_path, **kw):

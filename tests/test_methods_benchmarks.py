@@ -6,6 +6,7 @@ import collections
 import importlib.util
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,7 +112,7 @@ def test_methods_table_writes_markdown_and_json(tmp_path):
     out = tmp_path / "table" / "table.md"
     args = [f"--teacher={teacher}", "--student=resnet8", "--dataset=fashion_mnist", "--methods=at",
             "--epochs=1", "--train_limit=32", "--test_limit=32", "--batch_size=16",
-            f"--output={out}"]
+            f"--output={out}", "--extra_args=--run_eagerly"]
     _run("methods_table.py", *args)
     data = json.loads(out.with_suffix(".json").read_text())
     assert [r["method"] for r in data["rows"]] == ["baseline", "kd", "at"]
@@ -122,7 +123,15 @@ def test_methods_table_writes_markdown_and_json(tmp_path):
             assert row[key] is not None, (row["method"], key)
     table = out.read_text()
     assert "methods_table.py" in table and "| at |" in table and "| baseline |" in table
-    assert (tmp_path / "table" / "at" / "metrics.json").exists()
+    # each run read its teacher outputs from the cache of the teacher layers it taps
+    runs = {m: json.loads((tmp_path / "table" / m / "metrics.json").read_text()) for m in ("kd", "at")}
+    caches = tmp_path / "table" / "teacher_cache"
+    assert runs["kd"]["teacher_cache"] == str(caches / "logits")
+    assert runs["at"]["teacher_cache"].startswith(str(caches / "taps_"))
+    assert (caches / "logits" / "train" / "manifest.json").exists()
+    for m in runs.values():  # the teacher's top-1 from the run equals the cached test logits'
+        cache = json.loads((Path(m["teacher_cache"]) / "test" / "manifest.json").read_text())
+        assert cache["teacher_top1"] == pytest.approx(m["teacher_top1"])
 
     # --resume reads the finished runs back instead of training again.
     proc = _run("methods_table.py", *args, "--resume")

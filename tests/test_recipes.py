@@ -93,3 +93,25 @@ def test_distill_runs_staged_and_index_methods(tiny_teacher, tmp_path, method):
         assert again["history"]["stages"] == m["history"]["stages"]
     else:
         assert "crd" in m["history"] and m["student_loss_weight"] == 1.0
+
+
+def test_distill_from_a_teacher_cache_equals_the_online_run_and_refuses_a_stale_one(tiny_teacher, tmp_path):
+    flags = [f"--teacher={tiny_teacher.path}", "--method=kd+at", "--augment=on",
+             *[f for f in TINY if f != "--epochs=1"], "--epochs=2", "--train_limit=64", "--test_limit=32"]
+    online = run_recipe("distill", *flags, f"--output_dir={tmp_path / 'online'}").metrics
+    cache = tmp_path / "cache"
+    built = run_recipe("distill", *flags, f"--teacher_cache={cache}", f"--output_dir={tmp_path / 'a'}").metrics
+    assert (cache / "train" / "manifest.json").exists() and (cache / "test" / "manifest.json").exists()
+    assert built["teacher_cache_views"] == 2  # one view per epoch of augmented data
+    stamp = (cache / "train" / "manifest.json").stat().st_mtime
+    reused = run_recipe("distill", *flags, f"--teacher_cache={cache}", f"--output_dir={tmp_path / 'b'}").metrics
+    assert (cache / "train" / "manifest.json").stat().st_mtime == stamp
+    for m in (built, reused):
+        assert m["student_top1"] == pytest.approx(online["student_top1"], abs=1e-9)
+        for key in ("loss", "kd", "at", "val_loss", "val_agreement"):
+            assert m["history"][key] == pytest.approx(online["history"][key], rel=1e-4), key
+    from kdkeras.cache import CacheMismatchError
+
+    with pytest.raises(CacheMismatchError, match="teacher_weights"):  # another teacher
+        run_recipe("distill", *[f for f in flags if not f.startswith("--teacher=")], "--teacher=resnet8",
+                   "--teacher_epochs=1", f"--teacher_cache={cache}", f"--output_dir={tmp_path / 'c'}")

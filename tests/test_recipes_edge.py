@@ -103,3 +103,36 @@ def test_visualize_writes_figures_and_report(tmp_path):
     assert [r["model"] for r in summary["models"]] == ["teacher", "baseline", "student"]
     assert summary["attention_stages"]["teacher"] == ["relu1", "relu2"]
     assert len(summary["images"]) == 2
+
+
+QAT_CHECKS = ("qat_int8_top1_vs_float", "qat_int8_top1_vs_ptq_int8", "qat_int8_size_vs_float32",
+              "qat_int8_matches_fake_quant")
+
+
+def test_edge_recipe_adds_the_qat_variant(tiny_teacher, tmp_path):
+    report = run_recipe(
+        "edge_mobilenetv2", f"--teacher={tiny_teacher.path}", "--input_size=32", "--alpha=0.35",
+        "--num_representative=16", "--latency_runs=2", "--warmup_runs=1", "--qat_epochs=1",
+        f"--output_dir={tmp_path}", *TINY,
+    )
+    qat = report["qat_int8"]
+    assert set(CHECKS + QAT_CHECKS) == set(report["checks"])
+    assert report["qat"]["epochs"] == 1 and report["qat"]["lr"] == pytest.approx(0.005)
+    assert qat["int8_kernels"] and "FAKE_QUANT" not in qat["ops"]
+    # The file and the saved fake-quant model, re-evaluated independently.
+    import keras
+
+    from kdkeras.experiment import RunConfig, setup_data
+    from kdkeras.training import predict_logits
+
+    test = setup_data(RunConfig(dataset="fashion_mnist", test_limit=64, batch_size=64), (32, 32, 3)).test
+    again = export.evaluate_tflite(str(tmp_path / qat["file"]), test, latency_runs=1, warmup_runs=0)
+    fake, labels = predict_logits(keras.models.load_model(tmp_path / "student_qat.keras"), test)
+    assert qat["top1"] == pytest.approx(again["top1"])
+    assert qat["keras_top1"] == pytest.approx(np.mean(fake.argmax(-1) == labels))
+    assert qat["agreement_with_fake_quant"] == pytest.approx(
+        np.mean(fake.argmax(-1) == again["logits"].argmax(-1)))
+    below = (report["keras"]["top1"] - qat["top1"]) * 100
+    assert report["checks"]["qat_int8_top1_vs_float"]["value"] == pytest.approx(below)
+    assert report["checks"]["qat_int8_top1_vs_float"]["pass"] == (below <= 0.3)
+    assert "| qat_int8 |" in (tmp_path / "report.md").read_text()

@@ -251,5 +251,5 @@ def test_compile_and_fit_learns_and_decays_to_zero():
 def test_callbacks_for(tmp_path):
     assert training.callbacks_for(None, tensorboard=True) == []
     cbs = training.callbacks_for(str(tmp_path), tensorboard=True, tag="t")
-    assert [type(c) for c in cbs] == [keras.callbacks.BackupAndRestore, keras.callbacks.TensorBoard]
+    assert [type(c) for c in cbs] == [training.SafeBackupAndRestore, keras.callbacks.TensorBoard]
     assert training.callbacks_for(str(tmp_path), backup=False) == []

@@ -12,6 +12,7 @@ import numbers
 
 import tensorflow as tf
 
+from kdkeras.data.replay import ReplayClock, augment_seed, epoch_shuffle, view_of
 from kdkeras.data.sources import DatasetInfo, get_source, split_base
 from kdkeras.keys import IMAGE, INDEX
 
@@ -133,6 +134,9 @@ def load(
     data_dir: str | None = None,
     drop_remainder: bool = False,
     repeat: bool = False,
+    replay: bool | ReplayClock = False,
+    views: int | None = None,
+    teacher_cache=None,
 ) -> tf.data.Dataset:
     """Batches `(x, y)` of one split: x float32 NHWC in [0, 1], y int32 of shape (B,).
 
@@ -143,6 +147,14 @@ def load(
     mnist/fashion_mnist); augmentation is reflect-pad 4 + random crop + random
     horizontal flip (see `augment_image`). `seed` makes shuffling and
     augmentation reproducible.
+
+    `replay` (True, or a `ReplayClock` to share) makes every epoch rebuildable:
+    its shuffle order a function of (seed, epoch) and each example's crop and
+    flip of (seed, view, index), the view being the epoch or, with `views=K`,
+    the epoch mod K (see `kdkeras.data.replay`). `teacher_cache`, a
+    `kdkeras.cache.TeacherCache` of this very data, adds `x["teacher"]`: the
+    teacher's cached outputs for each example's view (replay and the index
+    are then on; data other than the cache's is refused).
     """
     image_size = _check_args(batch_size, image_size, channels, limit, seed)
     source = get_source(name, data_dir)
@@ -154,23 +166,62 @@ def load(
         raise ValueError(
             f"Images of {info.name!r} have varying sizes; pass image_size=(height, width)"
         )
-
     raw = source.raw(split, limit)
-    ds = raw.dataset.enumerate()  # (index, (raw, label)): index before any shuffling
-    if shuffle:
-        ds = ds.shuffle(raw.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = _attach_augment_seeds(ds, augment, seed)
+    if teacher_cache is not None:
+        teacher_cache.check_data(**data_spec(info, split, image_size, channels, augment, limit, seed))
+        if raw.num_examples is not None and raw.num_examples != teacher_cache.num_examples:
+            raise ValueError(f"The split has {raw.num_examples} examples, the teacher cache "
+                             f"{teacher_cache.num_examples}.")
+        with_index, views = True, teacher_cache.views
+        replay = replay or True
 
-    def example(indexed, aug_seed):
-        index, (raw_x, label) = indexed
+    def example(index, raw_x, label, aug_seed):
         image = preprocess_image(raw.decode(raw_x), image_size, channels)
         if augment:
-            image = augment_image(image, tf.stack([aug_seed, index]))
+            image = augment_image(image, aug_seed)
         x = {IMAGE: image, INDEX: index} if with_index else image
         return x, tf.cast(label, tf.int32)
 
-    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if not (replay or views):
+        ds = raw.dataset.enumerate()  # (index, (raw, label)): index before any shuffling
+        if shuffle:
+            ds = ds.shuffle(raw.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        ds = _attach_augment_seeds(ds, augment, seed)
+        ds = ds.map(lambda indexed, s: example(indexed[0], *indexed[1], tf.stack([s, indexed[0]])),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    clock = replay if isinstance(replay, ReplayClock) else ReplayClock()
+
+    def one_epoch(epoch):
+        view = view_of(epoch, views)
+        ds = raw.dataset.enumerate()
+        if shuffle:
+            ds = epoch_shuffle(ds, raw.shuffle_buffer, seed, epoch)
+        ds = ds.map(lambda i, item: example(i, *item, augment_seed(seed, view, i)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        if teacher_cache is not None:
+            ds = ds.map(lambda x, y: (teacher_cache.attach(x, view), y))
+        return ds
+
+    starts = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
+    ds = (starts.repeat() if repeat else starts).map(lambda _: clock.next_epoch()).flat_map(one_epoch)
+    if not repeat and raw.num_examples is not None:  # flat_map hides the length: restate it
+        full, extra = divmod(raw.num_examples, batch_size)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(full + (extra > 0 and not drop_remainder)))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def data_spec(info: DatasetInfo, split: str, image_size, channels, augment: bool, limit, seed) -> dict:
+    """What identifies the images a pipeline yields (a teacher cache's data
+    fingerprint): source, split, examples, size, channels and augmentation;
+    the seed only where it changes the images (with augmentation)."""
+    h, w, c = info.image_shape
+    return {"dataset": info.name, "split": split, "limit": limit,
+            "image_size": list(image_size) if image_size else [h, w],
+            "channels": int(channels or c), "augment": bool(augment),
+            "seed": seed if augment else None}

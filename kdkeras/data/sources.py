@@ -272,10 +272,33 @@ def _native_hwc(path: str) -> tuple[int, int, int]:
         image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
         height, width, channels = image.shape
         return height, width, 1 if channels in (1, 2) else 3
-    with Image.open(path) as image:
-        width, height = image.size
-        grey = image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            grey = image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+    except Exception as error:  # noqa: BLE001 - PIL raises several kinds
+        raise ValueError(f"Image file {path!r} is unreadable or truncated ({type(error).__name__}: "
+                         f"{error}): delete or replace it.") from error
+    _check_complete(path)
     return height, width, 1 if grey else 3
+
+
+#: the bytes a complete file of each format ends with (a little trailing junk allowed)
+_END_MARKERS = {(".jpg", ".jpeg"): b"\xff\xd9", (".png",): b"IEND"}
+_TAIL_BYTES = 1024
+
+
+def _check_complete(path: str) -> None:
+    """Refuse a truncated JPEG or PNG (its end marker missing), naming the file:
+    TensorFlow would fail mid-epoch with an error that names no file."""
+    for extensions, marker in _END_MARKERS.items():
+        if path.lower().endswith(extensions):
+            with open(path, "rb") as f:
+                f.seek(max(0, os.path.getsize(path) - _TAIL_BYTES))
+                if marker not in f.read():
+                    raise ValueError(
+                        f"Image file {path!r} is truncated (no end-of-image marker): an interrupted copy "
+                        "or download. Delete or replace it.")
 
 
 def _list_dirs(path: str) -> list[str]:
@@ -357,7 +380,7 @@ class FolderSource:
         return resolve_split(self.info, split)
 
     def raw(self, split: str, limit: int | None = None) -> RawSplit:
-        items = self.files[split][:limit]
+        items = stratified_limit(self.files[split], limit, self.info.name)
         if not items:
             raise ValueError(f"Split {split!r} of {self.info.name!r} has no images")
         paths = [p for p, _ in items]
@@ -365,6 +388,33 @@ class FolderSource:
         dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
         decode = functools.partial(_decode_file, shape=self.info.image_shape)
         return RawSplit(dataset, decode, len(items), shuffle_buffer=len(items))
+
+
+#: the fixed seed of `stratified_limit`: the same subset on every run, whatever --seed
+LIMIT_SEED = 0
+
+
+def stratified_limit(items: list[tuple[str, int]], limit: int | None, name: str = "") -> list:
+    """The first `limit` of `items` (path, label) taken class by class in
+    proportion (each class's files in a fixed seeded order, every class
+    represented once `limit` reaches the class count), returned in their
+    original order; a folder's first N files would hold only its first classes."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    rng = np.random.default_rng(LIMIT_SEED)
+    by_class: dict[int, list[int]] = {}
+    for position, (_, label) in enumerate(items):
+        by_class.setdefault(label, []).append(position)
+    ranked = []
+    for label in sorted(by_class):
+        positions = by_class[label]
+        for rank, k in enumerate(rng.permutation(len(positions))):
+            ranked.append((rank / len(positions), label, positions[k]))
+    if limit < len(by_class):
+        warnings.warn(f"limit={limit} is below the {len(by_class)} classes of {name!r}: "
+                      f"only {limit} of them are kept.", stacklevel=3)
+    chosen = sorted(position for _, _, position in sorted(ranked)[:limit])
+    return [items[p] for p in chosen]
 
 
 def _hold_out(items: list[tuple[str, int]]) -> tuple[list, list]:
@@ -453,10 +503,18 @@ class TfdsSource:
 
     def _prepare(self, builder) -> None:
         """Download and prepare the data now (as `tfds.load` would) so that its
-        splits are known; offline this fails and the splits stay unknown."""
+        splits are known. Without a network tfds retries for minutes before
+        failing: check first, and fail at once with what to do."""
+        mocked = "testing" in (getattr(builder.download_and_prepare, "__module__", "") or "")
+        if not mocked and not network_reachable():  # tfds.testing.mock_data downloads nothing
+            raise DatasetUnavailableError(
+                f"tensorflow-datasets dataset {self.name!r} is not prepared under data_dir="
+                f"{self.data_dir!r} and the network is unreachable, so it cannot be downloaded. "
+                f"Prepare it on a machine with internet (tfds.builder({self.name!r}).download_and_prepare()) "
+                f"and pass data_dir=, or use one of: {ACCEPTED_NAMES}.")
         try:
             builder.download_and_prepare()
-        except Exception:  # noqa: BLE001 - no network / no data: tfds.load says why later
+        except Exception:  # noqa: BLE001 - no data: tfds.load says why later
             pass
 
     def _supervised_features(self, builder):
@@ -502,6 +560,21 @@ class TfdsSource:
         return RawSplit(dataset, _identity, num, shuffle_buffer=buffer)
 
 
+#: where tfds downloads from (checked before a download, with a short timeout)
+DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+
+
+def network_reachable(host: tuple[str, int] = DOWNLOAD_HOST, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to tfds' download host opens within `timeout` seconds."""
+    import socket
+
+    try:
+        with socket.create_connection(host, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 # ----------------------------------------------------------------------- dispatch
 def get_source(name: str, data_dir: str | None = None):
     """The source object for a dataset name: IDX (fashion_mnist/mnist), folder:PATH, or tfds."""
@@ -523,3 +596,12 @@ def get_source(name: str, data_dir: str | None = None):
 def info(name: str, data_dir: str | None = None) -> DatasetInfo:
     """Describes a dataset (classes, image shape, splits) without reading its images."""
     return get_source(name, data_dir).info
+
+
+def num_examples(name: str, split: str, limit: int | None = None, data_dir: str | None = None) -> int:
+    """How many examples `load(name, split, limit=limit)` yields per epoch."""
+    source = get_source(name, data_dir)
+    raw = source.raw(source.resolve_split(split), limit)
+    if raw.num_examples is None:
+        return sum(1 for _ in raw.dataset)
+    return int(raw.num_examples)

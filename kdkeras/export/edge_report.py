@@ -23,6 +23,8 @@ from .size import tflite_size_breakdown
 from .tflite import QUANTIZATIONS, export_saved_model, export_tflite
 
 VARIANTS = ("keras",) + tuple(QUANTIZATIONS)
+#: the quantisation-aware variant, reported after VARIANTS when a run made it
+QAT_VARIANT = "qat_int8"
 
 
 @dataclass
@@ -33,6 +35,8 @@ class EdgeTargets:
     float32_logit_tol: float = 1e-3
     int8_size_ratio: float = 0.30
     int8_top1_points: float = 1.0
+    qat_points_below_float: float = 0.3
+    qat_parity_points: float = 0.2
 
 
 @dataclass
@@ -130,6 +134,49 @@ def _export_variant(student, quantization, saved_model, representative, test_ds,
     return entry
 
 
+def export_qat_variant(qat_model: keras.Model, test_ds, output_dir: str,
+                       reference_logits: np.ndarray, options: EdgeOptions | None = None,
+                       io: str = "int8") -> dict:
+    """The `qat_int8` entry: the trained fake-quant model exported with its own
+    scales (no calibration data), evaluated with LiteRT like the other
+    variants, plus `keras_top1` (the fake-quant Keras model's own top-1) and
+    `agreement_with_fake_quant` (per-example top-1 agreement with it);
+    `agreement_with_keras` compares with `reference_logits` (the float student's);
+    `io` is `export_qat_tflite`'s ("int8" or "float" input/output)."""
+    from kdkeras.quantize import check_int8_kernels, export_qat_tflite
+
+    options = options or EdgeOptions()
+    path = os.path.join(output_dir, f"student_{QAT_VARIANT}.tflite")
+    print(f"[{QAT_VARIANT}] exporting {path}")
+    start = time.perf_counter()
+    export_qat_tflite(qat_model, path, io=io, strip_names=options.strip_names)
+    seconds = time.perf_counter() - start
+    result = evaluate_tflite(path, test_ds, latency_runs=options.latency_runs,
+                             warmup_runs=options.warmup_runs)
+    fake_logits, labels = predict_logits(qat_model, test_ds)
+    if not np.array_equal(result["labels"], labels):
+        raise RuntimeError("the test split changed order between Keras and LiteRT runs")
+    kernels = check_int8_kernels(path)
+    entry = {
+        "file": os.path.basename(path),
+        **{k: result[k] for k in ("top1", "size_bytes", "latency_ms", "latency_ms_all_threads",
+                                  "num_examples")},
+        "keras_top1": float(np.mean(fake_logits.argmax(-1) == labels)),
+        "agreement_with_fake_quant": logit_agreement(fake_logits, result["logits"])["top1_agreement"],
+        "agreement_with_keras": logit_agreement(reference_logits, result["logits"])["top1_agreement"],
+        "export_seconds": seconds,
+        "size_breakdown": tflite_size_breakdown(path),
+        "names_stripped": options.strip_names,
+        "io": io,
+        "int8_kernels": kernels["ok"],
+        "ops": kernels["ops"],
+    }
+    print(f"[{QAT_VARIANT}] top1={entry['top1']:.4f} (fake-quant Keras {entry['keras_top1']:.4f}, "
+          f"agreement {entry['agreement_with_fake_quant']:.4f}) size={entry['size_bytes']:,}B "
+          f"latency={entry['latency_ms']:.3f}ms (1 thread)")
+    return entry
+
+
 def _check(target: str, value: float, passed: bool) -> dict:
     return {"target": target, "value": float(value), "pass": bool(passed)}
 
@@ -144,7 +191,7 @@ def edge_checks(report: dict, targets: EdgeTargets | None = None) -> dict:
 
     ratio = report["int8"]["size_bytes"] / report["float32"]["size_bytes"]
     diff = report["float32"]["max_abs_logit_diff"]
-    return {
+    checks = {
         "float32_top1_matches_keras": _check(
             f"|top1(float32) - top1(keras)| <= {t.float32_top1_points} point",
             gap("float32"), gap("float32") <= t.float32_top1_points),
@@ -156,6 +203,34 @@ def edge_checks(report: dict, targets: EdgeTargets | None = None) -> dict:
         "int8_top1_vs_keras": _check(
             f"|top1(int8) - top1(keras)| <= {t.int8_top1_points} point",
             gap("int8"), gap("int8") <= t.int8_top1_points),
+    }
+    if QAT_VARIANT in report:
+        checks.update(qat_checks(report, t))
+    return checks
+
+
+def qat_checks(report: dict, targets: EdgeTargets | None = None) -> dict:
+    """The quantisation-aware variant's targets: no more than 0.3 point below the
+    float student, no worse than the post-training int8 file, the size target,
+    and parity of the file with its fake-quant Keras model."""
+    t = targets or EdgeTargets()
+    qat = report[QAT_VARIANT]
+    below = round((report["keras"]["top1"] - qat["top1"]) * 100.0, 9)
+    over_ptq = round((qat["top1"] - report["int8"]["top1"]) * 100.0, 9)
+    parity = round(abs(qat["top1"] - qat["keras_top1"]) * 100.0, 9)
+    ratio = qat["size_bytes"] / report["float32"]["size_bytes"]
+    return {
+        "qat_int8_top1_vs_float": _check(
+            f"top1(keras) - top1(qat_int8) <= {t.qat_points_below_float} point",
+            below, below <= t.qat_points_below_float),
+        "qat_int8_top1_vs_ptq_int8": _check(
+            "top1(qat_int8) - top1(int8) >= 0 points", over_ptq, over_ptq >= 0),
+        "qat_int8_size_vs_float32": _check(
+            f"size(qat_int8) / size(float32) <= {t.int8_size_ratio:.2f}", ratio,
+            ratio <= t.int8_size_ratio),
+        "qat_int8_matches_fake_quant": _check(
+            f"|top1(qat_int8) - top1(fake-quant keras)| <= {t.qat_parity_points} point",
+            parity, parity <= t.qat_parity_points),
     }
 
 
@@ -178,7 +253,7 @@ def edge_report_markdown(report: dict) -> str:
         lines.append(f"- baseline (same student and budget, no teacher): top-1 "
                      f"{100 * report['baseline_top1']:.2f}%")
     rows = []
-    for name in VARIANTS:
+    for name in VARIANTS + ((QAT_VARIANT,) if QAT_VARIANT in report else ()):
         v = report[name]
         agree, threads = v.get("agreement_with_keras"), v.get("latency_ms_all_threads")
         rows.append([name, f"`{v['file']}`", f"{v['size_bytes'] / 1024:.1f}", f"{v['size_bytes'] / f32:.2f}",
@@ -196,12 +271,29 @@ def edge_report_markdown(report: dict) -> str:
         "Latency: mean of single-image runs after warm-up on this machine's CPU; the .tflite "
         "files with the LiteRT interpreter, the Keras model through its compiled TensorFlow "
         "graph (TensorFlow's default threads), whose size is that of the .keras file.",
-    ] + int8_size_note(report)
+    ] + int8_size_note(report) + qat_note(report)
     checks = [[name, c["target"], f"{c['value']:.4g}", "pass" if c["pass"] else "FAIL"]
               for name, c in report["checks"].items()]
     lines += ["", "## Checks", "", markdown_table(["check", "target", "measured", "result"], checks,
                                                   align="llrl")]
     return "\n".join(lines) + "\n"
+
+
+def qat_note(report: dict) -> list[str]:
+    """Report lines on the quantisation-aware variant: its budget and parity."""
+    qat = report.get(QAT_VARIANT)
+    if not qat:
+        return []
+    run = report.get("qat", {})
+    return [
+        "",
+        f"qat_int8: the float student's fake-quant twin (BatchNormalization folded, weights "
+        f"{run.get('weights')}), distilled from the same teacher for {run.get('epochs')} more "
+        f"epoch(s) at lr {run.get('lr')} after the float run ({run.get('train_seconds', 0):.0f}s), "
+        f"exported with its trained scales. Fake-quant Keras top-1 {100 * qat['keras_top1']:.2f}%, "
+        f"per-example agreement of the file with it {100 * qat['agreement_with_fake_quant']:.2f}%; "
+        f"every conv/dense kernel int8: {qat.get('int8_kernels')}.",
+    ]
 
 
 def int8_size_note(report: dict) -> list[str]:

@@ -43,10 +43,26 @@ def _representative_examples(
             count += 1
 
 
+def check_exportable(model: Any) -> None:
+    """Refuse what is not a plain inference model: a Distiller (teacher, student and
+    methods) exports badly or not at all; its `student` is the network to ship."""
+    import keras
+
+    from kdkeras.distiller import Distiller
+
+    if isinstance(model, Distiller):
+        raise TypeError(
+            "Got a kdkeras.Distiller: export its student, e.g. export_tflite(distiller.student, path). "
+            "The Distiller holds the teacher and the methods' training parts too.")
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Expected a keras.Model to export, got {type(model).__name__}.")
+
+
 def export_saved_model(model: keras.Model, directory: str) -> str:
     """Write `model`'s inference function as a TF SavedModel in `directory` and
     return it; give it to `export_tflite(saved_model_dir=...)` to convert
     several variants from one export."""
+    check_exportable(model)
     directory = os.fspath(directory)
     model.export(directory, format="tf_saved_model", verbose=False)
     return directory
@@ -87,6 +103,7 @@ def export_tflite(
     convolutions and dense layers (`mixed_granularity`): a smaller file, and
     a small accuracy cost to check with `evaluate_tflite`.
     """
+    check_exportable(model)
     if quantization not in QUANTIZATIONS:
         raise ValueError(
             f"unknown quantization {quantization!r}; "

@@ -22,6 +22,7 @@ names a method:
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
@@ -161,7 +162,8 @@ class Method(keras.layers.Layer):
     ):
         kwargs.pop("trainable", None)
         super().__init__(name=name or _default_name(type(self)), **kwargs)
-        self.weight = float(self.default_weight if weight is None else weight)
+        self.weight = check_weight(self.default_weight if weight is None else weight,
+                                   f"{self.name} weight")
         self.teacher_layers = _as_name_list(teacher_layers)
         self.student_layers = _as_name_list(student_layers)
         self._parts_built = False
@@ -283,6 +285,18 @@ def as_float32(x):
     return ops.cast(x, "float32")
 
 
+def check_weight(value: Any, what: str) -> float:
+    """`value` as a float when it is a finite number >= 0, else a ValueError naming
+    `what` and the value: a NaN, negative or non-numeric weight trains a wrong model."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0:
+        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}.")
+    return number
+
+
 def default_student_loss_weight(methods: Iterable[Method]) -> float:
     """The student's CE weight for a mix of methods: the smallest of their
     `default_student_loss_weight` (kd+at -> 0.1, lsr -> 0.0), 1.0 for none."""
@@ -379,9 +393,9 @@ def from_spec(spec: str, args: str | dict | None = None, **common: Any) -> list[
             )
         try:
             methods.append(cls(**kwargs))
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             raise ValueError(
-                f"Bad arguments {kwargs} for method {name!r}: {err}. Accepted "
+                f"Bad arguments {kwargs} for method {name!r}: {str(err).rstrip('.')}. Accepted "
                 f"arguments: {sorted(accepted)}."
             ) from err
     return methods

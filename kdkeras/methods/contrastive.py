@@ -240,6 +240,10 @@ class CRD(Method):
         self.momentum = float(momentum)
         self.negatives = negatives
         self.mode = mode
+        if num_examples is not None and (isinstance(num_examples, bool) or int(num_examples) != num_examples
+                                         or num_examples < 1):
+            raise ValueError(f"CRD num_examples must be the size of the training split, an int >= 1; "
+                             f"got {num_examples!r}.")
         self.num_examples = None if num_examples is None else int(num_examples)
         self._initial_labels = None if labels is None else np.asarray(labels, "int32").reshape(-1)
         if self._initial_labels is not None:
@@ -428,6 +432,21 @@ class CRD(Method):
         loss_t, log_z_t = direction(v_t, v_s, bank_s, log_z[1])
         return {"student": loss_s, "teacher": loss_t}, tf.stack([log_z_s, log_z_t])
 
+    def _checked_index(self, index):
+        """The batch's dataset indices as int32, asserted inside [0, num_examples)."""
+        index = tf.reshape(index, (-1,))
+        accepted = (f"CRD's memory banks have num_examples={self.num_examples} slots: each dataset index "
+                    f"must lie in [0, {self.num_examples}). Pass num_examples=the size of the training "
+                    "split (kdkeras.data.load(..., with_index=True) numbers its examples 0..N-1).")
+        checks = [
+            tf.debugging.assert_less(tf.cast(index, "int64"), tf.constant(self.num_examples, "int64"),
+                                     message=f"A dataset index is >= num_examples. {accepted}", summarize=4),
+            tf.debugging.assert_non_negative(index, message=f"A dataset index is negative. {accepted}",
+                                             summarize=4),
+        ]
+        with tf.control_dependencies([c for c in checks if c is not None]):
+            return tf.identity(tf.cast(index, "int32"))
+
     # -- the term ------------------------------------------------------------------------
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         if self.memory is None:
@@ -446,12 +465,7 @@ class CRD(Method):
                     f"{{{IMAGE!r}: images, {INDEX!r}: indices}} "
                     "(kdkeras.data.load(..., with_index=True))."
                 )
-            pos_index = tf.cast(tf.reshape(index, (-1,)), "int32")
-            tf.debugging.assert_less(
-                pos_index, self.num_examples,
-                message=f"CRD: a dataset index is >= num_examples={self.num_examples}; "
-                "pass num_examples=the size of the training split.",
-            )
+            pos_index = self._checked_index(index)
             # Labels first, so this batch's own classes are already excluded.
             memory.write_labels(pos_index, y)
         neg_index, valid = self.sample_negatives(y, pos_index)

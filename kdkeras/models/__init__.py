@@ -21,6 +21,7 @@ Layer-naming contract (distillation methods tap layers by these names):
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Sequence
 
 import keras
@@ -70,5 +71,21 @@ def get(
             f"Unknown model name {name!r}.{hint} Accepted names: {', '.join(names)}."
         )
     num_classes = check_num_classes(num_classes)
+    _check_widths(kwargs)
     builder, arch_kwargs = _REGISTRY[key]
     return builder(tuple(input_shape), num_classes, name=key, **arch_kwargs, **kwargs)
+
+
+def _check_widths(kwargs: dict) -> None:
+    """A width multiplier (or MobileNetV2's alpha) must be a finite number > 0:
+    0 or less would silently build one-channel layers."""
+    for name in ("width_multiplier", "alpha"):
+        value = kwargs.get(name)
+        if value is None:
+            continue
+        try:
+            ok = math.isfinite(float(value)) and float(value) > 0 and not isinstance(value, bool)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} must be a finite number > 0 (1.0 = the published width), got {value!r}.")
