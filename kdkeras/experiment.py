@@ -278,6 +278,14 @@ class Teacher:
     source: str
     trained_epochs: int | None = None
     params: int | None = None
+    input_shape: tuple | None = None
+
+    def require_model(self) -> keras.Model:
+        """The teacher model, loaded again from its file when a teacher cache let it go."""
+        if self.model is None:
+            model = training.load_model(self.source)
+            self.model = models_lib.adapt_input(model, self.input_shape) if self.input_shape else model
+        return self.model
 
 
 def get_teacher(
@@ -323,7 +331,7 @@ def get_teacher(
             trained_epochs = epochs
     top1 = training.evaluate_top1(teacher, data.test)
     print(f"teacher top1={top1:.4f}")
-    return Teacher(teacher, top1, source, trained_epochs, teacher.count_params())
+    return Teacher(teacher, top1, source, trained_epochs, teacher.count_params(), tuple(data.input_shape))
 
 
 # -- training --------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ def run(fv: flags.FlagValues):
     report = {
         "command": experiment.command_line(), "dataset": config.dataset, "input_shape": list(shape),
         "num_train": data.num_train, "teacher": m["teacher"],
-        "teacher_params": distilled.teacher.model.count_params() if distilled.teacher else None, "alpha": fv.alpha,
+        "teacher_params": distilled.teacher.params if distilled.teacher else None, "alpha": fv.alpha,
         "student": f"{fv.student}({', '.join(f'{k}={v}' for k, v in spec.student_args.items())})",
         "student_params": distilled.student.count_params(), "bn_momentum": fv.bn_momentum,
         **{k: m.get(k) for k in ("method", "method_args", "epochs", "teacher_epochs", "train_limit",
@@ -129,7 +129,7 @@ def run(fv: flags.FlagValues):
     print(f"Wrote {os.path.join(out, 'report.md')} and report.json")
 
     if fv.visualize:
-        models = {"teacher": distilled.teacher and distilled.teacher.model, "baseline": distilled.baseline, "student": distilled.student}
+        models = {"teacher": distilled.teacher and distilled.teacher.require_model(), "baseline": distilled.baseline, "student": distilled.student}
         histories = {"student": m["history"], "baseline": m.get("baseline_history")}
         page = vis.write_visual_report(
             {k: v for k, v in models.items() if v is not None}, data.test, data.info.class_names,
@@ -144,7 +144,7 @@ def _qat_variant(fv, distilled, config, options) -> dict:
     data = distilled.data
     weights = QAT_WEIGHTS[fv.int8_weights if fv.qat_weights == "same" else fv.qat_weights]
     methods = methods_lib.from_spec(fv.method, fv.method_args, num_examples=data.num_train)
-    teacher = distilled.teacher.model if distilled.teacher else None
+    teacher = distilled.teacher.require_model() if distilled.teacher else None
     print(f"QAT: distilling the int8 twin for {fv.qat_epochs} epoch(s), weights {weights}")
     qat = quantize.distill_qat(distilled.student, teacher, methods, data, config, fv.qat_epochs,
                                lr=fv.qat_lr, weights=weights,
