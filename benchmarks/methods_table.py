@@ -12,18 +12,25 @@ student top-1, gain over the baseline, gain over KD, train seconds) to
         --dataset=fashion_mnist --train_limit=5000 --test_limit=2000 --epochs=2 \
         --output=runs/methods_table/table.md
 
-With a saved teacher, the runs read the teacher's outputs from teacher-output
-caches (`--teacher_cache`, default `OUTPUT_DIR/teacher_cache`): one cache per
-set of teacher layers the methods read (KD, DKD and WSL share the logits-only
-one; AT, NST and VID the stage outputs; ...), built by the first run that
-needs it and reused by the others, so the teacher runs once per example
-instead of once per example per method per epoch (`--teacher_cache=none`
-runs it online, for comparison).
+With a saved teacher, the runs read the teacher's outputs from a teacher-output
+cache (`--teacher_cache`, default `OUTPUT_DIR/teacher_cache/seed<S>`): one per
+seed, holding the logits and every teacher layer that any method of the table
+reads (`recipes/distill.py --teacher_cache_methods`), built by the first run
+and read by the others, each run reading only its own layers. The teacher then
+runs once per example (and view) for the whole table instead of once per
+example per method per epoch (`--teacher_cache=none` runs it online, for
+comparison). Each seed's cache is built over that seed's own batches, so a
+cached table equals the online one.
 
-Each run writes `OUTPUT_DIR/<method>/metrics.json` and `log.txt`; `--resume`
-skips methods whose metrics.json exists. FT, AB and FSP also run their
-initialisation stage (`--init_epochs`, default a quarter of `--epochs`, at
-least 1), which their train seconds include.
+`--seeds=0,1,2` repeats every run per seed (default: the one `--seed`); each
+(method, seed) run writes `OUTPUT_DIR/<method>/seed<S>/metrics.json` and
+`log.txt`, and the table then shows mean +- std over seeds with gains paired
+by seed (each seed's KD run trains that seed's baseline). A run of the old
+single-seed layout (`OUTPUT_DIR/<method>/metrics.json`) is moved into
+`seed<S>/` first. `--resume` skips runs whose metrics.json exists;
+`benchmarks/results_doc.py OUTPUT_DIR` turns the runs into docs/results.md.
+FT, AB and FSP also run their initialisation stage (`--init_epochs`, default
+a quarter of `--epochs`, at least 1), which their train seconds include.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ flags.DEFINE_integer("test_limit", None, "Use only the first N test examples.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_float("lr", 0.05, "Peak learning rate.")
 flags.DEFINE_integer("seed", 0, "Seed of every run (same initial student weights).")
+flags.DEFINE_list("seeds", None, "Seeds to run every method with, e.g. 0,1,2 (default: --seed).")
 flags.DEFINE_string("output_dir", None, "Folder of the runs (default: the folder of --output, else runs/methods_table).")
 flags.DEFINE_string("output", None, "Markdown table path (default: OUTPUT_DIR/table.md); JSON goes next to it.")
 flags.DEFINE_bool("resume", False, "Skip methods whose metrics.json already exists.")
@@ -91,56 +99,106 @@ def method_list() -> list[str]:
     return [REFERENCE] + [n for n in dict.fromkeys(names) if n != REFERENCE]
 
 
-def distill_args(method: str, run_dir: str) -> list[str]:
+def seed_list() -> list[int]:
+    """The seeds of --seeds (each once, in order), default [--seed]."""
+    if not FLAGS.seeds:
+        return [FLAGS.seed]
+    seeds = []
+    for text in FLAGS.seeds:
+        try:
+            seeds.append(int(text))
+        except ValueError:
+            raise ValueError(f"--seeds takes integers, e.g. --seeds=0,1,2; got {text!r} in {FLAGS.seeds}.") from None
+    return list(dict.fromkeys(seeds))
+
+
+def run_folder(output_dir: str, method: str, seed: int | None = None) -> str:
+    """Where one (method, seed) run lives: OUTPUT_DIR/<method>/seed<S>/."""
+    return os.path.join(output_dir, method, f"seed{FLAGS.seed if seed is None else seed}")
+
+
+def migrate_single_seed(output_dir: str, methods: list[str]) -> None:
+    """Move runs of the old layout (OUTPUT_DIR/<method>/metrics.json, one seed) into
+    OUTPUT_DIR/<method>/seed<S>/, S read from their metrics.json, so --resume and
+    the results page see them; left in place (with a note) when seed<S>/ has a run."""
+    for method in methods:
+        folder = os.path.join(output_dir, method)
+        legacy = os.path.join(folder, "metrics.json")
+        if not os.path.exists(legacy):
+            continue
+        seed = _read(legacy).get("seed", FLAGS.seed)
+        target = run_folder(output_dir, method, seed)
+        if os.path.exists(os.path.join(target, "metrics.json")):
+            print(f"[{method}] {legacy} (old layout) left in place: {target} already holds a run", flush=True)
+            continue
+        os.makedirs(target, exist_ok=True)
+        for name in os.listdir(folder):
+            if not (name.startswith("seed") and os.path.isdir(os.path.join(folder, name))):
+                os.replace(os.path.join(folder, name), os.path.join(target, name))
+        print(f"[{method}] moved the old single-seed run into {target}", flush=True)
+
+
+def distill_args(method: str, run_dir: str, seed: int | None = None) -> list[str]:
     args = [
         f"--teacher={FLAGS.teacher}", f"--student={FLAGS.student}", f"--dataset={FLAGS.dataset}",
         f"--method={method}", f"--epochs={FLAGS.epochs}", f"--batch_size={FLAGS.batch_size}",
-        f"--lr={FLAGS.lr}", f"--seed={FLAGS.seed}", f"--output_dir={run_dir}",
+        f"--lr={FLAGS.lr}", f"--seed={FLAGS.seed if seed is None else seed}", f"--output_dir={run_dir}",
     ]
     for name in ("train_limit", "test_limit", "init_epochs"):
         if getattr(FLAGS, name) is not None:
             args.append(f"--{name}={getattr(FLAGS, name)}")
     if method == REFERENCE:
         args.append("--baseline")
-    cache = cache_folder(method)
-    if cache:
-        args.append(f"--teacher_cache={cache}")
-    return args + shlex.split(FLAGS.extra_args)
+    return args + cache_args(method, seed) + shlex.split(FLAGS.extra_args)
 
 
 _TEACHER: dict = {}
 
 
-def cache_folder(method: str) -> str | None:
-    """The teacher cache a method's run reads: one per set of teacher layers
-    (None with --teacher_cache=none, a zoo-name teacher, a teacher-free method,
-    or a method reading teacher gradients)."""
+def cache_args(method: str, seed: int | None = None) -> list[str]:
+    """The teacher-cache flags of a method's run: every run of one seed reads one cache
+    holding the taps of all the table's methods (`--teacher_cache_methods`), so the
+    first run builds it and the others only read it. None with --teacher_cache=none,
+    a zoo-name teacher, a teacher-free method or one reading teacher gradients."""
     if FLAGS.teacher_cache.lower() == "none" or not FLAGS.teacher.endswith(".keras"):
-        return None
-    import hashlib
-
-    import kdkeras
-    from kdkeras.cache import CacheError, teacher_taps
-
-    if "model" not in _TEACHER:
-        _TEACHER["model"] = kdkeras.training.load_model(FLAGS.teacher)
-    methods = kdkeras.methods.from_spec(method, num_examples=1)
-    if not any(m.requires_teacher for m in methods):
-        return None
-    try:
-        taps, _ = teacher_taps(_TEACHER["model"], methods)
-    except CacheError:
-        return None
-    key = "logits" if not taps else "taps_" + hashlib.sha1(",".join(sorted(taps)).encode()).hexdigest()[:10]
+        return []
+    cacheable = cacheable_methods()
+    if method not in cacheable:
+        return []
     root = FLAGS.teacher_cache
     if root.lower() == "auto":
         root = os.path.join(paths()[0], "teacher_cache")
-    return os.path.join(root, key)
+    seed = FLAGS.seed if seed is None else seed
+    # one cache per seed: it is then built over that seed's own batches, and a cached
+    # run equals the online one bit for bit
+    return [f"--teacher_cache={os.path.join(root, f'seed{seed}')}",
+            f"--teacher_cache_methods={','.join(cacheable)}"]
 
 
-def run_one(method: str, output_dir: str) -> dict:
-    """Run distill.py for one method; returns its metrics, or a failure record."""
-    run_dir = os.path.join(output_dir, method)
+def cacheable_methods() -> list[str]:
+    """The table's methods that read the teacher and can read it from a cache."""
+    if "cacheable" not in _TEACHER:
+        import kdkeras
+        from kdkeras.cache import CacheError, teacher_taps
+
+        teacher = kdkeras.training.load_model(FLAGS.teacher)
+        names = []
+        for name in method_list():
+            methods = kdkeras.methods.from_spec(name, num_examples=1)
+            if not any(m.requires_teacher for m in methods):
+                continue
+            try:
+                teacher_taps(teacher, methods)
+            except CacheError:
+                continue
+            names.append(name)
+        _TEACHER["cacheable"] = names
+    return _TEACHER["cacheable"]
+
+
+def run_one(method: str, output_dir: str, seed: int | None = None) -> dict:
+    """Run distill.py for one method and seed (default --seed); returns its metrics, or a failure record."""
+    run_dir = run_folder(output_dir, method, seed)
     metrics_path = os.path.join(run_dir, "metrics.json")
     if FLAGS.resume and os.path.exists(metrics_path):
         metrics = _read(metrics_path)
@@ -148,7 +206,7 @@ def run_one(method: str, output_dir: str) -> dict:
             print(f"[{method}] resumed from {metrics_path}", flush=True)
             return metrics
     os.makedirs(run_dir, exist_ok=True)
-    cmd = [sys.executable, DISTILL] + distill_args(method, run_dir)
+    cmd = [sys.executable, DISTILL] + distill_args(method, run_dir, seed)
     print(f"[{method}] {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
     start = time.perf_counter()
     with open(os.path.join(run_dir, "log.txt"), "w") as log:
@@ -222,38 +280,93 @@ def build_rows(results: dict[str, dict]) -> tuple[list[dict], dict]:
     return rows, summary
 
 
-def _pct(v) -> str:
-    return "–" if v is None else f"{100 * v:.2f}"
+def _mean_std(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample std (None below two values) of the values that are not None."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return mean, std
 
 
-def _gain(v) -> str:
-    return "–" if v is None else f"{100 * v:+.2f}"
+def combine_seeds(results: dict[int, dict[str, dict]]) -> tuple[list[dict], dict]:
+    """The table's rows over seeds: each seed's rows (`build_rows`, gains paired
+    within the seed), then per method the mean and sample std over the seeds
+    where it ran (`*_std` None for one seed), failures named with their seed."""
+    per_seed = {seed: build_rows(r) for seed, r in results.items()}
+    entries: dict[str, list] = {"baseline": []}
+    for seed, (rows, _) in per_seed.items():
+        for row in rows:
+            entries.setdefault(row["method"], []).append((seed, row))
+    combined = []
+    for method, seeded in entries.items():
+        if not seeded:
+            continue
+        row = {"method": method, "seeds": [s for s, r in seeded if r["student_top1"] is not None]}
+        for key in ("student_top1", "gain_over_baseline", "gain_over_kd"):
+            row[key], row[key + "_std"] = _mean_std([r[key] for _, r in seeded])
+        row["train_seconds"] = _mean_std([r["train_seconds"] for _, r in seeded])[0]
+        notes = [(f"seed {s}: " if len(results) > 1 and r["student_top1"] is None else "") + r["note"]
+                 for s, r in seeded if r["note"]]
+        row["note"] = "; ".join(dict.fromkeys(notes))
+        combined.append(row)
+    summaries = [summary for _, summary in per_seed.values()]
+    margins = [s["teacher_top1"] - s["baseline_top1"] for s in summaries
+               if s["teacher_top1"] is not None and s["baseline_top1"] is not None]
+    summary = {key: _mean_std([s[key] for s in summaries])[0] for key in ("baseline_top1", "kd_top1", "teacher_top1")}
+    summary["teacher_margin"] = _mean_std(margins)[0]
+    summary["baseline_top1_std"] = _mean_std([s["baseline_top1"] for s in summaries])[1]
+    return combined, summary
+
+
+def _pct(v, std=None) -> str:
+    return "–" if v is None else f"{100 * v:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
+
+
+def _gain(v, std=None) -> str:
+    return "–" if v is None else f"{100 * v:+.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
 
 
 def markdown(rows: list[dict], summary: dict, command: str) -> str:
+    seeds = seed_list()
     budget = (f"{FLAGS.epochs} epochs, train_limit={FLAGS.train_limit}, test_limit={FLAGS.test_limit}, "
-              f"batch {FLAGS.batch_size}, lr {FLAGS.lr}, seed {FLAGS.seed}")
+              f"batch {FLAGS.batch_size}, lr {FLAGS.lr}, seed{'s' if len(seeds) > 1 else ''} "
+              f"{','.join(map(str, seeds))}")
+    from kdkeras.experiment import WEAK_TEACHER_MARGIN
+
+    margin = summary.get("teacher_margin")
+    weak = margin is not None and margin < WEAK_TEACHER_MARGIN
     lines = [
         f"# Distillation methods on {FLAGS.dataset}: {FLAGS.student} student",
         "",
         f"Command: `{command}`",
         "",
-        f"Teacher `{FLAGS.teacher}` (top-1 {_pct(summary['teacher_top1'])}%), student `{FLAGS.student}`; "
+        f"Teacher `{FLAGS.teacher}` (top-1 {_pct(summary['teacher_top1'])}%, {_gain(margin)} points over the "
+        f"student trained alone), student `{FLAGS.student}`; "
         f"every run: {budget}; each method alone with its published default weight "
-        f"(recipes/distill.py); gains in percentage points.",
+        f"(recipes/distill.py); gains in percentage points"
+        + (", mean ± std over seeds, paired by seed." if len(seeds) > 1 else "."),
         "",
     ]
+    if weak:
+        lines += [f"**Warning:** the teacher is under {100 * WEAK_TEACHER_MARGIN:g} point better than the student "
+                  "trained alone; methods giving it most of the loss (KD's CE weight 0.1) may lose to the baseline.",
+                  ""]
     from kdkeras.vis import markdown_table
 
-    table = [[r["method"], _pct(r["student_top1"]), _gain(r["gain_over_baseline"]), _gain(r["gain_over_kd"]),
+    table = [[r["method"], _pct(r["student_top1"], r.get("student_top1_std")),
+              _gain(r["gain_over_baseline"], r.get("gain_over_baseline_std")),
+              _gain(r["gain_over_kd"], r.get("gain_over_kd_std")),
               "–" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}", r["note"]] for r in rows]
     lines.append(markdown_table(["method", "student top-1 (%)", "gain over baseline (pp)", "gain over KD (pp)",
                                  "train s", "note"], table, align="lrrrrl"))
     return "\n".join(lines) + "\n"
 
 
-def write(results: dict, table_md: str, table_json: str, command: str) -> None:
-    rows, summary = build_rows(results)
+def write(results: dict[int, dict[str, dict]], table_md: str, table_json: str, command: str) -> None:
+    """The table (Markdown and JSON) of the runs so far: {seed: {method: metrics}}."""
+    rows, summary = combine_seeds(results)
     os.makedirs(os.path.dirname(os.path.abspath(table_md)), exist_ok=True)
     with open(table_md, "w") as f:
         f.write(markdown(rows, summary, command))
@@ -261,8 +374,11 @@ def write(results: dict, table_md: str, table_json: str, command: str) -> None:
         "command": command, **summary, "rows": rows,
         "config": {k: getattr(FLAGS, k) for k in (
             "teacher", "student", "dataset", "epochs", "init_epochs", "train_limit", "test_limit",
-            "batch_size", "lr", "seed", "extra_args", "teacher_cache")},
-        "methods": list(results),
+            "batch_size", "lr", "seed", "seeds", "extra_args", "teacher_cache")},
+        "seeds": list(results),
+        "methods": list(dict.fromkeys(m for r in results.values() for m in r)),
+        "per_seed": {str(seed): build_rows(r)[0] for seed, r in results.items()},
+        "runs": {str(seed): {m: run_folder(paths()[0], m, seed) for m in r} for seed, r in results.items()},
     }
     with open(table_json, "w") as f:
         json.dump(payload, f, indent=2)
@@ -274,11 +390,16 @@ def main(argv):
     # --resume only reads finished runs back; the table's command is the one that makes it.
     command = " ".join(["python", os.path.relpath(os.path.abspath(__file__), ROOT)]
                        + [shlex.quote(a) for a in sys.argv[1:] if a not in ("--resume", "--resume=true")])
-    results = {}
+    results: dict[int, dict[str, dict]] = {}
     start = time.perf_counter()
-    for method in method_list():
-        results[method] = run_one(method, output_dir)
-        write(results, table_md, table_json, command)
+    methods, seeds = method_list(), seed_list()
+    migrate_single_seed(output_dir, methods)
+    for seed in seeds:  # seed by seed: a whole table exists after the first
+        if len(seeds) > 1:
+            print(f"-- seed {seed}", flush=True)
+        for method in methods:
+            results.setdefault(seed, {})[method] = run_one(method, output_dir, seed)
+            write(results, table_md, table_json, command)
     print(f"\nwrote {table_md} and {table_json} ({time.perf_counter() - start:.0f}s)\n")
     with open(table_md) as f:
         print(f.read())

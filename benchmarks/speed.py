@@ -20,8 +20,9 @@ Prints a table (median seconds per epoch) and the ratios `kd_over_student`
 `kd_cached_over_student`, `kd_cached_over_keras_distillation` and
 `cache_build_over_teacher_epoch`, then the peak resident memory of one cached
 epoch (`cached_epoch_peak_rss_mb`, and its growth over the resident memory
-before the epoch, next to the cache's size on disk); `--json PATH` writes
-them. Machines are noisy, so only ratios measured in the same run are reported.
+before the epoch, next to the cache's size on disk), and the memory added by
+reading an epoch from a large cache (`large_cache_read_rss_growth_mb` against
+`large_cache_mb`, `--large_cache_mb`); `--json PATH` writes them. Machines are noisy, so only ratios measured in the same run are reported.
 
     python benchmarks/speed.py --quick --json runs/speed.json
 """
@@ -56,6 +57,9 @@ flags.DEFINE_integer("repeats", 5, "Timed repetitions of each variant (interleav
 flags.DEFINE_float("temperature", 4.0, "KD temperature.")
 flags.DEFINE_bool("quick", False, "Short run (under ~3 minutes on 2 cores).")
 flags.DEFINE_string("json", None, "Write the ratios and timings to this JSON file.")
+flags.DEFINE_integer("large_cache_mb", 1024,
+                     "Also read one epoch from a teacher cache of about this size, with a wide feature-map "
+                     "tap, and report the peak memory it adds (0: skip).", lower_bound=0)
 
 
 def dataset(n, batch):
@@ -175,6 +179,45 @@ def cached_epoch_memory() -> dict:
             "cache_mb": size / 2**20}
 
 
+def large_cache_memory(megabytes: int) -> dict:
+    """Peak memory added by reading one epoch from a cache of about `megabytes` (a
+    teacher whose tapped feature map is wide, so the cache is large for few examples):
+    rows are read with positional reads per batch, so it stays near a few batches'
+    size, whatever the cache's size."""
+    size, channels, batch = FLAGS.image_size, FLAGS.channels, FLAGS.batch_size
+    width = 64
+    row = size * size * width * 4
+    n = max(batch, int(megabytes * 2**20 // row) // batch * batch)
+    inputs = keras.Input((size, size, channels))
+    wide = keras.layers.Conv2D(width, 3, padding="same", name="wide")(inputs)
+    logits = keras.layers.Dense(FLAGS.num_classes, name="logits")(keras.layers.GlobalAveragePooling2D()(wide))
+    teacher = keras.Model(inputs, logits, name="wide_teacher")
+    rng = np.random.default_rng(1)
+    images = tf.data.Dataset.from_tensor_slices(
+        (rng.random((batch, size, size, channels), dtype=np.float32), np.zeros(batch, "int32")))
+    ds = images.repeat(n // batch).batch(batch)
+    folder = tempfile.mkdtemp(prefix="kdkeras_large_cache_")
+    try:
+        cache = kdkeras.cache.build_teacher_cache(
+            os.path.join(folder, "c"), teacher, lambda v: indexed(ds.cache()), num_examples=n,
+            taps=["wide"], verbose=False)
+        read = indexed(ds).map(lambda x, y: (cache.attach(x, tf.constant(0, tf.int64)), y)).prefetch(2)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status_kb("VmRSS")
+        total = 0.0
+        for x, _ in read:
+            total += float(tf.reduce_sum(x["teacher"]["wide"][:, 0, 0, 0]))
+        peak = _status_kb("VmHWM")
+        cache_bytes = cache.bytes_per_example_view * n
+    except OSError:
+        return {}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"large_cache_mb": cache_bytes / 2**20, "large_cache_read_rss_growth_mb": (peak - before) / 1024,
+            "large_cache_batch_mb": cache.bytes_per_example_view * batch / 2**20}
+
+
 def measure(variants, repeats):
     for fn in variants.values():  # compile and warm up
         fn()
@@ -205,6 +248,8 @@ def main(argv):
         "cache_build_over_teacher_epoch": med["cache_build"] / med["teacher_inference"],
     }
     memory = cached_epoch_memory()
+    if FLAGS.large_cache_mb:
+        memory.update(large_cache_memory(min(FLAGS.large_cache_mb, 512) if FLAGS.quick else FLAGS.large_cache_mb))
     print(f"\nteacher={FLAGS.teacher} student={FLAGS.student} "
           f"input={FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels} examples={examples} "
           f"batch={FLAGS.batch_size} repeats={repeats} (interleaved; median s/epoch)")

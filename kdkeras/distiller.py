@@ -408,6 +408,8 @@ class Distiller(keras.Model):
             "methods": [serialize(m) for m in self.methods],
             "student_loss_weight": self.student_loss_weight,
             "teacher_cache": self.teacher_cache.path if self.teacher_cache is not None else None,
+            "teacher_cache_entries": (list(self.teacher_cache.entries)
+                                      if self.teacher_cache is not None else None),
         }
 
     @classmethod
@@ -418,10 +420,12 @@ class Distiller(keras.Model):
         config["teacher"] = deserialize(teacher) if teacher is not None else None
         config["student"] = deserialize(config["student"])
         config["methods"] = [deserialize(m) for m in config["methods"]]
+        entries = config.pop("teacher_cache_entries", None)
         if config.get("teacher_cache"):
             from kdkeras.cache import TeacherCache
 
-            config["teacher_cache"] = TeacherCache.open(config["teacher_cache"], verify=False)
+            cache = TeacherCache.open(config["teacher_cache"], verify=False)
+            config["teacher_cache"] = cache.select(entries) if entries else cache
         return cls(**config)
 
 

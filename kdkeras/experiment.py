@@ -107,8 +107,9 @@ def finish_worker(config: RunConfig, strategy) -> None:
 
 
 #: what `check_output_dir` compares: everything that changes the trained model
+#: (sync_batchnorm acts only under several replicas, like the strategy itself)
 _NOT_SETTINGS = ("output_dir", "verbose", "tensorboard", "run_eagerly", "overwrite", "strategy",
-                 "baseline", "saved_dir", "cache_max_bytes", "rebuild_cache")
+                 "sync_batchnorm", "baseline", "saved_dir", "cache_max_bytes", "rebuild_cache", "cache_methods")
 #: what a run leaves in its output_dir to be resumed
 RESUMABLE = ("backup", "stages", "distill_done.json")
 
@@ -274,7 +275,8 @@ class Teacher:
     """A loaded or freshly trained teacher: the model, its test top-1 and its file."""
 
     model: keras.Model | None
-    top1: float
+    #: None until known (a cached run reads it from its test-split cache)
+    top1: float | None
     source: str
     trained_epochs: int | None = None
     params: int | None = None
@@ -298,6 +300,7 @@ def get_teacher(
     bn_momentum: float | None = None,
     saved_dir: str | None = None,
     strategy=None,
+    evaluate: bool = True,
 ) -> Teacher | None:
     """Load or train the teacher named by `spec`; `None` for "none".
 
@@ -305,7 +308,8 @@ def get_teacher(
     channel-converted inside the model when its input differs) or a zoo name:
     with `saved_dir`, `saved_dir/<dataset>_<name>/model.keras` is used when it
     exists; otherwise the zoo model is trained for `epochs` and saved as
-    `output_dir/teacher.keras`.
+    `output_dir/teacher.keras`. `evaluate=False` leaves its top-1 unknown (None),
+    e.g. for a run whose teacher cache already records it.
     """
     if spec is None or spec.strip().lower() in NO_TEACHER:
         return None
@@ -329,8 +333,10 @@ def get_teacher(
             source = os.path.join(config.output_dir, "teacher.keras")
             teacher.save(source)
             trained_epochs = epochs
-    top1 = training.evaluate_top1(teacher, data.test)
-    print(f"teacher top1={top1:.4f}")
+    top1 = None
+    if evaluate:
+        top1 = training.evaluate_top1(teacher, data.test)
+        print(f"teacher top1={top1:.4f}")
     return Teacher(teacher, top1, source, trained_epochs, teacher.count_params(), tuple(data.input_shape))
 
 
@@ -404,6 +410,7 @@ def distill(
             teacher, student, stages, data.train, data.test, optimizer_fn, config.output_dir,
             verbose=config.verbose, compile_kwargs={"run_eagerly": config.run_eagerly},
             callbacks=data.callbacks() + [training.StopOnNonFiniteLoss()], teacher_cache=teacher_cache,
+            sync_batchnorm=train_config.sync_batchnorm,
         )
         seconds = time.perf_counter() - start_time
     history = histories["main"]
@@ -441,13 +448,18 @@ class DistillSpec:
     #: a folder for the teacher-output cache (`train/` and `test/` below it):
     #: built when missing, reused when it matches, refused when stale
     teacher_cache: str | None = None
-    #: augmentation views cached (default: the epochs when augmenting, else 1)
+    #: epochs' views cached (default: the epochs, so every epoch reads exactly what
+    #: the online teacher computes; 1 view of un-augmented data is cheaper, and later
+    #: epochs may then differ in the last digits of an image or two)
     cache_views: int | None = None
     cache_storage: str = "float32"
     cache_top_k: int | None = None
     cache_max_bytes: int | None = None
     #: replace a stale cache instead of refusing it
     rebuild_cache: bool = False
+    #: more methods (a registry spec, e.g. "at,fitnet,rkd") whose teacher taps the cache
+    #: also holds: one cache built by a sweep's first run serves all of its runs
+    cache_methods: str = ""
 
 
 @dataclass
@@ -480,16 +492,23 @@ def teacher_cache_for(
             method.teacher_layers = list(method_taps[method.name])
     spec = data_lib.data_spec(data.info, split, image_size, channels, augment, limit, c.seed)
     num_examples = data_lib.num_examples(c.dataset, split, limit, c.data_dir)
-
-    def view(v):  # the training batch size: the teacher's outputs then equal the online ones bit for bit
-        return data_lib.load(c.dataset, split, batch_size=c.batch_size, image_size=image_size,
-                             channels=channels, augment=augment, limit=limit, seed=c.seed,
-                             data_dir=c.data_dir, shuffle=False, with_index=True,
-                             replay=data_lib.ReplayClock(v), views=views)
-
     return cache_lib.build_teacher_cache(
-        path, teacher, view, num_examples=num_examples, views=views, data=spec, taps=taps,
-        method_taps=method_taps, storage=storage, top_k=top_k, max_bytes=max_bytes, rebuild=rebuild)
+        path, teacher, lambda v: cache_view_pipeline(data, split, v, views), num_examples=num_examples,
+        views=views, data=spec, taps=taps, method_taps=method_taps, storage=storage, top_k=top_k,
+        max_bytes=max_bytes, rebuild=rebuild)
+
+
+def cache_view_pipeline(data: DataSetup, split: str, view: int, views: int):
+    """The batches a teacher cache's `view` of `split` is built from: the training split
+    as epoch `view` yields them (its order, crops and batch size), other splits as
+    evaluation reads them. The cached outputs then equal the online ones bit for bit:
+    some CPU kernels round an image differently at the end of a partial batch."""
+    c = data.config
+    train = split == data.info.train_split
+    return data_lib.load(c.dataset, split, batch_size=c.batch_size, image_size=tuple(data.input_shape[:2]),
+                         channels=data.input_shape[2], augment=data.train_augment if train else False,
+                         limit=c.train_limit if train else c.test_limit, seed=c.seed, data_dir=c.data_dir,
+                         shuffle=train, with_index=True, replay=data_lib.ReplayClock(view), views=views)
 
 
 def cached_data(data: DataSetup, train_cache, test_cache) -> DataSetup:
@@ -506,24 +525,39 @@ def cached_data(data: DataSetup, train_cache, test_cache) -> DataSetup:
 
 
 def _with_teacher_cache(spec: DistillSpec, config: RunConfig, teacher: Teacher, methods, data):
-    """Build or reuse the caches of both splits, then forget the teacher model."""
-    views = spec.cache_views or (config.epochs if data.train_augment else 1)
+    """Build or reuse the caches of both splits (with the taps of `spec.cache_methods`
+    too), read only what `methods` need, then forget the teacher model."""
+    views = spec.cache_views or config.epochs
     cache_lib.warn_views(views, config.epochs, data.train_augment)
     options = dict(storage=spec.cache_storage, top_k=spec.cache_top_k,
                    max_bytes=spec.cache_max_bytes, rebuild=spec.rebuild_cache)
+    extra = sweep_methods(spec.cache_methods, data.num_train)
     start_time = time.perf_counter()
-    train_cache = teacher_cache_for(os.path.join(spec.teacher_cache, "train"), teacher.model, methods,
-                                    data, data.info.train_split, views=views, **options)
-    test_cache = teacher_cache_for(os.path.join(spec.teacher_cache, "test"), teacher.model, methods,
-                                   data, data.info.test_split, views=1, **options)
+    caches = [teacher_cache_for(os.path.join(spec.teacher_cache, name), teacher.model, [*extra, *methods],
+                                data, split, views=v, **options)
+              for name, split, v in (("train", data.info.train_split, views),
+                                     ("test", data.info.test_split, 1))]
     seconds = time.perf_counter() - start_time
+    needed = cache_lib.teacher_taps(teacher.model, methods)[0]
+    train_cache, test_cache = (c.select(needed) for c in caches)
+    if teacher.top1 is None:
+        teacher.top1 = test_cache.teacher_top1
+        print(f"teacher top1={teacher.top1:.4f} (from the teacher cache)")
     teacher.model = None  # training reads the cache: the teacher need not stay in memory
     return cached_data(data, train_cache, test_cache), train_cache, seconds
 
 
-def run_distillation(config: RunConfig, spec: DistillSpec) -> DistillRun:
+def sweep_methods(spec: str, num_examples: int) -> list:
+    """The methods of `DistillSpec.cache_methods` ("at,fitnet" or "at+fitnet"), built
+    only to name their teacher taps; those that cannot be cached are refused."""
+    names = [n.strip() for n in spec.replace("+", ",").split(",") if n.strip()]
+    return [m for name in names for m in methods_lib.from_spec(name, num_examples=num_examples)]
+
+
+def run_distillation(config: RunConfig, spec: DistillSpec, command: str | None = None) -> DistillRun:
     """Teacher, student, distillation, optional baseline; writes student.keras,
-    baseline.keras and metrics.json into `config.output_dir`."""
+    baseline.keras and metrics.json into `config.output_dir`. metrics.json records
+    `command` (default: this process's command line) so a results table can cite it."""
     strategy = start(config)
     config = worker_config(config, strategy)
     check_output_dir(config.output_dir, run_settings(config, spec), config.overwrite)
@@ -536,12 +570,17 @@ def run_distillation(config: RunConfig, spec: DistillSpec) -> DistillRun:
     teacher = get_teacher(
         spec.teacher, data, epochs=spec.teacher_epochs, build_kwargs=spec.teacher_args,
         bn_momentum=spec.bn_momentum, saved_dir=spec.saved_dir, strategy=strategy,
+        evaluate=not spec.teacher_cache,  # a cache records the teacher's top-1 on the test split
     )
     with strategy.scope():
         student = build_model(spec.student, data, seed=config.seed, bn_momentum=spec.bn_momentum,
                               **spec.student_args)
         initial = student.get_weights()
-        methods = methods_lib.from_spec(spec.method, spec.method_args, num_examples=data.num_train)
+        method_args, scaled = run_length_args(spec.method, spec.method_args)
+        methods = methods_lib.from_spec(spec.method, method_args, num_examples=data.num_train)
+    for name, args in scaled.items():
+        print(f"{name}: scaled to the run's length ({config.epochs} epochs): {args} "
+              f"(set {name}.{' or '.join(RUN_LENGTH_DEFAULTS[name][1])} to fix it instead)")
     weight = (methods_lib.default_student_loss_weight(methods)
               if spec.student_loss_weight is None else spec.student_loss_weight)
     plain, train_cache, cache_seconds = data, None, None
@@ -578,13 +617,17 @@ def run_distillation(config: RunConfig, spec: DistillSpec) -> DistillRun:
         "teacher_epochs": teacher.trained_epochs if teacher else None,
         "epochs": config.epochs,
         "train_limit": config.train_limit,
+        "test_limit": config.test_limit,
         "batch_size": config.batch_size,
         "lr": config.lr,
         "seed": config.seed,
         "student_loss_weight": weight,
         "train_seconds": result["train_seconds"],
         "history": result["history"],
+        "command": command or command_line(),
     }
+    if scaled:
+        metrics["run_length_defaults"] = scaled
     if "init_epochs" in result:
         metrics["init_epochs"] = result["init_epochs"]
     if train_cache is not None:
@@ -601,7 +644,15 @@ def run_distillation(config: RunConfig, spec: DistillSpec) -> DistillRun:
         baseline.save(os.path.join(config.output_dir, "baseline.keras"))
         metrics.update(baseline_top1=out["top1"], baseline_train_seconds=out["train_seconds"],
                        baseline_history=out["history"])
-        print(f"baseline top1={out['top1']:.4f}")
+        margin = teacher_margin(metrics["teacher_top1"], out["top1"])
+        print(f"baseline top1={out['top1']:.4f}"
+              + ("" if margin is None else f"; teacher margin over it {100 * margin:+.2f} points"))
+        if margin is not None:
+            metrics["teacher_margin"] = margin
+            warning = weak_teacher_warning(metrics["teacher_top1"], out["top1"], weight)
+            if warning:
+                metrics["warnings"] = [warning]
+                warnings.warn(warning, stacklevel=2)
     training.write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
     os.remove(done_path)  # finished: a rerun trains again (as it always did)
     finish_worker(config, strategy)
@@ -611,6 +662,62 @@ def run_distillation(config: RunConfig, spec: DistillSpec) -> DistillRun:
 def result_line(values: dict) -> str:
     """`RESULT k=v ...` with four decimals, the line recipes end on (for scripts)."""
     return "RESULT " + " ".join(f"{k}={v:.4f}" for k, v in values.items() if v is not None)
+
+
+#: epoch-counted defaults the recipes scale with the run instead: method name ->
+#: (arguments set, the arguments whose presence in --method_args leaves them unset).
+#: DKD's published warm-up is 20 of 240 epochs; the class counts it in epochs (20 by
+#: default, so a 5-epoch run would end at a quarter of the term), the recipes in
+#: twelfths of the run.
+RUN_LENGTH_DEFAULTS: dict[str, tuple[dict, tuple[str, ...]]] = {
+    "dkd": ({"warmup_fraction": 20 / 240}, ("warmup_epochs", "warmup_fraction")),
+}
+
+
+def run_length_args(method: str, method_args: str | dict | None) -> tuple[dict, dict]:
+    """(`method_args` as a per-method dict with the run-length defaults added,
+    {method: the defaults added}): what the recipes build their methods from, so
+    that warm-ups scale with the run unless the user fixed them."""
+    args = (methods_lib.parse_method_args(method_args) if not isinstance(method_args, dict)
+            else {k: dict(v) for k, v in method_args.items()})
+    names = [n.strip().lower() for n in str(method).split("+") if n.strip()]
+    added = {}
+    for name, (defaults, unless) in RUN_LENGTH_DEFAULTS.items():
+        own = args.get(name, {})
+        if name in names and not any(key in own for key in unless):
+            args[name] = {**own, **defaults}
+            added[name] = dict(defaults)
+    return args, added
+
+
+#: the teacher's top-1 margin over the student trained alone below which it is "barely better"
+WEAK_TEACHER_MARGIN = 0.01
+#: the student's CE weight below which the distillation terms carry most of the loss (KD's 0.1;
+#: the methods' own weights are on their terms' scales, AT's 1000, so only the CE weight says this)
+MOSTLY_DISTILLED_CE_WEIGHT = 0.5
+
+
+def teacher_margin(teacher_top1: float | None, baseline_top1: float | None) -> float | None:
+    """How much better the teacher is than the student trained alone (top-1 fraction), or None."""
+    if teacher_top1 is None or baseline_top1 is None:
+        return None
+    return float(teacher_top1) - float(baseline_top1)
+
+
+def weak_teacher_warning(teacher_top1: float | None, baseline_top1: float | None,
+                         student_loss_weight: float) -> str | None:
+    """A warning when a teacher barely better than the student alone (margin below
+    WEAK_TEACHER_MARGIN) is given most of the loss (CE weight below
+    MOSTLY_DISTILLED_CE_WEIGHT), else None: the student then mostly copies a teacher
+    it could almost match alone (KD lost 1.8 points so at a 0.7-point margin)."""
+    margin = teacher_margin(teacher_top1, baseline_top1)
+    if margin is None or margin >= WEAK_TEACHER_MARGIN or student_loss_weight >= MOSTLY_DISTILLED_CE_WEIGHT:
+        return None
+    return (f"The teacher is only {100 * margin:+.2f} points better than the student trained alone "
+            f"(top-1 {100 * teacher_top1:.2f}% vs {100 * baseline_top1:.2f}%), yet the student's own "
+            f"cross-entropy has weight {student_loss_weight:g}, so the distillation terms carry most of the "
+            f"loss: expect little gain or a loss. Use a stronger teacher, or raise --student_loss_weight "
+            f"(e.g. 0.5 or 1).")
 
 
 # -- reports ------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def define_data_flags(fv: flags.FlagValues = flags.FLAGS, default_dataset: str =
 
 def define_train_flags(fv: flags.FlagValues = flags.FLAGS, epochs: int = 10, lr: float = 0.05) -> None:
     """--epochs, --lr, --optimizer, --schedule, --weight_decay, --strategy,
-    --tensorboard, --output_dir, --overwrite, --run_eagerly."""
+    --sync_batchnorm, --tensorboard, --output_dir, --overwrite, --run_eagerly."""
     flags.DEFINE_integer("epochs", epochs, "Training epochs.", lower_bound=1, flag_values=fv)
     flags.DEFINE_float("lr", lr, "Peak learning rate.", lower_bound=0.0, flag_values=fv)
     flags.DEFINE_enum("optimizer", "sgd", list(training.OPTIMIZERS), "Optimizer (SGD uses momentum 0.9).",
@@ -61,6 +61,10 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS, epochs: int = 10, lr:
     flags.DEFINE_float("weight_decay", 5e-4, "Weight decay.", lower_bound=0.0, flag_values=fv)
     flags.DEFINE_enum("strategy", "default", list(training.STRATEGIES), "tf.distribute strategy.",
                       flag_values=fv)
+    flags.DEFINE_bool("sync_batchnorm", True,
+                      "Under --strategy=mirrored/multiworker, BatchNorm normalises with the global "
+                      "batch's statistics, so N replicas train as one device; --nosync_batchnorm keeps "
+                      "each replica's own (less communication, other results).", flag_values=fv)
     flags.DEFINE_bool("tensorboard", False, "Write TensorBoard logs under output_dir/tensorboard.",
                       flag_values=fv)
     flags.DEFINE_string("output_dir", "runs/out", "Where models, metrics and reports are written.",
@@ -114,7 +118,8 @@ def define_cache_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                         "example and view), reused when it matches the teacher, data and taps, refused "
                         "when stale. Training then runs no teacher.", flag_values=fv)
     flags.DEFINE_integer("teacher_cache_views", None,
-                         "Augmented views cached per example (default: --epochs when augmenting, else 1); "
+                         "Views (epochs' batches) cached per example (default: --epochs, exact; 1 is "
+                         "cheaper for un-augmented data, and within float rounding of the online teacher); "
                          "fewer than the epochs cycle.", lower_bound=1, flag_values=fv)
     flags.DEFINE_enum("teacher_cache_storage", "float32", list(STORAGES),
                       "float32, float16, or topk (logits only: the k largest, the rest's mass spread "
@@ -125,6 +130,9 @@ def define_cache_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        lower_bound=0.0, flag_values=fv)
     flags.DEFINE_bool("rebuild_teacher_cache", False, "Replace a stale teacher cache instead of refusing it.",
                       flag_values=fv)
+    flags.DEFINE_list("teacher_cache_methods", [],
+                      "More methods whose teacher taps the cache also holds (e.g. at,fitnet,rkd): the first "
+                      "run of a sweep builds one cache that every later run of it reads.", flag_values=fv)
 
 
 def run_config(fv: flags.FlagValues) -> RunConfig:
@@ -136,6 +144,7 @@ def run_config(fv: flags.FlagValues) -> RunConfig:
         seed=fv.seed, epochs=fv.epochs, lr=fv.lr, optimizer=fv.optimizer, schedule=fv.schedule,
         weight_decay=fv.weight_decay, strategy=fv.strategy, tensorboard=fv.tensorboard,
         run_eagerly=fv.run_eagerly, output_dir=fv.output_dir, overwrite=fv.overwrite,
+        sync_batchnorm=fv.sync_batchnorm,
     )
 
 
@@ -149,7 +158,7 @@ def distill_spec(fv: flags.FlagValues, **overrides) -> DistillSpec:
         teacher_cache=fv.teacher_cache, cache_views=fv.teacher_cache_views,
         cache_storage=fv.teacher_cache_storage, cache_top_k=fv.teacher_cache_top_k,
         cache_max_bytes=None if fv.teacher_cache_max_gb is None else int(fv.teacher_cache_max_gb * 2**30),
-        rebuild_cache=fv.rebuild_teacher_cache,
+        rebuild_cache=fv.rebuild_teacher_cache, cache_methods=",".join(fv.teacher_cache_methods),
     )
     for key, value in overrides.items():
         setattr(spec, key, value)

@@ -27,6 +27,8 @@ import keras
 from kdkeras.distiller import Distiller
 from kdkeras.methods.base import Method
 from kdkeras.stage import Stage
+from kdkeras.training import HistoryKeeper, SafeBackupAndRestore, replicas_of
+from kdkeras.training import sync_batchnorm as sync_batchnorm_layers
 
 __all__ = ["Stage", "run_stages", "needs_init_stage", "default_stages"]
 
@@ -47,14 +49,19 @@ def run_stages(
     verbose="auto",
     compile_kwargs: dict | None = None,
     teacher_cache=None,
+    sync_batchnorm: bool = False,
 ) -> dict[str, dict]:
     """Run `stages` in order; returns each stage's Keras history by name.
 
     With `output_dir`, each finished stage leaves `stages/NN_name/done.json` and
     its Distiller's weights; a rerun loads those weights and goes on with the
-    first unfinished stage (which itself resumes mid-stage via BackupAndRestore).
+    first unfinished stage, which itself resumes mid-stage from its last epoch's
+    backup (`SafeBackupAndRestore`) and reports the whole stage's history, the
+    epochs of the crashed process included (`HistoryKeeper`).
     `teacher_cache` goes to each stage's Distiller (batches carrying cached
-    teacher outputs, `teacher` may then be None).
+    teacher outputs, `teacher` may then be None). `sync_batchnorm` normalises every
+    BatchNorm (student, connectors) with the global batch's statistics under
+    several replicas (`kdkeras.training.sync_batchnorm`).
     """
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
@@ -89,16 +96,26 @@ def run_stages(
             continue
         optimizer = optimizer_fn(stage) if optimizer_fn else keras.optimizers.Adam(1e-3)
         distiller.compile(optimizer=optimizer, metrics=["accuracy"], **(compile_kwargs or {}))
-        cbs = list(callbacks)
+        cbs, keeper = list(callbacks), None
         if folder:
             os.makedirs(folder, exist_ok=True)
-            cbs.append(keras.callbacks.BackupAndRestore(os.path.join(folder, "backup")))
+            # the epoch's history is recorded before its backup: a crash between the two
+            # redoes that epoch and replaces its record, never leaves a hole in the history
+            keeper = HistoryKeeper(os.path.join(folder, "history.json"))
+            cbs += [keeper, SafeBackupAndRestore(os.path.join(folder, "backup"))]
         print(f"[stages] {stage.name}: {stage.epochs} epochs, methods "
               f"{[m.name for m in stage.methods]}, student {'trained' if stage.train_student else 'frozen'}")
         if stage.epochs:
-            history = distiller.fit(
-                train_ds, validation_data=val_ds, epochs=stage.epochs, callbacks=cbs, verbose=verbose
-            ).history
+            # synchronised for this fit only: the saved student keeps Keras' default
+            synced = sync_batchnorm_layers(distiller) if sync_batchnorm and replicas_of(distiller) > 1 else []
+            try:
+                history = distiller.fit(
+                    train_ds, validation_data=val_ds, epochs=stage.epochs, callbacks=cbs, verbose=verbose
+                ).history
+            finally:
+                sync_batchnorm_layers(*synced, synchronized=False)
+            if keeper is not None:  # resumed mid-stage: the earlier process's epochs go in front
+                history, _ = keeper.merged(history, 0.0)
         else:
             history = {}
         histories[stage.name] = history

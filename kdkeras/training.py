@@ -94,6 +94,33 @@ def worker_role(strategy: tf.distribute.Strategy | None = None) -> tuple[bool, i
     return chief, task_id
 
 
+def sync_batchnorm(*layers: keras.layers.Layer, synchronized: bool = True) -> list:
+    """Make every BatchNormalization inside `layers` normalise a training batch with
+    the statistics of the global batch (summed over the replicas, Keras'
+    `synchronized=True`) instead of each replica's share; returns the BatchNorm
+    layers it changed (`synchronized=False` on them puts Keras' default back).
+
+    Why: under Mirrored/MultiWorkerMirrored each replica sees B/N examples, so a
+    BatchNorm in training mode (a student's, FitNet's regressor's) normalises
+    with other means and variances than one device on the batch B: the loss,
+    the gradients and the moving statistics all differ, and N replicas no longer
+    equal one device. Synchronised, they do (three small all-reduces per
+    BatchNorm and step); inference (moving statistics) is unchanged."""
+    changed = []
+    for layer in layers:
+        for sub in layer._flatten_layers(include_self=True, recursive=True):
+            if isinstance(sub, keras.layers.BatchNormalization) and sub.synchronized != synchronized:
+                sub.synchronized = synchronized
+                changed.append(sub)
+    return changed
+
+
+def replicas_of(model: keras.Model) -> int:
+    """The replicas a model trains on: those of the strategy it was built under."""
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    return int(strategy.num_replicas_in_sync)
+
+
 def get_strategy(name: str = "default") -> tf.distribute.Strategy:
     """`default` (one device), `mirrored` (all local GPUs, or the CPU), or
     `multiworker` (MultiWorkerMirroredStrategy, configured by TF_CONFIG)."""
@@ -315,6 +342,10 @@ class TrainConfig:
     verbose: int | str = "auto"
     #: run Keras steps eagerly: for debugging, and faster on tiny runs where tracing dominates
     run_eagerly: bool = False
+    #: under a strategy of several replicas, BatchNorm normalises with the global
+    #: batch's statistics (`sync_batchnorm`), so N replicas equal one device; False
+    #: keeps Keras' per-replica statistics (less communication, other results)
+    sync_batchnorm: bool = True
 
     def __post_init__(self):
         check_train_settings(self.epochs, self.lr, self.weight_decay)
@@ -359,17 +390,24 @@ def compile_and_fit(
     if not hasattr(model, "student"):
         kwargs["loss"] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     kwargs.update(compile_kwargs or {})
+    # for this fit only: a saved model keeps Keras' default
+    synced = sync_batchnorm(model) if config.sync_batchnorm and replicas_of(model) > 1 else []
     model.compile(optimizer=optimizer, **kwargs)
     keeper = HistoryKeeper(os.path.join(output_dir, "backup", f"{tag}.history.json")) if output_dir else None
     start = time.perf_counter()
-    history = model.fit(
-        train_ds,
-        validation_data=test_ds,
-        epochs=config.epochs,
-        callbacks=[StopOnNonFiniteLoss()] + callbacks_for(output_dir, config.tensorboard, tag=tag)
-        + list(callbacks) + ([keeper] if keeper else []),
-        verbose=config.verbose,
-    )
+    try:
+        history = model.fit(
+            train_ds,
+            validation_data=test_ds,
+            epochs=config.epochs,
+            # the keeper records an epoch before its backup is written: a crash between the
+            # two redoes that epoch (and replaces its record) instead of losing it from the history
+            callbacks=[StopOnNonFiniteLoss()] + ([keeper] if keeper else [])
+            + callbacks_for(output_dir, config.tensorboard, tag=tag) + list(callbacks),
+            verbose=config.verbose,
+        )
+    finally:
+        sync_batchnorm(*synced, synchronized=False)
     seconds = time.perf_counter() - start
     history = history.history
     if keeper is not None:  # a resumed fit: put the earlier process's epochs and time in front

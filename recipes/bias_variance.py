@@ -75,6 +75,7 @@ def run(fv: flags.FlagValues):
     names = [n.strip().lower() for n in fv.methods if n.strip()]
     method_args = methods_lib.parse_method_args(fv.method_args)
     unknown = set(method_args) - set(names)
+    method_args = experiment.run_length_args("+".join(names), method_args)[0]  # DKD's warm-up: a 12th of the run
     if unknown:
         raise ValueError(f"--method_args names {sorted(unknown)}, not in --methods {names}.")
     needs_teacher = [n for n in names if n != "ce" and build_method(n, method_args)[0].requires_teacher]

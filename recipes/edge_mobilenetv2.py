@@ -143,7 +143,8 @@ def _qat_variant(fv, distilled, config, options) -> dict:
     """Distil the student's fake-quant twin and export it as the qat_int8 variant."""
     data = distilled.data
     weights = QAT_WEIGHTS[fv.int8_weights if fv.qat_weights == "same" else fv.qat_weights]
-    methods = methods_lib.from_spec(fv.method, fv.method_args, num_examples=data.num_train)
+    methods = methods_lib.from_spec(fv.method, experiment.run_length_args(fv.method, fv.method_args)[0],
+                                    num_examples=data.num_train)
     teacher = distilled.teacher.require_model() if distilled.teacher else None
     print(f"QAT: distilling the int8 twin for {fv.qat_epochs} epoch(s), weights {weights}")
     qat = quantize.distill_qat(distilled.student, teacher, methods, data, config, fv.qat_epochs,

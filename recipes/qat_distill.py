@@ -60,7 +60,8 @@ def run(fv: flags.FlagValues) -> dict:
     float_top1 = training.evaluate_top1(student, data.test)
     self_taught = fv.teacher.strip().lower() == quantize.SELF_TEACHER
     teacher = None if self_taught else experiment.get_teacher(fv.teacher, data)
-    methods = methods_lib.from_spec(fv.method, fv.method_args, num_examples=data.num_train)
+    methods = methods_lib.from_spec(fv.method, experiment.run_length_args(fv.method, fv.method_args)[0],
+                                    num_examples=data.num_train)
     qat = quantize.distill_qat(
         student, quantize.SELF_TEACHER if self_taught else teacher.model, methods, data, config,
         lr=config.lr, weights=WEIGHTS[fv.weights], student_loss_weight=fv.student_loss_weight)

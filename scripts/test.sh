@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=2
-exec .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"
+# Two worker processes (pytest-xdist), each test file whole in one of them: the tests are
+# small models whose steps are mostly Python, so two processes use both cores.
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15 tests "$@"

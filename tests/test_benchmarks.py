@@ -70,7 +70,7 @@ def test_speed_benchmark_json_matches_its_timings(tmp_path, monkeypatch, capsys)
     counts = collections.Counter()
     with benchmark(
         "speed.py", "--teacher=resnet8", "--student=resnet8", "--image_size=8", "--channels=1",
-        "--examples=48", "--batch_size=32", f"--repeats={repeats}", f"--json={out}",
+        "--examples=48", "--batch_size=32", f"--repeats={repeats}", f"--json={out}", "--large_cache_mb=2",
     ) as speed:
         make_variants = speed.make_variants
         monkeypatch.setattr(speed, "make_variants", lambda ds: count_calls(make_variants(ds), counts))
@@ -83,10 +83,15 @@ def test_speed_benchmark_json_matches_its_timings(tmp_path, monkeypatch, capsys)
               "kd_cached_over_student": ("kdkeras_kd_cached", "student"),
               "kd_cached_over_keras_distillation": ("kdkeras_kd_cached", "keras_kd"),
               "cache_build_over_teacher_epoch": ("cache_build", "teacher_inference")}
-    memory = {"cached_epoch_peak_rss_mb", "cached_epoch_rss_growth_mb", "cache_mb"}
+    memory = {"cached_epoch_peak_rss_mb", "cached_epoch_rss_growth_mb", "cache_mb",
+              "large_cache_mb", "large_cache_read_rss_growth_mb", "large_cache_batch_mb"}
     assert set(data) == set(ratios) | memory | {"seconds", "median_seconds", "config"}
     # the cache holds 48 examples' logits (10 float32 each), one view
     assert data["cache_mb"] == pytest.approx(48 * 10 * 4 / 2**20)
+    # the large cache: 8x8x64 float32 feature maps plus 10 logits per example, whole batches of 32
+    row = (8 * 8 * 64 + 10) * 4
+    assert data["large_cache_mb"] == pytest.approx(2 * 2**20 // (8 * 8 * 64 * 4) // 32 * 32 * row / 2**20)
+    assert data["large_cache_batch_mb"] == pytest.approx(32 * row / 2**20)
     assert data["cached_epoch_rss_growth_mb"] <= data["cached_epoch_peak_rss_mb"]
     # one untimed warm-up epoch, then `repeats` timed epochs of every variant
     assert counts == {name: 1 + repeats for name in variants}

@@ -281,3 +281,47 @@ def test_distiller_with_a_cache_saves_and_loads(folder, tmp_path):
     np.testing.assert_allclose(loaded.student(x), student(x), atol=1e-6)
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     assert manifest["plan"]["total_bytes"] == N * 2 * 4 * 3
+
+
+def test_a_sweep_cache_serves_a_run_that_reads_fewer_taps_only_those(folder, tmp_path):
+    teacher, path = _teacher(), tmp_path / "cache"
+    union = _build(path, teacher, folder, [KD(), AT()], views=1)
+    stamp = os.path.getmtime(path / "manifest.json")
+    logits_only = _build(path, teacher, folder, [KD()], views=1)  # fewer taps: reused, not stale
+    assert os.path.getmtime(path / "manifest.json") == stamp
+    assert set(logits_only.entries) == {"logits", "relu1", "relu2"}
+    kd_view = union.select([])
+    assert set(kd_view.entries) == {"logits"} and set(kd_view.method_taps) == {"kd"}
+    assert kd_view.bytes_per_example_view == 3 * 4 < union.bytes_per_example_view
+    assert set(kd_view.read(0, [0, 5])) == {"logits"}
+    np.testing.assert_array_equal(kd_view.read(0, [0, 5])["logits"], union.read(0, [0, 5])["logits"])
+    batch = next(iter(_load(folder, teacher_cache=union.select(["relu1"]))))[0]
+    assert set(batch["teacher"]) == {"logits", "relu1"}
+    with pytest.raises(CacheError, match=r"holds no \['conv9'\]"):
+        union.select(["conv9"])
+    _build(tmp_path / "kd_only", teacher, folder, [KD()], views=1)
+    with pytest.raises(CacheMismatchError, match="taps"):  # more taps than it holds: stale
+        _build(tmp_path / "kd_only", teacher, folder, [KD(), AT()], views=1)
+
+
+def test_cache_views_are_built_over_the_batches_of_their_training_epoch(folder, tmp_path):
+    """Epoch v's own batches (order, crops, batch size): a partial batch then holds the
+    same images as in training, where CPU kernels may round its last image differently."""
+    from kdkeras import experiment
+
+    config = experiment.RunConfig(dataset=folder, batch_size=BATCH, epochs=2, augment=True, seed=SEED,
+                                  output_dir=str(tmp_path / "out"))
+    data = experiment.setup_data(config, with_index=True)
+    train_split, test_split = data.info.train_split, data.info.test_split
+    for view in range(2):
+        epoch = _images_with_index(data.train)  # the training pipeline's next epoch
+        built = _images_with_index(experiment.cache_view_pipeline(data, train_split, view, views=2))
+        assert [i for i, _ in epoch] == [i for i, _ in built]
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(epoch, built))
+    test = [np.asarray(y) for _, y in data.test]
+    built = [np.asarray(y) for _, y in experiment.cache_view_pipeline(data, test_split, 0, views=1)]
+    assert all(np.array_equal(a, b) for a, b in zip(test, built))
+
+
+def _images_with_index(ds):
+    return [(np.asarray(x["index"]).tolist(), np.asarray(x["image"])) for x, _ in ds]

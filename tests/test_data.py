@@ -328,3 +328,75 @@ def test_tfds_splits_hold_out_train_when_no_test():
     assert data.sources.tfds_train_test_splits("x", {"train": 5, "validation": 2}, count)[1:] == (
         "train", "validation")
     assert data.sources.tfds_train_test_splits("x", {}, count) == ({}, "train", "test")
+
+
+# --------------------------------------------------- stratified, seeded limits (issue 13)
+def _write_sorted_idx_dir(directory, per_class=10, classes=3):
+    """IDX files sorted by class (as a folder is), each image filled with its own
+    position, so a kept image can be traced back to its example."""
+    n = per_class * classes
+    labels = np.repeat(np.arange(classes), per_class).astype(np.uint8)
+    images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None], (n, 4, 4))
+    for prefix in ("train", "t10k"):
+        _write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images, 2051)
+        _write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels, 2049)
+    return labels
+
+
+def test_stratified_positions_keep_class_shares_and_a_fixed_subset():
+    labels = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    keep = sources.stratified_positions(labels, 10)
+    assert np.array_equal(np.bincount(labels[keep], minlength=3), [6, 3, 1])  # shares kept
+    assert np.all(np.diff(keep) > 0)  # split order
+    assert np.array_equal(keep, sources.stratified_positions(labels, 10))  # seeded: same subset
+    assert not np.array_equal(keep[:6], np.arange(6))  # not the class's first examples
+    assert np.array_equal(sources.stratified_positions(labels, 500), np.arange(100))
+    with pytest.warns(UserWarning, match="limit=2 is below the 3 classes"):
+        assert len(sources.stratified_positions(labels, 2)) == 2
+    with pytest.raises(ValueError, match="limit.*-1"):
+        sources.stratified_positions(labels, -1)
+
+
+def test_an_idx_limit_keeps_every_class_with_its_images(tmp_path, monkeypatch):
+    labels = _write_sorted_idx_dir(tmp_path)
+    monkeypatch.setenv("KDKERAS_FASHION_MNIST_DIR", str(tmp_path))
+    runs = [_collect(data.load("fashion_mnist", "train", batch_size=64, limit=6, shuffle=False))
+            for _ in range(2)]
+    (x, y), (x2, y2) = runs
+    assert np.array_equal(np.bincount(y, minlength=3), [2, 2, 2])  # the first 6 would be all class 0
+    np.testing.assert_array_equal(x, x2)
+    position = np.round(x[:, 0, 0, 0] * 255).astype(int)  # each image still carries its label
+    np.testing.assert_array_equal(labels[position], y)
+    assert data.num_examples("fashion_mnist", "train", limit=6) == 6
+
+
+@pytest.mark.skipif(not HAVE_FASHION, reason="Debian's dataset-fashion-mnist is not installed")
+def test_a_fashion_mnist_train_limit_is_stratified(monkeypatch):
+    monkeypatch.delenv("KDKERAS_FASHION_MNIST_DIR", raising=False)
+    labels = [int(y) for _, y in sources.get_source("fashion_mnist").raw("train", 100).dataset]
+    assert np.array_equal(np.bincount(labels, minlength=10), [10] * 10)  # 6,000 of each class
+
+
+def test_a_tfds_limit_keeps_every_class_and_the_same_subset():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=40):
+        source = sources.get_source("cifar10")
+        every = sources._tfds_labels(source, "train")
+        assert len(every) == 40 and len(set(every.tolist())) == 10
+        full, _ = _collect(data.load("cifar10", "train", batch_size=40, shuffle=False, augment=False))
+        runs = [_collect(data.load("cifar10", "train", batch_size=4, limit=10, shuffle=False,
+                                   augment=False, with_index=True)) for _ in range(2)]
+    (x, y), (x2, y2) = runs
+    assert sorted(y.tolist()) == list(range(10))  # one of each class, whatever the split's order
+    np.testing.assert_array_equal(y, y2)
+    np.testing.assert_array_equal(x["image"], x2["image"])
+    keep = sources.stratified_positions(every, 10)
+    np.testing.assert_array_equal(every[keep], y)
+    np.testing.assert_allclose(x["image"], full[keep])  # the kept examples' own images
+    assert x["index"].tolist() == list(range(10))  # indices count the kept examples
+
+
+def test_the_cache_fingerprint_marks_a_stratified_limit():
+    info = sources.DatasetInfo("d", 2, (4, 4, 1), {"train": 8}, ["a", "b"], "train", None)
+    assert data.data_spec(info, "train", None, None, False, 4, 0)["limit_subset"] == "stratified"
+    assert data.data_spec(info, "train", None, None, False, None, 0)["limit_subset"] is None

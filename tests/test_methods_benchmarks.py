@@ -123,12 +123,13 @@ def test_methods_table_writes_markdown_and_json(tmp_path):
             assert row[key] is not None, (row["method"], key)
     table = out.read_text()
     assert "methods_table.py" in table and "| at |" in table and "| baseline |" in table
-    # each run read its teacher outputs from the cache of the teacher layers it taps
-    runs = {m: json.loads((tmp_path / "table" / m / "metrics.json").read_text()) for m in ("kd", "at")}
-    caches = tmp_path / "table" / "teacher_cache"
-    assert runs["kd"]["teacher_cache"] == str(caches / "logits")
-    assert runs["at"]["teacher_cache"].startswith(str(caches / "taps_"))
-    assert (caches / "logits" / "train" / "manifest.json").exists()
+    # both runs read one cache, built by the first with AT's taps as well as the logits
+    runs = {m: json.loads((tmp_path / "table" / m / "seed0" / "metrics.json").read_text()) for m in ("kd", "at")}
+    cache_dir = tmp_path / "table" / "teacher_cache" / "seed0"
+    assert runs["kd"]["teacher_cache"] == runs["at"]["teacher_cache"] == str(cache_dir)
+    manifest = json.loads((cache_dir / "train" / "manifest.json").read_text())
+    assert set(manifest["method_taps"]) == {"kd", "at"} and len(manifest["entries"]) > 1
+    assert "[cache] reusing" in (tmp_path / "table" / "at" / "seed0" / "log.txt").read_text()
     for m in runs.values():  # the teacher's top-1 from the run equals the cached test logits'
         cache = json.loads((Path(m["teacher_cache"]) / "test" / "manifest.json").read_text())
         assert cache["teacher_top1"] == pytest.approx(m["teacher_top1"])
@@ -136,3 +137,68 @@ def test_methods_table_writes_markdown_and_json(tmp_path):
     # --resume reads the finished runs back instead of training again.
     proc = _run("methods_table.py", *args, "--resume")
     assert "[at] resumed" in proc.stdout and "[kd] resumed" in proc.stdout
+
+
+def test_methods_table_seeds_layout_resume_and_table(tmp_path, monkeypatch):
+    """--seeds runs every (method, seed) into OUTPUT_DIR/<method>/seed<S>/ with that
+    seed, the baseline only with KD; an old single-seed run is moved into its seed
+    folder and resumed; the table holds means over seeds of gains paired by seed,
+    the same numbers benchmarks/results_doc.py makes of the folder. No training:
+    distill.py's process is replaced by one that writes a metrics.json."""
+    import subprocess
+
+    out = tmp_path / "table"
+    baseline = {0: 0.80, 1: 0.83}
+    top1 = {("kd", 0): 0.82, ("kd", 1): 0.84, ("at", 0): 0.79, ("at", 1): 0.835}
+    calls = []
+
+    def fake_distill(cmd, stdout, **kwargs):
+        args = dict(a[2:].split("=", 1) for a in cmd[2:] if "=" in a)
+        method, seed = args["method"], int(args["seed"])
+        calls.append((method, seed, args["output_dir"], "--baseline" in cmd))
+        metrics = {"method": method, "seed": seed, "student_top1": top1[method, seed], "teacher_top1": 0.805,
+                   "train_seconds": 1.0 + seed, "dataset": "fashion_mnist", "teacher": "resnet8",
+                   "student": "resnet8", "epochs": 1, "train_limit": 32, "batch_size": 64, "lr": 0.05,
+                   "command": " ".join(cmd)}
+        if "--baseline" in cmd:
+            metrics.update(baseline_top1=baseline[seed], baseline_train_seconds=0.5)
+        Path(args["output_dir"], "metrics.json").write_text(json.dumps(metrics))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    legacy = out / "kd"  # the old layout: OUTPUT_DIR/kd/metrics.json, seed 0
+    legacy.mkdir(parents=True)
+    (legacy / "metrics.json").write_text(json.dumps(
+        {"method": "kd", "seed": 0, "student_top1": top1["kd", 0], "teacher_top1": 0.805,
+         "baseline_top1": baseline[0], "train_seconds": 1.0, "baseline_train_seconds": 0.5,
+         "dataset": "fashion_mnist", "teacher": "resnet8", "student": "resnet8", "epochs": 1,
+         "train_limit": 32, "batch_size": 64, "lr": 0.05}))
+    (legacy / "log.txt").write_text("old log")
+    with benchmark("methods_table.py", "--teacher=resnet8", "--methods=at", "--seeds=0,1", "--epochs=1",
+                   "--train_limit=32", f"--output_dir={out}", "--teacher_cache=none", "--resume") as table:
+        monkeypatch.setattr(table.subprocess, "run", fake_distill)
+        table.main([])
+    # kd seed 0 came from the moved old run; every other run went to its own seed folder
+    assert calls == [("at", 0, str(out / "at" / "seed0"), False), ("kd", 1, str(out / "kd" / "seed1"), True),
+                     ("at", 1, str(out / "at" / "seed1"), False)]
+    assert not (legacy / "metrics.json").exists() and (legacy / "seed0" / "log.txt").read_text() == "old log"
+    data = json.loads((out / "table.json").read_text())
+    assert data["seeds"] == [0, 1] and data["config"]["seeds"] == ["0", "1"]
+    rows = {r["method"]: r for r in data["rows"]}
+    assert list(rows) == ["baseline", "kd", "at"]
+    gains = np.array([top1["at", s] - baseline[s] for s in (0, 1)])
+    assert rows["at"]["gain_over_baseline"] == pytest.approx(gains.mean())
+    assert rows["at"]["gain_over_baseline_std"] == pytest.approx(gains.std(ddof=1))
+    assert rows["at"]["gain_over_kd"] == pytest.approx(np.mean([top1["at", s] - top1["kd", s] for s in (0, 1)]))
+    assert rows["baseline"]["student_top1"] == pytest.approx(np.mean(list(baseline.values())))
+    assert rows["at"]["seeds"] == [0, 1] and rows["at"]["train_seconds"] == pytest.approx(1.5)
+    text = (out / "table.md").read_text()
+    assert f"| at | {100 * np.mean([0.79, 0.835]):.2f} ± " in text and "seeds 0,1" in text
+    assert "**Warning:** the teacher is under 1 point better" in text  # 0.805 vs 0.815 alone
+    # the results page reads the same runs to the same paired gain
+    spec = importlib.util.spec_from_file_location("_benchmark_results_doc", f"{ROOT}/benchmarks/results_doc.py")
+    results_doc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results_doc)
+    page = results_doc.main([str(out), f"--output={tmp_path / 'results.md'}"])
+    [section] = page["sections"]
+    at = next(r for r in section["rows"] if r["method"] == "at")
+    assert at["gain_over_baseline"]["mean"] == pytest.approx(rows["at"]["gain_over_baseline"])

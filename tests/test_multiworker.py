@@ -1,12 +1,22 @@
-"""Multi-worker training (issue 13, B): the launcher, and N workers on loopback
-equal one process on the same global batch. Run as `python -m tests.test_multiworker
-worker OUT METHOD --strategy=...`, this file is also the worker program."""
+"""Multi-worker training (issue 13, B and C): the launcher, N workers on loopback
+equal one process on the same global batch, and a job whose worker is killed -9
+resumes from its backup to the same end. Run as `python -m tests.test_multiworker
+worker OUT RUNS [--pause_at=RUN:E:B] --strategy=...`, this file is also the worker program.
+
+Cost: one module fixture starts TensorFlow three times for all of it, and every
+run trains the four methods at once (one Distiller; each term logged and each
+method's state kept apart): a 1-process job trains them once while a 2-worker
+job trains them once and then again, killed in its second epoch; the 2-worker
+job restarted finishes that run (the finished one is skipped). The uninterrupted
+runs are the killed one's reference."""
 
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -14,40 +24,158 @@ import pytest
 
 from tests.helpers import ROOT, needs_fashion_mnist
 
-# the data every equivalence run reads: 128 Fashion-MNIST images, global batch 32
-RUN = dict(dataset="fashion_mnist", train_limit=128, test_limit=32, batch_size=32, epochs=2, lr=0.05,
+# the data every equivalence run reads: 64 Fashion-MNIST images, global batch 32 (2 steps an epoch)
+RUN = dict(dataset="fashion_mnist", train_limit=64, test_limit=32, batch_size=32, epochs=2, lr=0.05,
            seed=0, verbose=0)
+#: kd: logits; dkd: a warm-up by epoch; crd: memory banks; fitnet: a connector with BatchNorm
+METHODS = ("kd", "dkd", "crd", "fitnet")
+#: every run distils with the four together (one network pass, CI time)
+MIX = "+".join(METHODS)
+#: the runs (label=methods): the uninterrupted one, and the one killed in the middle of its epoch 2;
+#: CRD is left out of the latter: it draws its negatives with stateful `tf.random.uniform`
+#: (methods/contrastive.py), which a restarted process replays from the start of the sequence,
+#: so a resumed CRD run ends close to (1e-3 measured), not equal to, an uninterrupted one
+UNINTERRUPTED, KILLED = "mix=" + MIX, "killed=kd+dkd+fitnet"
+#: the killed run's uninterrupted reference (in the 1-process job)
+NOT_KILLED = "not_killed=kd+dkd+fitnet"
+ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+#: seconds a worker paused by --pause_at waits to be killed before it goes on
+PAUSE_SECONDS = 120
 
 
-def _worker(out_path: str, method: str, strategy_name: str) -> None:
-    """Distil a BN-free tiny student (per-replica BatchNorm statistics would differ
-    from one device's by design) and, on the chief, write history and weights."""
-    from kdkeras import experiment, training
+def _methods(spec: str, num_examples: int) -> list:
+    """The methods of `spec` (`a+b`); FitNet's regressor (conv + BatchNorm) maps the
+    student's relu1 to the teacher's (the tiny networks have no stages to find)."""
     from kdkeras import methods as methods_lib
+
+    names = spec.split("+")
+    methods = methods_lib.from_spec("+".join(n for n in names if n != "fitnet"), num_examples=num_examples) \
+        if set(names) - {"fitnet"} else []
+    if "fitnet" in names:
+        methods.append(methods_lib.get("fitnet", teacher_layers=["relu1"], student_layers=["relu1"], weight=1.0))
+    return methods
+
+
+class _Pause:
+    """At batch `batch` of epoch `epoch` (0-based; after the backup of the epoch
+    before, in the middle of this one) write this worker's pid into
+    `directory/paused.<worker>` and wait there to be killed."""
+
+    def __init__(self, directory, epoch, batch):
+        import keras
+
+        epoch, batch = int(epoch), int(batch)
+
+        class Pause(keras.callbacks.Callback):
+            def on_epoch_begin(self, e, logs=None):
+                self.epoch = e
+
+            def on_train_batch_begin(self, b, logs=None):
+                if (self.epoch, b) == (epoch, batch):
+                    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+                    with open(os.path.join(directory, f"paused.{index}"), "w") as f:
+                        f.write(str(os.getpid()))
+                    time.sleep(PAUSE_SECONDS)
+
+        self.callback = Pause()
+
+
+def _worker(out_dir: str, runs: list, strategy_name: str, pause_at: str | None = None) -> None:
+    """Distil a tiny student with BatchNorm from a tiny teacher for each run
+    (`method`, or `label=method`) in turn, seeded alike whatever the strategy, and,
+    on the chief, write each one's history, top-1 and weights (the student's,
+    then the method's: regressor, banks) into `out_dir/<label>.json`. A run whose
+    result is there already is skipped (a restarted job goes on where it died)."""
+    from kdkeras import experiment, training
     from tests.helpers import tiny_cnn
 
-    config = experiment.RunConfig(**RUN, strategy=strategy_name,
-                                  output_dir=os.path.join(os.path.dirname(out_path), "run_" + strategy_name))
-    strategy = experiment.start(config)
-    config = experiment.worker_config(config, strategy)
-    data = experiment.setup_data(config, with_index=method == "crd")
-    with strategy.scope():
-        training.seeded(1)
-        teacher = tiny_cnn(width=8, num_classes=10, input_shape=(28, 28, 1), name="teacher", batchnorm=False)
-        training.seeded(2)
-        student = tiny_cnn(width=4, num_classes=10, input_shape=(28, 28, 1), name="student", batchnorm=False)
-        methods = methods_lib.from_spec(method, num_examples=data.num_train)
-    out = experiment.distill(teacher, student, methods, data, config, strategy=strategy)
-    experiment.finish_worker(config, strategy)
-    if training.worker_role(strategy)[0]:
-        training.write_json(out_path, {"history": out["history"], "top1": out["top1"],
-                                       "replicas": strategy.num_replicas_in_sync,
-                                       "weights": [w.tolist() for w in student.get_weights()]})
+    strategy, start = None, time.monotonic()
+    for run in runs:
+        name, _, method = run.rpartition("=")
+        name = name or method
+        config = experiment.RunConfig(**RUN, strategy=strategy_name,
+                                      output_dir=os.path.join(out_dir, f"run_{strategy_name}_{name}"))
+        strategy = strategy or experiment.start(config)  # one strategy per process
+        if os.path.exists(os.path.join(out_dir, f"{name}.json")):
+            continue
+        training.seeded(config.seed)
+        config = experiment.worker_config(config, strategy)
+        data = experiment.setup_data(config, with_index="crd" in method.split("+"))
+        os.makedirs(config.output_dir, exist_ok=True)
+        if pause_at and pause_at.split(":")[0] == name:
+            extra = data.callbacks() + [_Pause(out_dir, *pause_at.split(":")[1:]).callback]
+            data.callbacks = lambda: extra
+        with strategy.scope():
+            training.seeded(1)
+            teacher = tiny_cnn(width=8, num_classes=10, input_shape=(28, 28, 1), name="teacher")
+            training.seeded(2)
+            student = tiny_cnn(width=4, num_classes=10, input_shape=(28, 28, 1), name="student")
+            methods = _methods(method, data.num_train)
+        training.seeded(3)
+        out = experiment.distill(teacher, student, methods, data, config, strategy=strategy)
+        experiment.finish_worker(config, strategy)
+        if training.worker_role(strategy)[0]:
+            training.write_json(os.path.join(out_dir, f"{name}.json"), {
+                "history": out["history"], "top1": out["top1"], "replicas": strategy.num_replicas_in_sync,
+                "weights": [w.tolist() for w in student.get_weights()],
+                "method_weights": {m.name: [np.array(w.numpy()).tolist() for w in m.weights] for m in methods}})
+        print(f"{name}: done at {time.monotonic() - start:.1f}s", flush=True)
 
 
-def _relative(a, b) -> float:
+def _relative(a, b, floor: float = 0.1) -> float:
+    """max |a - b| over max |a|, the latter at least `floor` (the scale of these
+    kernels): a conv bias before a BatchNorm gets a zero gradient, its values are
+    float noise (1e-7) that differ in every digit, and a bias of 0.03 carries the
+    float noise of the kernels (3e-6 after DKD's four steps); a wrong step moves
+    whole layers by far more."""
     a, b = np.asarray(a, "float64"), np.asarray(b, "float64")
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-12))
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), floor))
+
+
+def _launch_workers(out_dir, names, *extra, timeout=300):
+    """Run the worker program as a 2-worker job; (exit code, the launcher's output)."""
+    from kdkeras.launch import launch
+
+    out = io.StringIO()
+    code = launch("-m tests.test_multiworker", ["worker", str(out_dir), ",".join(names), *extra], workers=2,
+                  out=out, env=ENV, timeout=timeout)
+    return code, out.getvalue()
+
+
+def _results(directory, names):
+    return {name: json.loads((directory / f"{name}.json").read_text()) for name in names}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every method trained in one process and by 2 workers, and KD by 2 workers
+    killed -9 mid-run then restarted: the results, and what the kill left."""
+    one, two = tmp_path_factory.mktemp("one_process"), tmp_path_factory.mktemp("two_workers")
+    single = subprocess.Popen([sys.executable, "-m", "tests.test_multiworker", "worker", str(one),
+                               f"{UNINTERRUPTED},{NOT_KILLED}", "--strategy=default"], cwd=ROOT, env={**os.environ, **ENV},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    start, killed = time.monotonic(), {}
+    label = KILLED.split("=")[0]
+    job = threading.Thread(target=lambda: killed.update(
+        zip(("code", "log"), _launch_workers(two, [UNINTERRUPTED, KILLED], f"--pause_at={label}:1:1", timeout=400))))
+    job.start()
+    marker = two / "paused.1"
+    while not (marker.exists() and marker.read_text()) and job.is_alive() and time.monotonic() - start < 400:
+        time.sleep(0.2)
+    assert marker.exists(), killed.get("log", "")[-4000:]
+    run = two / f"run_multiworker_{label}"
+    killed["backups"] = [(run / "backup" / "distill").is_dir(), (run / ".worker1" / "backup" / "distill").is_dir()]
+    os.kill(int(marker.read_text()), signal.SIGKILL)  # worker 1, paused in the middle of epoch 2
+    job.join(timeout=120)
+    killed["result_written"] = (two / f"{label}.json").exists()
+    code, log = _launch_workers(two, [UNINTERRUPTED, KILLED])  # the same job again: it resumes
+    single_log = single.communicate(timeout=300)[0]
+    assert code == 0, log[-4000:]
+    assert single.returncode == 0, single_log[-4000:]
+    print(f"multi-worker runs: {time.monotonic() - start:.0f}s")
+    return {"one": _results(one, ["mix"])["mix"], "two": _results(two, ["mix"])["mix"],
+            "not_killed": _results(one, ["not_killed"])["not_killed"],
+            "killed_then_resumed": _results(two, [label])[label], "dir": two, "killed": killed}
 
 
 def test_the_launcher_stops_every_worker_when_one_fails(tmp_path):
@@ -71,39 +199,56 @@ def test_the_launcher_stops_every_worker_when_one_fails(tmp_path):
 
 @pytest.mark.e2e
 @needs_fashion_mnist
-# (FitNet is left out: its regressor's BatchNorm keeps per-replica statistics, like the student's)
-@pytest.mark.parametrize("method", ["kd", "dkd", "crd"])
-def test_two_workers_equal_one_process_on_the_same_global_batch(tmp_path, method):
-    from kdkeras.launch import launch
-
-    one, two = tmp_path / "one.json", tmp_path / "two.json"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    single = subprocess.Popen([sys.executable, "-m", "tests.test_multiworker", "worker", str(one), method,
-                               "--strategy=default"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    out = io.StringIO()
-    code = launch("-m tests.test_multiworker", ["worker", str(two), method], workers=2, out=out,
-                  env={"TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300)
-    single_out = single.communicate(timeout=300)[0]
-    assert code == 0, out.getvalue()[-4000:]
-    assert single.returncode == 0, single_out[-4000:]
-    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+@pytest.mark.parametrize("method", METHODS)
+def test_two_workers_equal_one_process_on_the_same_global_batch(runs, method):
+    a, b = runs["one"], runs["two"]
     assert (a["replicas"], b["replicas"]) == (1, 2)
     assert len(b["history"]["loss"]) == RUN["epochs"]
     for key in ("loss", method, "val_loss"):
         assert _relative(a["history"][key], b["history"][key]) < 1e-4, (key, a["history"][key], b["history"][key])
-    for wa, wb in zip(a["weights"], b["weights"]):
-        assert _relative(wa, wb) < 1e-4
+    for i, (wa, wb) in enumerate(zip(a["weights"], b["weights"], strict=True)):  # the student's
+        assert _relative(wa, wb) < 1e-4, ("student", i)
+    # the method's own state: the regressor; the embeddings and memory banks; none for KD, DKD
+    parts_a, parts_b = a["method_weights"][method], b["method_weights"][method]
+    assert len(parts_a) == len(parts_b) and (len(parts_a) > 0) == (method in ("crd", "fitnet"))
+    for i, (wa, wb) in enumerate(zip(parts_a, parts_b)):
+        assert _relative(wa, wb) < 1e-4, (method, i)
     assert a["top1"] == pytest.approx(b["top1"])
-    assert not (tmp_path / "run_multiworker" / ".worker1").exists()  # the other worker's folder is gone
+    assert not (runs["dir"] / "run_multiworker_mix" / ".worker1").exists()  # the other worker's folder is gone
+
+
+@pytest.mark.e2e
+@needs_fashion_mnist
+def test_a_job_whose_worker_is_killed_resumes_from_its_backup_to_the_same_end(runs):
+    """kill -9 of worker 1 in the middle of epoch 2 (both workers' backups of
+    epoch 1 written, a step of epoch 2 taken): the launcher stops the job, and
+    the job restarted with the same runs resumes epoch 2 and ends as the
+    same run uninterrupted did (in one process: equal to 2 workers, tested above)."""
+    killed, label = runs["killed"], KILLED.split("=")[0]
+    assert killed["code"] == -signal.SIGKILL, killed["log"][-4000:]
+    assert "worker 1 exited with code -9: stopping the others" in killed["log"]
+    assert killed["backups"] == [True, True] and not killed["result_written"]
+    resumed = runs["killed_then_resumed"]
+    assert len(resumed["history"]["loss"]) == RUN["epochs"]  # the killed process's epoch is kept
+    reference = runs["not_killed"]
+    assert reference["replicas"] == 1 and resumed["replicas"] == 2
+    for key in ("loss", "kd", "dkd", "fitnet", "val_loss", "accuracy"):  # dkd: the warm-up's epoch restored
+        assert _relative(reference["history"][key], resumed["history"][key]) < 1e-4, (key, resumed["history"])
+    for i, (wa, wb) in enumerate(zip(reference["weights"], resumed["weights"], strict=True)):
+        assert _relative(wa, wb) < 1e-4, i
+    regressor = list(zip(reference["method_weights"]["fitnet"], resumed["method_weights"]["fitnet"], strict=True))
+    assert regressor and all(_relative(wa, wb) < 1e-4 for wa, wb in regressor)
+    assert resumed["top1"] == pytest.approx(reference["top1"])
+    run = runs["dir"] / f"run_multiworker_{label}"
+    assert not (run / "backup").exists() and not (run / ".worker1").exists()
 
 
 @pytest.mark.e2e
 @needs_fashion_mnist
 def test_the_recipes_run_to_the_end_under_the_launcher(tmp_path):
     teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
-    common = ["--dataset=fashion_mnist", "--train_limit=128", "--test_limit=64", "--batch_size=64", "--epochs=1"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    common = ["--dataset=fashion_mnist", "--train_limit=64", "--test_limit=32", "--batch_size=32", "--epochs=1"]
+    env = {**os.environ, **ENV}
 
     def launch(*args):
         proc = subprocess.run([sys.executable, "-m", "kdkeras.launch", "--workers=2", "--timeout=300", *args],
@@ -124,4 +269,5 @@ def test_the_recipes_run_to_the_end_under_the_launcher(tmp_path):
 if __name__ == "__main__":
     if sys.argv[1] == "worker":
         strategy = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--strategy="))
-        _worker(sys.argv[2], sys.argv[3], strategy)
+        pause = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--pause_at=")), None)
+        _worker(sys.argv[2], sys.argv[3].split(","), strategy, pause)

@@ -1,5 +1,7 @@
 """Multi-stage training (init stage, then main stage, resume) and gradient taps."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -130,3 +132,58 @@ def test_default_stages_follow_the_papers():
     assert ft.stage == "paraphraser"
     main.setup()
     assert ft.stage == "transfer"
+
+
+class _CrashIn(keras.callbacks.Callback):
+    """Raise when epoch `at` of the stage named `stage` begins (its earlier epochs backed up)."""
+
+    def __init__(self, stage, at):
+        super().__init__()
+        self.stage, self.at = stage, at
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.model.name == f"stage_{self.stage}" and epoch == self.at:
+            raise KeyboardInterrupt(f"simulated crash in {self.stage}, epoch {epoch}")
+
+
+def _ft_run(output_dir, callbacks=()):
+    """FT (a paraphraser stage of 2 epochs, then 2 main epochs with KD) on fresh
+    tiny networks of fixed initial weights and one fixed batch order."""
+    from kdkeras.methods import FT
+    from kdkeras.stages import default_stages
+
+    keras.utils.set_random_seed(0)
+    teacher, student = tiny_cnn(width=8, name="teacher"), tiny_cnn(width=4, name="student")
+    methods = [FT(teacher_layers=["relu2"], student_layers=["relu2"]), KD()]
+    stages = default_stages(methods, init_epochs=2, epochs=2, student_loss_weight=0.5)
+    x, y = tiny_data(32)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    histories = run_stages(teacher, student, stages, ds, ds, lambda s: keras.optimizers.SGD(0.05, momentum=0.9),
+                           str(output_dir), callbacks=list(callbacks), verbose=0)
+    return histories, [w.numpy() for w in student.weights]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_ft_run(tmp_path_factory):
+    """One uninterrupted FT run, the reference of every resumed one."""
+    return _ft_run(tmp_path_factory.mktemp("ft_whole"))
+
+
+@pytest.mark.parametrize("stage, at", [("ft_paraphraser", 1), ("main", 1)])
+def test_a_run_resumed_mid_stage_reports_each_stages_whole_history(tmp_path, uninterrupted_ft_run, stage, at):
+    whole, weights = uninterrupted_ft_run
+    assert set(whole) == {"ft_paraphraser", "main"}
+    with pytest.raises(KeyboardInterrupt):
+        _ft_run(tmp_path / "crashed", [_CrashIn(stage, at)])
+    assert (tmp_path / "crashed" / "stages").exists()
+    resumed, resumed_weights = _ft_run(tmp_path / "crashed")
+    for name, epochs in (("ft_paraphraser", 2), ("main", 2)):
+        assert set(resumed[name]) == set(whole[name])
+        for key, values in whole[name].items():
+            assert len(values) == epochs and len(resumed[name][key]) == epochs, (name, key)
+            np.testing.assert_allclose(resumed[name][key], values, rtol=1e-5, err_msg=f"{name}.{key}")
+    for a, b in zip(weights, resumed_weights):  # the finished stage kept, the running one resumed
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    done = json.loads((tmp_path / "crashed" / "stages" / "01_main" / "done.json").read_text())
+    assert len(done["history"]["loss"]) == 2  # the record a rerun reads back
+    assert not list((tmp_path / "crashed" / "stages").rglob("history.json"))  # records merged, then dropped

@@ -134,7 +134,7 @@ def build_teacher_cache(
     }
     if os.path.exists(os.path.join(path, MANIFEST)):
         try:
-            cache = TeacherCache.open(path, expect=fingerprint)
+            cache = TeacherCache.open(path, expect=_with_their_taps(fingerprint, path))
             print(f"[cache] reusing {path} ({cache.num_examples} examples x {cache.views} views)")
             return cache
         except CacheError as err:
@@ -178,6 +178,19 @@ def build_teacher_cache(
         os.rmdir(path)  # an empty folder given as the destination
     os.rename(partial, path)
     return TeacherCache.open(path, verify=False)
+
+
+def _with_their_taps(fingerprint: dict, path: str) -> dict:
+    """`fingerprint` with the taps of the cache at `path` when those include every
+    tap asked for: a cache built for a sweep serves a run that reads fewer."""
+    try:
+        with open(os.path.join(path, MANIFEST)) as f:
+            found = json.load(f).get("fingerprint", {})
+    except (OSError, ValueError):
+        return fingerprint  # opening it says what is wrong
+    if set(fingerprint["taps"]) <= set(found.get("taps") or ()):
+        return {**fingerprint, "taps": found["taps"]}
+    return fingerprint
 
 
 def _load_progress(partial: str, fingerprint: dict) -> dict:

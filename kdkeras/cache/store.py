@@ -19,13 +19,13 @@ import json
 import os
 import threading
 import zlib
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from kdkeras.cache.layout import Column, columns, decode
-from kdkeras.keys import INDEX, TEACHER
+from kdkeras.keys import INDEX, LOGITS, TEACHER
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -87,15 +87,24 @@ class TeacherCache:
     then needs no teacher model.
     """
 
-    def __init__(self, path: str, manifest: dict):
+    def __init__(self, path: str, manifest: dict, only: Sequence[str] | None = None):
         self.path = path
         self.manifest = manifest
         self._columns = [
             Column(entry, c["name"], c["dtype"], tuple(c["shape"]))
             for entry, spec in manifest["entries"].items() for c in spec["columns"]
         ]
+        self._only = None if only is None else tuple(dict.fromkeys([LOGITS, *only]))
         self._fds: dict[tuple[int, str], int] = {}
         self._lock = threading.Lock()
+
+    def select(self, entries: Sequence[str]) -> "TeacherCache":
+        """This cache reading only `entries` (and the logits): one cache built for
+        the taps of a whole sweep serves each run the few it reads, at their I/O."""
+        missing = [e for e in entries if e not in self.manifest["entries"]]
+        if missing:
+            raise CacheError(f"Teacher cache {self.path!r} holds no {missing} (it has {sorted(self.entries)}).")
+        return type(self)(self.path, self.manifest, only=entries)
 
     # -- opening -----------------------------------------------------------------
     @classmethod
@@ -171,13 +180,17 @@ class TeacherCache:
 
     @property
     def entries(self) -> dict[str, tuple]:
-        """Each cached entry (`logits` and the tapped layers) and its per-example shape."""
-        return {k: tuple(v["shape"]) for k, v in self.manifest["entries"].items()}
+        """Each cached entry (`logits` and the tapped layers) read, and its per-example shape."""
+        return {k: tuple(v["shape"]) for k, v in self.manifest["entries"].items()
+                if self._only is None or k in self._only}
 
     @property
     def method_taps(self) -> dict[str, list[str]]:
-        """The teacher layers each method of the build tapped, by method name."""
-        return self.manifest.get("method_taps", {})
+        """The teacher layers each method of the build tapped, by method name (those
+        whose layers this cache reads)."""
+        entries = self.entries
+        return {m: taps for m, taps in self.manifest.get("method_taps", {}).items()
+                if all(t in entries for t in taps)}
 
     @property
     def teacher_top1(self) -> float | None:
@@ -185,7 +198,12 @@ class TeacherCache:
 
     @property
     def bytes_per_example_view(self) -> int:
-        return sum(c.row_bytes for c in self._columns)
+        """Bytes read per example per view (the selected entries)."""
+        return sum(c.row_bytes for c in self._read_columns)
+
+    @property
+    def _read_columns(self) -> list[Column]:
+        return [c for c in self._columns if self._only is None or c.entry in self._only]
 
     # -- reading -------------------------------------------------------------------------
     def _fd(self, view: int, column: Column) -> int:
@@ -204,7 +222,7 @@ class TeacherCache:
             bad = indices[(indices < 0) | (indices >= self.num_examples)][0]
             raise IndexError(f"Example index {int(bad)} is outside the cache's 0..{self.num_examples - 1}.")
         out = {}
-        for column in self._columns:
+        for column in self._read_columns:
             fd, size = self._fd(view, column), column.row_bytes
             data = b"".join(os.pread(fd, size, int(i) * size) for i in indices)
             out[column.key] = np.frombuffer(data, column.dtype).reshape((len(indices),) + column.shape)
@@ -218,7 +236,7 @@ class TeacherCache:
     def attach(self, x: dict, view) -> dict:
         """`x` (a batch with its dataset `index`) plus `x["teacher"]`: the cached
         outputs of its examples in `view` (TF ops; used inside tf.data)."""
-        cols = self._columns
+        cols = self._read_columns
         dtypes = [tf.as_dtype(c.dtype) for c in cols]
 
         def read(view_value, indices):

@@ -1,7 +1,7 @@
 """From raw examples to training batches: index, shuffle, decode, preprocess, augment, batch.
 
 Order of operations (per split):
-    first `limit` examples -> enumerate (index 0..N-1, before any shuffling)
+    `limit` examples (stratified by class, seeded) -> enumerate (index 0..N-1, before any shuffling)
     -> shuffle (raw elements: cheap) -> repeat -> decode -> float32 [0, 1]
     -> resize (bilinear) -> channel conversion -> augment -> batch -> prefetch
 """
@@ -141,8 +141,10 @@ def load(
     """Batches `(x, y)` of one split: x float32 NHWC in [0, 1], y int32 of shape (B,).
 
     With `with_index`, x is {"image": x, "index": int64}, where index is the
-    example's position among the first `limit` examples of the unshuffled split
-    (0..N-1), assigned before shuffling so it is stable across epochs.
+    example's position among the `limit` examples kept of the unshuffled split
+    (0..N-1), assigned before shuffling so it is stable across epochs. A `limit`
+    keeps every class in proportion, the same subset on every run (a fixed seed,
+    `sources.stratified_positions`), never just the first N examples.
     shuffle/augment default to True on the train split only (augment: never for
     mnist/fashion_mnist); augmentation is reflect-pad 4 + random crop + random
     horizontal flip (see `augment_image`). `seed` makes shuffling and
@@ -219,9 +221,11 @@ def load(
 def data_spec(info: DatasetInfo, split: str, image_size, channels, augment: bool, limit, seed) -> dict:
     """What identifies the images a pipeline yields (a teacher cache's data
     fingerprint): source, split, examples, size, channels and augmentation;
-    the seed only where it changes the images (with augmentation)."""
+    the seed only where it changes the images (with augmentation). A limit is
+    marked stratified: caches of the first-N subsets of older versions are refused."""
     h, w, c = info.image_shape
     return {"dataset": info.name, "split": split, "limit": limit,
+            "limit_subset": "stratified" if limit else None,
             "image_size": list(image_size) if image_size else [h, w],
             "channels": int(channels or c), "augment": bool(augment),
             "seed": seed if augment else None}

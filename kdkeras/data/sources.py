@@ -221,7 +221,9 @@ class IdxSource:
 
     def raw(self, split: str, limit: int | None = None) -> RawSplit:
         images, labels = read_idx_split(*self.files[split])
-        images, labels = images[:limit], labels[:limit]
+        if limit is not None and limit < len(labels):  # stratified, seeded: not the first N
+            keep = stratified_positions(labels, limit, self.info.name)
+            images, labels = images[keep], labels[keep]
         dataset = tf.data.Dataset.from_tensor_slices((images, labels))
         return RawSplit(dataset, _identity, len(labels), shuffle_buffer=len(labels))
 
@@ -394,27 +396,37 @@ class FolderSource:
 LIMIT_SEED = 0
 
 
-def stratified_limit(items: list[tuple[str, int]], limit: int | None, name: str = "") -> list:
-    """The first `limit` of `items` (path, label) taken class by class in
-    proportion (each class's files in a fixed seeded order, every class
-    represented once `limit` reaches the class count), returned in their
-    original order; a folder's first N files would hold only its first classes."""
-    if limit is None or limit >= len(items):
-        return list(items)
+def stratified_positions(labels, limit: int | None, name: str = "") -> np.ndarray:
+    """Positions (ascending) of `limit` examples with these `labels`, taken class
+    by class in proportion: each class's examples in a fixed order seeded by
+    `LIMIT_SEED` (the same subset on every run), every class represented once
+    `limit` reaches the class count. A split's first N examples would hold only
+    its first classes when it is sorted by class (an image folder, some tfds sets)."""
+    labels = np.asarray(labels).reshape(-1)
+    if limit is None or limit >= len(labels):
+        return np.arange(len(labels))
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit <= 0:
+        raise ValueError(f"limit must be None or a positive int, got {limit!r}.")
     rng = np.random.default_rng(LIMIT_SEED)
-    by_class: dict[int, list[int]] = {}
-    for position, (_, label) in enumerate(items):
-        by_class.setdefault(label, []).append(position)
-    ranked = []
-    for label in sorted(by_class):
-        positions = by_class[label]
-        for rank, k in enumerate(rng.permutation(len(positions))):
-            ranked.append((rank / len(positions), label, positions[k]))
-    if limit < len(by_class):
-        warnings.warn(f"limit={limit} is below the {len(by_class)} classes of {name!r}: "
+    classes = np.unique(labels)
+    if limit < len(classes):
+        warnings.warn(f"limit={limit} is below the {len(classes)} classes of {name!r}: "
                       f"only {limit} of them are kept.", stacklevel=3)
-    chosen = sorted(position for _, _, position in sorted(ranked)[:limit])
-    return [items[p] for p in chosen]
+    # rank of each example within its class, as a fraction: taking the `limit`
+    # smallest fractions keeps every class's share (ties broken by class, then position)
+    fraction = np.empty(len(labels), np.float64)
+    for label in classes:
+        positions = np.flatnonzero(labels == label)
+        fraction[positions[rng.permutation(len(positions))]] = np.arange(len(positions)) / len(positions)
+    order = np.lexsort((np.arange(len(labels)), labels, fraction))
+    return np.sort(order[:limit])
+
+
+def stratified_limit(items: list[tuple[str, int]], limit: int | None, name: str = "") -> list:
+    """`limit` of `items` (path, label), stratified and seeded as in
+    `stratified_positions`, returned in their original order."""
+    positions = stratified_positions([label for _, label in items], limit, name)
+    return [items[p] for p in positions]
 
 
 def _hold_out(items: list[tuple[str, int]]) -> tuple[list, list]:
@@ -485,6 +497,7 @@ class TfdsSource:
                 f"({type(error).__name__}). Accepted: {ACCEPTED_NAMES}."
             ) from error
         image_feature, label_feature = self._supervised_features(builder)
+        self._image_key, self._image_feature = builder.info.supervised_keys[0], image_feature
         if not builder.info.splits:
             self._prepare(builder)
         splits, train_split, test_split = tfds_train_test_splits(
@@ -541,10 +554,8 @@ class TfdsSource:
     def raw(self, split: str, limit: int | None = None) -> RawSplit:
         tfds = _import_tfds()
         try:
-            dataset = tfds.load(
-                self.name, split=split, data_dir=self.data_dir,
-                as_supervised=True, shuffle_files=False,
-            )
+            # images stay encoded (cheap to shuffle) until the pipeline decodes them
+            dataset = self._load(split, skip_decoding=True)
         except Exception as error:
             raise DatasetUnavailableError(
                 f"Could not load split {split!r} of tensorflow-datasets dataset {self.name!r} "
@@ -553,11 +564,47 @@ class TfdsSource:
                 f"{ACCEPTED_NAMES}."
             ) from error
         num = self.info.splits.get(split)
-        if limit is not None:
-            dataset = dataset.take(limit)
-            num = limit if num is None else min(num, limit)
+        if limit is not None and (num is None or limit < num):
+            return self._stratified(split, limit)
         buffer = min(num or TFDS_SHUFFLE_BUFFER, TFDS_SHUFFLE_BUFFER)
-        return RawSplit(dataset, _identity, num, shuffle_buffer=buffer)
+        return RawSplit(dataset, self._image_feature.decode_example, num, shuffle_buffer=buffer)
+
+    def _load(self, split: str, skip_decoding: bool = False) -> tf.data.Dataset:
+        """The split as (image, label), with `skip_decoding` its images still encoded (bytes)."""
+        tfds = _import_tfds()
+        decoders = {self._image_key: tfds.decode.SkipDecoding()} if skip_decoding else None
+        return tfds.load(self.name, split=split, data_dir=self.data_dir, as_supervised=True,
+                         shuffle_files=False, decoders=decoders)
+
+    def _stratified(self, split: str, limit: int) -> RawSplit:
+        """`limit` examples of `split` kept class by class (`stratified_positions`),
+        in split order; images stay encoded until the pipeline decodes the kept ones."""
+        labels = _tfds_labels(self, split)
+        keep = np.zeros(len(labels), bool)
+        keep[stratified_positions(labels, limit, self.name)] = True
+        mask = tf.constant(keep)
+
+        def kept(position, item):
+            return tf.gather(mask, position)
+
+        def drop_position(position, item):
+            return item
+
+        dataset = self._load(split, skip_decoding=True).enumerate().filter(kept).map(drop_position)
+        num = int(keep.sum())
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(num))
+        return RawSplit(dataset, self._image_feature.decode_example, num,
+                        shuffle_buffer=min(num, TFDS_SHUFFLE_BUFFER))
+
+
+def _tfds_labels(source: TfdsSource, split: str) -> np.ndarray:
+    """Every label of a tfds split in order (images left encoded), read once per source."""
+    cache = source.__dict__.setdefault("_labels", {})
+    if split not in cache:
+        labels = source._load(split, skip_decoding=True).map(lambda x, y: y).batch(8192)
+        cache[split] = np.concatenate([np.asarray(y) for y in labels.as_numpy_iterator()] or
+                                      [np.zeros(0, np.int64)])
+    return cache[split]
 
 
 #: where tfds downloads from (checked before a download, with a short timeout)

@@ -1,0 +1,424 @@
+"""The results page (`docs/results.md`) generated from saved distillation runs.
+
+Reads every `metrics.json` of `recipes/distill.py` runs under the given run
+roots (e.g. the `OUTPUT_DIR`s of `benchmarks/methods_table.py --seeds=0,1,2`),
+groups them by data set, teacher, student and budget (train/test limits,
+epochs, batch size, learning rate, and the optimiser settings recorded in
+each run's `run_config.json`), and writes one section per group: per method,
+student top-1 mean +- std over seeds, the gain over the student trained alone
+paired by seed (the `baseline_top1` of that seed's KD run), the gain over KD
+paired by seed, train seconds, and the paths and commands of the runs. The
+teacher's top-1 and its margin over the baseline head each section. Methods
+whose mean gain over the baseline is negative are flagged. Every number comes
+from the runs; nothing is typed by hand.
+
+    python benchmarks/results_doc.py runs/table_r20_r8 runs/table_wrn \
+        --output=docs/results.md --readme_output=runs/results_readme.md
+
+Writes OUTPUT (Markdown), OUTPUT with `.json` (the same numbers, as fractions),
+and a short block for the README (printed, and written to `--readme_output`
+when given) that links the full page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import shlex
+import sys
+from typing import Any, Iterable, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # kdkeras.vis imports TensorFlow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: the method every other is compared with, and whose run carries the baseline
+REFERENCE = "kd"
+#: the baseline's seed-to-seed spread (sample std, points) a budget must stay below
+MAX_BASELINE_SPREAD = 0.5
+#: a mean gain this close to zero is zero (sums of paired differences round)
+FLOAT_NOISE = 1e-9
+#: what defines a budget, from metrics.json (and run_config.json for older runs)
+BUDGET_KEYS = ("train_limit", "test_limit", "epochs", "batch_size", "lr")
+#: run_config.json settings that change results beyond the budget: runs that differ
+#: in them are never mixed in one section
+OTHER_KEYS = ("optimizer", "schedule", "weight_decay", "momentum", "augment", "image_size", "channels")
+
+
+class NoRunsError(ValueError):
+    """A run root holds no distillation run (no usable metrics.json)."""
+
+
+# -- reading runs -------------------------------------------------------------------------------
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _display_path(path: str) -> str:
+    """`path` relative to the repository when inside it (stable across machines), else absolute."""
+    path = os.path.abspath(path)
+    return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
+
+
+def read_run(path: str) -> dict | None:
+    """One run record from a metrics.json path, or None when the file is not a
+    distillation run's (a teacher's or an edge report's metrics.json)."""
+    metrics = _read_json(path)
+    if not isinstance(metrics, dict) or "student_top1" not in metrics or "method" not in metrics:
+        return None
+    folder = os.path.dirname(path)
+    config_path = os.path.join(folder, "run_config.json")
+    settings = _read_json(config_path) if os.path.exists(config_path) else {}
+    budget = {k: metrics[k] if k in metrics else settings.get(k) for k in BUDGET_KEYS}
+    other = {k: settings.get(k) for k in OTHER_KEYS}
+    return {
+        "path": _display_path(path),
+        "method": str(metrics["method"]).lower(),
+        "method_args": metrics.get("method_args") or "",
+        "seed": metrics.get("seed", settings.get("seed")),
+        "dataset": metrics.get("dataset"),
+        "teacher": metrics.get("teacher"),
+        "student": metrics.get("student"),
+        "student_args": metrics.get("student_args") or {},
+        "budget": budget,
+        "other": other,
+        "student_top1": metrics["student_top1"],
+        "baseline_top1": metrics.get("baseline_top1"),
+        "baseline_train_seconds": metrics.get("baseline_train_seconds"),
+        "teacher_top1": metrics.get("teacher_top1"),
+        "train_seconds": metrics.get("train_seconds"),
+        "student_loss_weight": metrics.get("student_loss_weight"),
+        # methods_table runs distill.py from the repository by its absolute path: shown relative
+        "command": (metrics.get("command") or "").replace(ROOT + os.sep, "") or None,
+        "mtime": os.path.getmtime(path),
+    }
+
+
+def load_runs(roots: Sequence[str]) -> tuple[list[dict], list[str]]:
+    """Every distillation run under `roots` (metrics.json found recursively),
+    and the metrics.json paths skipped as not being distillation runs. Raises
+    NoRunsError naming a root that holds none."""
+    if not roots:
+        raise NoRunsError("No run roots given: pass the folders holding the runs' metrics.json.")
+    runs, skipped = [], []
+    for root in roots:
+        if not os.path.isdir(root):
+            raise NoRunsError(f"Run root {root!r} is not a folder.")
+        found = 0
+        for path in sorted(glob.glob(os.path.join(root, "**", "metrics.json"), recursive=True)):
+            run = read_run(path)
+            if run is None:
+                skipped.append(_display_path(path))
+                continue
+            runs.append(run)
+            found += 1
+        if not found:
+            raise NoRunsError(
+                f"Run root {root!r} holds no distillation run: no metrics.json with 'method' and "
+                f"'student_top1' below it (make runs with benchmarks/methods_table.py or recipes/distill.py).")
+    return runs, skipped
+
+
+# -- grouping and statistics --------------------------------------------------------------------
+def group_key(run: dict) -> tuple:
+    """What makes runs comparable: data, teacher, student, budget and other settings."""
+    return (run["dataset"], run["teacher"], run["student"], json.dumps(run["student_args"], sort_keys=True),
+            tuple(run["budget"][k] for k in BUDGET_KEYS), tuple(run["other"][k] for k in OTHER_KEYS))
+
+
+def row_name(run: dict) -> str:
+    """The table row of a run: its method, with its non-default arguments."""
+    return run["method"] + (f" ({run['method_args']})" if run["method_args"] else "")
+
+
+def stats(values: Iterable[float]) -> dict:
+    """Mean, sample standard deviation (None for one value) and count."""
+    values = [float(v) for v in values]
+    if not values:
+        return {"mean": None, "std": None, "n": 0, "values": []}
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return {"mean": mean, "std": std, "n": len(values), "values": values}
+
+
+def _dedupe(runs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """One run per (group, row, seed): the newest; returns (kept, superseded)."""
+    newest: dict = {}
+    for run in sorted(runs, key=lambda r: (r["mtime"], r["path"])):
+        key = (group_key(run), row_name(run), run["seed"])
+        newest[key] = run
+    kept = list(newest.values())
+    ids = {id(r) for r in kept}
+    return kept, [r for r in runs if id(r) not in ids]
+
+
+def seed_baselines(runs: list[dict]) -> dict:
+    """seed -> (baseline top-1, its train seconds, the metrics.json that recorded it):
+    from that seed's KD run, else from another run of that seed with a baseline."""
+    out: dict = {}
+    for run in sorted(runs, key=lambda r: (row_name(r) != REFERENCE, r["path"])):
+        if run["baseline_top1"] is not None and run["seed"] not in out:
+            out[run["seed"]] = (run["baseline_top1"], run["baseline_train_seconds"], run["path"])
+    return out
+
+
+def summarize_group(runs: list[dict]) -> dict:
+    """The numbers of one section: per-row statistics over seeds, paired gains,
+    the teacher's top-1 and its margin over the baseline."""
+    baselines = seed_baselines(runs)
+    by_row: dict[str, dict] = {}
+    for run in runs:
+        by_row.setdefault(row_name(run), {})[run["seed"]] = run
+    reference = by_row.get(REFERENCE, {})
+    rows = []
+    if baselines:
+        seeds = sorted(baselines, key=str)
+        rows.append({
+            "method": "baseline", "seeds": seeds, "n": len(seeds),
+            "top1": stats(baselines[s][0] for s in seeds),
+            "gain_over_baseline": stats([]),
+            "gain_over_kd": stats(baselines[s][0] - reference[s]["student_top1"] for s in seeds if s in reference),
+            "train_seconds": _mean(baselines[s][1] for s in seeds),
+            "below_baseline": False,
+            "runs": [{"seed": s, "path": baselines[s][2], "command": _command(runs, baselines[s][2])}
+                     for s in seeds],
+            "note": "student alone (CE), same initial weights",
+        })
+    order = sorted(by_row, key=lambda name: (name != REFERENCE, name))
+    for name in order:
+        per_seed = by_row[name]
+        seeds = sorted(per_seed, key=str)
+        gain_b = stats(per_seed[s]["student_top1"] - baselines[s][0] for s in seeds if s in baselines)
+        gain_kd = stats(per_seed[s]["student_top1"] - reference[s]["student_top1"]
+                        for s in seeds if s in reference) if name != REFERENCE else stats([])
+        below = gain_b["mean"] is not None and gain_b["mean"] < -FLOAT_NOISE
+        rows.append({
+            "method": name, "seeds": seeds, "n": len(seeds),
+            "top1": stats(per_seed[s]["student_top1"] for s in seeds),
+            "gain_over_baseline": gain_b, "gain_over_kd": gain_kd,
+            "train_seconds": _mean(per_seed[s]["train_seconds"] for s in seeds),
+            "below_baseline": below,
+            "runs": [{"seed": s, "path": per_seed[s]["path"], "command": per_seed[s]["command"]} for s in seeds],
+            "note": "reference" if name == REFERENCE else "",
+        })
+    teacher = stats(r["teacher_top1"] for r in runs if r["teacher_top1"] is not None)
+    # the teacher's margin per seed: its top-1 recorded in the run that recorded that seed's baseline
+    by_path = {r["path"]: r for r in runs}
+    margin = stats(by_path[b[2]]["teacher_top1"] - b[0] for b in baselines.values()
+                   if by_path[b[2]]["teacher_top1"] is not None)
+    spread = rows[0]["top1"]["std"] if baselines else None
+    return {"rows": rows, "teacher_top1": teacher["mean"], "teacher_margin": margin,
+            "baseline_spread": spread, "seeds": sorted({r["seed"] for r in runs}, key=str)}
+
+
+def _mean(values: Iterable) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _command(runs: list[dict], path: str) -> str | None:
+    return next((r["command"] for r in runs if r["path"] == path), None)
+
+
+def summarize(runs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Sections (one per group of comparable runs, in a stable order) and the
+    runs left out as superseded by a newer run of the same group, row and seed."""
+    kept, superseded = _dedupe(runs)
+    groups: dict[tuple, list[dict]] = {}
+    for run in kept:
+        groups.setdefault(group_key(run), []).append(run)
+    sections = []
+    for key in sorted(groups, key=lambda k: json.dumps(k, default=str)):
+        group = groups[key]
+        first = group[0]
+        sections.append({
+            "dataset": first["dataset"], "teacher": first["teacher"], "student": first["student"],
+            "student_args": first["student_args"], "budget": first["budget"], "other": first["other"],
+            **summarize_group(group),
+        })
+    return sections, superseded
+
+
+# -- writing ------------------------------------------------------------------------------------
+def _points(value: float) -> float:
+    """A fraction in points, rounded to the two decimals shown (no "-0.00")."""
+    return round(100 * value, 2) + 0.0
+
+
+def _pct(s: dict) -> str:
+    if s["mean"] is None:
+        return "–"
+    return f"{_points(s['mean']):.2f}" + ("" if s["std"] is None else f" ± {_points(s['std']):.2f}")
+
+
+def _gain(s: dict) -> str:
+    if s["mean"] is None:
+        return "–"
+    return f"{_points(s['mean']):+.2f}" + ("" if s["std"] is None else f" ± {_points(s['std']):.2f}")
+
+
+def _name(model: Any) -> str:
+    """A teacher/student as the reader knows it: the folder of a saved model, or the zoo name."""
+    text = str(model)
+    if text.endswith(".keras"):
+        return os.path.basename(os.path.dirname(text)) or os.path.basename(text)
+    return text
+
+
+def section_title(section: dict) -> str:
+    b = section["budget"]
+    train = "full train set" if b["train_limit"] is None else f"{b['train_limit']:,} train"
+    return (f"{section['dataset']}: {_name(section['teacher'])} -> {_name(section['student'])}, "
+            f"{train}, {b['epochs']} epoch{'' if b['epochs'] == 1 else 's'}")
+
+
+def budget_line(section: dict) -> str:
+    b, o = section["budget"], section["other"]
+    parts = [f"train_limit={b['train_limit'] or 'all'}", f"test_limit={b['test_limit'] or 'all'}",
+             f"epochs={b['epochs']}", f"batch_size={b['batch_size']}", f"lr={b['lr']}"]
+    parts += [f"{k}={v}" for k, v in o.items() if v is not None]
+    if section["student_args"]:
+        parts.append(f"student_args={section['student_args']}")
+    return ", ".join(parts)
+
+
+def section_markdown(section: dict) -> list[str]:
+    """One section's paragraphs: set-up, checks, the table, the runs behind each row."""
+    from kdkeras.vis import markdown_table
+
+    margin = section["teacher_margin"]
+    teacher = "–" if section["teacher_top1"] is None else f"{100 * section['teacher_top1']:.2f}"
+    seeds = ", ".join(map(str, section["seeds"]))
+    text = [
+        f"Teacher `{section['teacher']}` (top-1 {teacher}%, {_gain(margin)} points over the student "
+        f"trained alone), student `{section['student']}`. Budget: {budget_line(section)}. Seeds: {seeds}. "
+        "Cells are mean ± sample std over seeds in percent; gains are paired by seed (each seed's "
+        "run against the baseline and the KD run of the same seed) in percentage points.",
+    ]
+    checks = []
+    spread = section["baseline_spread"]
+    if spread is None:
+        checks.append("**No baseline spread:** fewer than two seeds with a baseline; "
+                      "the budget's noise is unmeasured.")
+    elif 100 * spread >= MAX_BASELINE_SPREAD:
+        checks.append(f"**Budget too small:** the baseline's seed-to-seed std is {100 * spread:.2f} points "
+                      f"(needs < {MAX_BASELINE_SPREAD}); differences below it are noise.")
+    if margin["mean"] is not None and 100 * margin["mean"] < 1.0:
+        checks.append(f"**Weak teacher:** only {100 * margin['mean']:+.2f} points better than the student "
+                      "trained alone; methods that give the teacher most of the loss weight may lose.")
+    losers = [r["method"] for r in section["rows"] if r["below_baseline"]]
+    if losers:
+        checks.append("**Below the baseline** (mean paired gain < 0): " + ", ".join(f"`{m}`" for m in losers) + ".")
+    text += checks
+    table = []
+    for r in section["rows"]:
+        flag = "below baseline" if r["below_baseline"] else ""
+        note = "; ".join(filter(None, [r["note"], flag]))
+        method = f"**{r['method']}** ⚠" if r["below_baseline"] else r["method"]
+        seconds = "–" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
+        table.append([method, r["n"], _pct(r["top1"]), _gain(r["gain_over_baseline"]),
+                      _gain(r["gain_over_kd"]), seconds, note])
+    text.append(markdown_table(["method", "seeds", "student top-1 (%)", "gain over baseline (pp)",
+                                "gain over KD (pp)", "train s (mean)", "note"], table, align="lrrrrrl"))
+    runs = ["<details><summary>Runs behind each row (metrics.json and command)</summary>", ""]
+    for r in section["rows"]:
+        for run in r["runs"]:
+            command = f"`{run['command']}`" if run["command"] else "(command not recorded)"
+            runs.append(f"- {r['method']}, seed {run['seed']}: `{run['path']}`: {command}")
+    runs += ["", "</details>"]
+    text.append("\n".join(runs))
+    return text
+
+
+def markdown(sections: list[dict], command: str) -> str:
+    """The full page: how it was made, then one section per group."""
+    lines = [
+        "# Results: every method against the student alone and against KD",
+        "",
+        f"Generated by `{command}` from saved runs; do not edit by hand (rerun it). "
+        f"A budget is large enough when the baseline's seed-to-seed std is below {MAX_BASELINE_SPREAD} "
+        "point; a method flagged ⚠ loses to the baseline on average.",
+        "",
+    ]
+    for section in sections:
+        lines += [f"## {section_title(section)}", ""]
+        for paragraph in section_markdown(section):
+            lines += [paragraph, ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def readme_block(sections: list[dict], page: str) -> str:
+    """A short version for the README: per section, each method's paired gain
+    over the baseline, linking the full page."""
+    from kdkeras.vis import markdown_table
+
+    lines = [f"Gain of each method over the student trained alone, paired by seed (mean ± std, "
+             f"percentage points; full tables, spreads and the runs behind them: [{page}]({page})).", ""]
+    for section in sections:
+        lines += [f"**{section_title(section)}** (teacher {_gain(section['teacher_margin'])} over the "
+                  "student alone)", ""]
+        rows = [[r["method"] + (" ⚠" if r["below_baseline"] else ""), r["n"], _pct(r["top1"]),
+                 _gain(r["gain_over_baseline"])] for r in section["rows"]]
+        lines += [markdown_table(["method", "seeds", "top-1 (%)", "gain (pp)"], rows, align="lrrr"), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _jsonable(section: dict) -> dict:
+    return json.loads(json.dumps(section, default=str))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("roots", nargs="+", help="run roots: folders searched recursively for metrics.json")
+    p.add_argument("--output", default=os.path.join(ROOT, "docs", "results.md"),
+                   help="Markdown page (default docs/results.md); the JSON goes next to it")
+    p.add_argument("--readme_output", default=None,
+                   help="also write the README's short block here (it is always printed)")
+    p.add_argument("--readme_link", default=None,
+                   help="the page's link in the README block (default: OUTPUT relative to the repository)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Generate the page, its JSON and the README block; returns the JSON payload."""
+    args = parse_args(argv)
+    command = " ".join(["python", "benchmarks/results_doc.py", *map(shlex.quote, sys.argv[1:] if argv is None
+                                                                     else argv)])
+    runs, skipped = load_runs(args.roots)
+    sections, superseded = summarize(runs)
+    output = os.path.abspath(args.output)
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    with open(output, "w") as f:
+        f.write(markdown(sections, command))
+    payload = {
+        "command": command, "roots": [_display_path(r) for r in args.roots],
+        "max_baseline_spread_points": MAX_BASELINE_SPREAD,
+        "sections": [_jsonable(s) for s in sections],
+        "skipped_not_distillation_runs": skipped,
+        "superseded": [r["path"] for r in superseded],
+    }
+    json_path = os.path.splitext(output)[0] + ".json"
+    with open(json_path, "w") as f:
+        json.dump(payload, f, indent=2)
+    link = args.readme_link or os.path.relpath(output, ROOT)
+    block = readme_block(sections, link)
+    if args.readme_output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.readme_output)), exist_ok=True)
+        with open(args.readme_output, "w") as f:
+            f.write(block)
+    for path in payload["superseded"]:
+        print(f"note: {path} superseded by a newer run of the same method and seed", file=sys.stderr)
+    print(f"wrote {_display_path(output)} and {_display_path(json_path)}: {len(sections)} section(s), "
+          f"{len(runs) - len(superseded)} runs\n\n{block}")
+    return payload
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except NoRunsError as err:
+        sys.exit(f"results_doc.py: {err}")

@@ -1,0 +1,200 @@
+"""The results page generator reproduces, from fixture metrics.json files, the
+means, sample stds and seed-paired gains NumPy computes; flags a method that
+loses to the baseline; makes one section per teacher/student/budget; refuses a
+root without runs. Also the recipes' teacher-margin warning and DKD's warm-up
+scaled to the run (no training anywhere)."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.helpers import ROOT
+
+TEACHER = "saved_models/fashion_mnist_resnet20/model.keras"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("_benchmark_results_doc",
+                                                  os.path.join(ROOT, "benchmarks", "results_doc.py"))
+    module = importlib.util.module_from_spec(spec)  # argparse: no absl flags to clash
+    spec.loader.exec_module(module)
+    return module
+
+
+results_doc = _load()
+
+
+def write_run(root, method, seed, top1, *, baseline=None, teacher_top1=0.92, teacher=TEACHER,
+              student="resnet8", train_limit=10000, epochs=5, seconds=10.0, test_limit=None):
+    """A metrics.json as recipes/distill.py writes it (and its run_config.json), in methods_table's layout."""
+    folder = root / method / f"seed{seed}"
+    folder.mkdir(parents=True)
+    metrics = {"method": method, "method_args": "", "dataset": "fashion_mnist", "teacher": teacher,
+               "student": student, "student_args": {}, "student_top1": top1, "teacher_top1": teacher_top1,
+               "epochs": epochs, "train_limit": train_limit, "test_limit": test_limit, "batch_size": 64,
+               "lr": 0.05, "seed": seed, "train_seconds": seconds,
+               "command": f"python recipes/distill.py --method={method} --seed={seed}"}
+    if baseline is not None:
+        metrics.update(baseline_top1=baseline, baseline_train_seconds=seconds / 2)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "run_config.json").write_text(json.dumps({"optimizer": "sgd", "schedule": "cosine", "seed": seed}))
+    return folder / "metrics.json"
+
+
+BASELINE = [0.861, 0.855, 0.866]
+TOP1 = {"kd": [0.872, 0.869, 0.874], "dkd": [0.880, 0.861], "at": [0.850, 0.857, 0.852]}  # dkd: no seed 2
+
+
+def write_pair(root, **kwargs):
+    for method, values in TOP1.items():
+        for seed, top1 in enumerate(values):
+            write_run(root, method, seed, top1, baseline=BASELINE[seed] if method == "kd" else None,
+                      seconds=10.0 + seed + len(method), **kwargs)
+
+
+def _row(section, method):
+    return next(r for r in section["rows"] if r["method"] == method)
+
+
+def test_generator_reproduces_means_stds_and_paired_gains(tmp_path):
+    runs = tmp_path / "runs"
+    write_pair(runs)
+    (runs / "teacher").mkdir()  # a teacher's metrics.json is not a distillation run: skipped
+    (runs / "teacher" / "metrics.json").write_text(json.dumps({"top1": 0.92}))
+    page = tmp_path / "docs" / "results.md"
+    readme = tmp_path / "readme_block.md"
+    payload = results_doc.main([str(runs), f"--output={page}", f"--readme_output={readme}"])
+    assert payload == json.loads(page.with_suffix(".json").read_text())
+    assert payload["skipped_not_distillation_runs"] == [str(runs / "teacher" / "metrics.json")]
+    [section] = payload["sections"]
+    base, kd = np.array(BASELINE), np.array(TOP1["kd"])
+    expected = {"baseline": (base, None, base - kd), "kd": (kd, kd - base, None)}
+    for method in ("dkd", "at"):
+        top1 = np.array(TOP1[method])
+        n = len(top1)  # gains paired by seed: dkd's two seeds against those seeds' baseline and KD
+        expected[method] = (top1, top1 - base[:n], top1 - kd[:n])
+    for method, (top1, gain_b, gain_kd) in expected.items():
+        row = _row(section, method)
+        assert row["n"] == len(top1), method
+        assert row["top1"]["mean"] == pytest.approx(top1.mean(), abs=1e-12), method
+        assert row["top1"]["std"] == pytest.approx(top1.std(ddof=1), abs=1e-12), method
+        for key, values in (("gain_over_baseline", gain_b), ("gain_over_kd", gain_kd)):
+            if values is None:
+                assert row[key]["mean"] is None, (method, key)
+                continue
+            assert row[key]["mean"] == pytest.approx(values.mean(), abs=1e-12), (method, key)
+            assert row[key]["std"] == pytest.approx(values.std(ddof=1), abs=1e-12), (method, key)
+    assert [r["method"] for r in section["rows"]] == ["baseline", "kd", "at", "dkd"]
+    assert _row(section, "at")["train_seconds"] == pytest.approx(np.mean([12.0, 13.0, 14.0]))
+    assert _row(section, "baseline")["train_seconds"] == pytest.approx(np.mean([12.0, 13.0, 14.0]) / 2)
+    assert section["teacher_top1"] == pytest.approx(0.92)
+    assert section["teacher_margin"]["mean"] == pytest.approx((0.92 - base).mean(), abs=1e-12)
+    assert section["baseline_spread"] == pytest.approx(base.std(ddof=1), abs=1e-12)
+    # the losing method (at: mean paired gain < 0) is flagged, the others are not
+    assert {r["method"]: r["below_baseline"] for r in section["rows"]} == {
+        "baseline": False, "kd": False, "at": True, "dkd": False}
+    text = page.read_text()
+    at_gain = TOP1["at"] - base
+    at_line = next(line for line in text.splitlines() if line.startswith("| **at** ⚠"))
+    assert f"{100 * at_gain.mean():+.2f} ± {100 * at_gain.std(ddof=1):.2f}" in at_line
+    assert "below baseline" in at_line and "**Below the baseline** (mean paired gain < 0): `at`." in text
+    dkd_line = next(line for line in text.splitlines() if line.startswith("| dkd |"))
+    assert "below" not in dkd_line and f"{100 * np.mean(TOP1['dkd']):.2f} ± " in dkd_line
+    assert "**Budget too small:**" in text  # this baseline's spread is 0.55 point
+    # every row names its metrics.json files and the commands that made them
+    runs_of_dkd = _row(section, "dkd")["runs"]
+    assert [r["path"] for r in runs_of_dkd] == [str(runs / "dkd" / f"seed{s}" / "metrics.json") for s in (0, 1)]
+    assert runs_of_dkd[1]["command"] == "python recipes/distill.py --method=dkd --seed=1"
+    assert f"`{runs / 'dkd' / 'seed1' / 'metrics.json'}`: `python recipes/distill.py --method=dkd --seed=1`" in text
+    assert [r["path"] for r in _row(section, "baseline")["runs"]] == [
+        str(runs / "kd" / f"seed{s}" / "metrics.json") for s in range(3)]
+    # the README block: the short table, linking the full page
+    block = readme.read_text()
+    assert f"]({os.path.relpath(page, ROOT)})" in block and "| at ⚠ |" in block
+
+
+def test_two_pairs_make_two_sections(tmp_path):
+    same, wide = tmp_path / "r20_r8", tmp_path / "wrn"
+    write_pair(same)
+    write_pair(wide, teacher="saved_models/fashion_mnist_wrn_40_2/model.keras", student="wrn_16_1",
+               teacher_top1=0.93)
+    write_run(same / "short", "kd", 0, 0.80, baseline=0.79, epochs=1)  # another budget: its own section
+    page = tmp_path / "results.md"
+    payload = results_doc.main([str(same), str(wide), f"--output={page}"])
+    sections = payload["sections"]
+    assert sorted((s["student"], s["budget"]["epochs"]) for s in sections) == [
+        ("resnet8", 1), ("resnet8", 5), ("wrn_16_1", 5)]
+    wrn = next(s for s in sections if s["student"] == "wrn_16_1")
+    assert wrn["teacher_top1"] == pytest.approx(0.93)
+    assert _row(wrn, "kd")["n"] == 3 and _row(wrn, "dkd")["n"] == 2
+    short = next(s for s in sections if s["budget"]["epochs"] == 1)
+    assert [r["method"] for r in short["rows"]] == ["baseline", "kd"]
+    assert _row(short, "kd")["gain_over_baseline"]["mean"] == pytest.approx(0.01)
+    assert "**No baseline spread:**" in page.read_text()  # one seed: the noise is unmeasured
+    headings = [line for line in page.read_text().splitlines() if line.startswith("## ")]
+    assert headings == [f"## {results_doc.section_title(s)}" for s in sections] and len(set(headings)) == 3
+    assert any("fashion_mnist_wrn_40_2 -> wrn_16_1" in h for h in headings)
+
+
+def test_newest_run_of_a_seed_wins(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "kd", 0, 0.85, baseline=0.84)
+    newer = write_run(runs / "again", "kd", 0, 0.87, baseline=0.84)
+    os.utime(newer, (os.path.getmtime(newer) + 10,) * 2)
+    payload = results_doc.main([str(runs), f"--output={tmp_path / 'r.md'}"])
+    assert _row(payload["sections"][0], "kd")["top1"]["values"] == [0.87]
+    assert payload["superseded"] == [str(runs / "kd" / "seed0" / "metrics.json")]
+
+
+def test_refuses_a_root_without_runs(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(results_doc.NoRunsError, match=f"{empty}.*holds no distillation run"):
+        results_doc.main([str(empty), f"--output={tmp_path / 'r.md'}"])
+    teacher_only = tmp_path / "teacher_only"
+    teacher_only.mkdir()
+    (teacher_only / "metrics.json").write_text(json.dumps({"top1": 0.9}))
+    good = tmp_path / "good"
+    write_run(good, "kd", 0, 0.85, baseline=0.84)
+    with pytest.raises(results_doc.NoRunsError, match="teacher_only"):  # even next to a root with runs
+        results_doc.main([str(good), str(teacher_only), f"--output={tmp_path / 'r.md'}"])
+    with pytest.raises(results_doc.NoRunsError, match="not a folder"):
+        results_doc.main([str(tmp_path / "missing"), f"--output={tmp_path / 'r.md'}"])
+    assert not (tmp_path / "r.md").exists()
+
+
+# -- the recipes' teacher margin and run-length defaults -----------------------------------------
+def test_weak_teacher_warning_only_when_the_teacher_gets_most_of_the_loss():
+    from kdkeras.experiment import teacher_margin, weak_teacher_warning
+
+    assert teacher_margin(0.867, 0.860) == pytest.approx(0.007)
+    assert teacher_margin(0.867, None) is None and teacher_margin(None, 0.86) is None
+    warning = weak_teacher_warning(0.867, 0.860, 0.1)  # the kept-aside case: KD lost 1.8 points
+    assert warning is not None and "+0.70 points" in warning and "weight 0.1" in warning
+    assert weak_teacher_warning(0.867, 0.860, 1.0) is None  # CE keeps most of the loss (DKD's 1)
+    assert weak_teacher_warning(0.90, 0.86, 0.1) is None  # a 4-point margin
+    assert weak_teacher_warning(0.85, 0.86, 0.1) is not None  # a teacher worse than the student alone
+    assert weak_teacher_warning(None, 0.86, 0.1) is None
+
+
+def test_recipes_scale_dkd_warmup_with_the_run():
+    from kdkeras import methods
+    from kdkeras.experiment import run_length_args
+
+    args, added = run_length_args("kd+dkd", "kd.temperature=2")
+    assert added == {"dkd": {"warmup_fraction": pytest.approx(1 / 12)}}
+    assert args["kd"] == {"temperature": 2}
+    _, dkd = methods.from_spec("kd+dkd", args)
+    five_epochs = [float(dkd.warmup_factor(methods.StepContext(epoch=e, epochs=5))) for e in range(5)]
+    assert five_epochs == [1.0] * 5  # ceil(5 / 12) = 1 epoch of warm-up, not 20
+    sixty = [float(dkd.warmup_factor(methods.StepContext(epoch=e, epochs=60))) for e in (0, 4, 5)]
+    assert sixty == pytest.approx([0.2, 1.0, 1.0])  # 5 of 60 epochs, the published 20 of 240
+    plain = methods.from_spec("dkd")[0]  # the class itself keeps its published 20-epoch count
+    assert float(plain.warmup_factor(methods.StepContext(epoch=4, epochs=5))) == pytest.approx(0.25)
+    for given in ("dkd.warmup_epochs=3", "dkd.warmup_fraction=0.5"):  # the user's value is kept
+        args, added = run_length_args("dkd", given)
+        assert added == {} and len(args["dkd"]) == 1, given
+    assert run_length_args("kd", "") == ({}, {})
