@@ -45,6 +45,8 @@ import time
 
 from absl import app, flags
 
+from kdkeras.analysis.stats import mean_std
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DISTILL = os.path.join(ROOT, "recipes", "distill.py")
 
@@ -280,16 +282,6 @@ def build_rows(results: dict[str, dict]) -> tuple[list[dict], dict]:
     return rows, summary
 
 
-def _mean_std(values: list) -> tuple[float | None, float | None]:
-    """Mean and sample std (None below two values) of the values that are not None."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
-    return mean, std
-
-
 def combine_seeds(results: dict[int, dict[str, dict]]) -> tuple[list[dict], dict]:
     """The table's rows over seeds: each seed's rows (`build_rows`, gains paired
     within the seed), then per method the mean and sample std over the seeds
@@ -305,18 +297,19 @@ def combine_seeds(results: dict[int, dict[str, dict]]) -> tuple[list[dict], dict
             continue
         row = {"method": method, "seeds": [s for s, r in seeded if r["student_top1"] is not None]}
         for key in ("student_top1", "gain_over_baseline", "gain_over_kd"):
-            row[key], row[key + "_std"] = _mean_std([r[key] for _, r in seeded])
-        row["train_seconds"] = _mean_std([r["train_seconds"] for _, r in seeded])[0]
+            row[key], row[key + "_std"] = mean_std([r[key] for _, r in seeded])
+        row["train_seconds"] = mean_std([r["train_seconds"] for _, r in seeded])[0]
         notes = [(f"seed {s}: " if len(results) > 1 and r["student_top1"] is None else "") + r["note"]
                  for s, r in seeded if r["note"]]
         row["note"] = "; ".join(dict.fromkeys(notes))
         combined.append(row)
     summaries = [summary for _, summary in per_seed.values()]
-    margins = [s["teacher_top1"] - s["baseline_top1"] for s in summaries
-               if s["teacher_top1"] is not None and s["baseline_top1"] is not None]
-    summary = {key: _mean_std([s[key] for s in summaries])[0] for key in ("baseline_top1", "kd_top1", "teacher_top1")}
-    summary["teacher_margin"] = _mean_std(margins)[0]
-    summary["baseline_top1_std"] = _mean_std([s["baseline_top1"] for s in summaries])[1]
+    from kdkeras.experiment import teacher_margin
+
+    margins = [teacher_margin(s["teacher_top1"], s["baseline_top1"]) for s in summaries]
+    summary = {key: mean_std([s[key] for s in summaries])[0] for key in ("baseline_top1", "kd_top1", "teacher_top1")}
+    summary["teacher_margin"] = mean_std(margins)[0]
+    summary["baseline_top1_std"] = mean_std([s["baseline_top1"] for s in summaries])[1]
     return combined, summary
 
 

@@ -25,13 +25,15 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import math
 import os
 import shlex
 import sys
 from typing import Any, Iterable, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # kdkeras.vis imports TensorFlow
+
+from kdkeras.analysis.stats import mean_std  # noqa: E402
+from kdkeras.experiment import WEAK_TEACHER_MARGIN  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -138,10 +140,7 @@ def row_name(run: dict) -> str:
 def stats(values: Iterable[float]) -> dict:
     """Mean, sample standard deviation (None for one value) and count."""
     values = [float(v) for v in values]
-    if not values:
-        return {"mean": None, "std": None, "n": 0, "values": []}
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    mean, std = mean_std(values)
     return {"mean": mean, "std": std, "n": len(values), "values": values}
 
 
@@ -307,7 +306,7 @@ def section_markdown(section: dict) -> list[str]:
     elif 100 * spread >= MAX_BASELINE_SPREAD:
         checks.append(f"**Budget too small:** the baseline's seed-to-seed std is {100 * spread:.2f} points "
                       f"(needs < {MAX_BASELINE_SPREAD}); differences below it are noise.")
-    if margin["mean"] is not None and 100 * margin["mean"] < 1.0:
+    if margin["mean"] is not None and margin["mean"] < WEAK_TEACHER_MARGIN:
         checks.append(f"**Weak teacher:** only {100 * margin['mean']:+.2f} points better than the student "
                       "trained alone; methods that give the teacher most of the loss weight may lose.")
     losers = [r["method"] for r in section["rows"] if r["below_baseline"]]

@@ -465,11 +465,10 @@ def _output_shapes(tap_model) -> dict[str, tuple]:
 def _taps_from_cache(methods, cache) -> None:
     """Give each teacher-reading method without taps the ones the cache was built
     for, and check that the cache holds every tap the methods read."""
+    from kdkeras.cache import check_cacheable
+
+    check_cacheable(methods)
     for method in methods:
-        if method.gradient_keys:
-            raise ValueError(
-                f"Method {method.name!r} reads CE gradients of the teacher, computed online each step: "
-                "it cannot train from a teacher cache. Give the Distiller the teacher instead.")
         if not method.requires_teacher:
             continue
         if method.teacher_layers is None and type(method).default_taps is Method.default_taps:

@@ -505,22 +505,18 @@ def cache_view_pipeline(data: DataSetup, split: str, view: int, views: int):
     some CPU kernels round an image differently at the end of a partial batch."""
     c = data.config
     train = split == data.info.train_split
-    return data_lib.load(c.dataset, split, batch_size=c.batch_size, image_size=tuple(data.input_shape[:2]),
-                         channels=data.input_shape[2], augment=data.train_augment if train else False,
-                         limit=c.train_limit if train else c.test_limit, seed=c.seed, data_dir=c.data_dir,
-                         shuffle=train, with_index=True, replay=data_lib.ReplayClock(view), views=views)
+    return data.load(split, augment=data.train_augment if train else False,
+                     limit=c.train_limit if train else c.test_limit, shuffle=train, with_index=True,
+                     replay=data_lib.ReplayClock(view), views=views)
 
 
 def cached_data(data: DataSetup, train_cache, test_cache) -> DataSetup:
     """`data` read with teacher caches: its batches carry the teacher's outputs."""
-    c = data.config
-    common = dict(batch_size=c.batch_size, image_size=tuple(data.input_shape[:2]),
-                  channels=data.input_shape[2], data_dir=c.data_dir, seed=c.seed)
     clock = data_lib.ReplayClock()
-    train = data_lib.load(c.dataset, data.info.train_split, augment=data.train_augment,
-                          limit=c.train_limit, replay=clock, teacher_cache=train_cache, **common)
-    test = data_lib.load(c.dataset, data.info.test_split, limit=c.test_limit,
-                         teacher_cache=test_cache, **common)
+    train = data.load(data.info.train_split, augment=data.train_augment, replay=clock,
+                      teacher_cache=train_cache)
+    test = data.load(data.info.test_split, augment=False, limit=data.config.test_limit,
+                     teacher_cache=test_cache)
     return dataclasses.replace(data, train=train, test=test, clock=clock)
 
 

@@ -95,13 +95,7 @@ def define_distill_flags(fv: flags.FlagValues = flags.FLAGS, teacher: str | None
     flags.DEFINE_string("student_args", "",
                         "Zoo kwargs for the student, e.g. 'width_multiplier=0.5,dropout=0.1'.",
                         flag_values=fv)
-    flags.DEFINE_string("method", "kd", "Method name or '+' combination, e.g. kd, kd+at, crd.",
-                        flag_values=fv)
-    flags.DEFINE_string("method_args", "", "Per-method overrides: 'kd.temperature=2,at.weight=500'.",
-                        flag_values=fv)
-    flags.DEFINE_float("student_loss_weight", None,
-                       "Weight of the student's cross-entropy; default: the methods' own (KD 0.1, "
-                       "LSR 0, others 1; a mix takes the smallest).", lower_bound=0.0, flag_values=fv)
+    define_method_flags(fv)
     flags.DEFINE_integer("init_epochs", None,
                          "Epochs of the initialisation stage of FT/AB/FSP (default: a quarter of "
                          "--epochs, at least 1).", lower_bound=1, flag_values=fv)
@@ -109,6 +103,17 @@ def define_distill_flags(fv: flags.FlagValues = flags.FLAGS, teacher: str | None
                       "Also train the student alone on the same budget and initial weights (baseline_top1).",
                       flag_values=fv)
     define_cache_flags(fv)
+
+
+def define_method_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """--method, --method_args and --student_loss_weight: which methods, and how strong."""
+    flags.DEFINE_string("method", "kd", "Method name or '+' combination, e.g. kd, kd+at, crd.",
+                        flag_values=fv)
+    flags.DEFINE_string("method_args", "", "Per-method overrides: 'kd.temperature=2,at.weight=500'.",
+                        flag_values=fv)
+    flags.DEFINE_float("student_loss_weight", None,
+                       "Weight of the student's cross-entropy; default: the methods' own (KD 0.1, "
+                       "LSR 0, others 1; a mix takes the smallest).", lower_bound=0.0, flag_values=fv)
 
 
 def define_cache_flags(fv: flags.FlagValues = flags.FLAGS) -> None:

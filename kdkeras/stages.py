@@ -27,8 +27,7 @@ import keras
 from kdkeras.distiller import Distiller
 from kdkeras.methods.base import Method
 from kdkeras.stage import Stage
-from kdkeras.training import HistoryKeeper, SafeBackupAndRestore, replicas_of
-from kdkeras.training import sync_batchnorm as sync_batchnorm_layers
+from kdkeras.training import HistoryKeeper, SafeBackupAndRestore, batchnorm_synced
 
 __all__ = ["Stage", "run_stages", "needs_init_stage", "default_stages"]
 
@@ -106,14 +105,10 @@ def run_stages(
         print(f"[stages] {stage.name}: {stage.epochs} epochs, methods "
               f"{[m.name for m in stage.methods]}, student {'trained' if stage.train_student else 'frozen'}")
         if stage.epochs:
-            # synchronised for this fit only: the saved student keeps Keras' default
-            synced = sync_batchnorm_layers(distiller) if sync_batchnorm and replicas_of(distiller) > 1 else []
-            try:
+            with batchnorm_synced(distiller, sync_batchnorm):  # the saved student keeps Keras' default
                 history = distiller.fit(
                     train_ds, validation_data=val_ds, epochs=stage.epochs, callbacks=cbs, verbose=verbose
                 ).history
-            finally:
-                sync_batchnorm_layers(*synced, synchronized=False)
             if keeper is not None:  # resumed mid-stage: the earlier process's epochs go in front
                 history, _ = keeper.merged(history, 0.0)
         else:

@@ -9,6 +9,7 @@ that crashes resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -113,6 +114,18 @@ def sync_batchnorm(*layers: keras.layers.Layer, synchronized: bool = True) -> li
                 sub.synchronized = synchronized
                 changed.append(sub)
     return changed
+
+
+@contextlib.contextmanager
+def batchnorm_synced(model: keras.Model, enabled: bool = True):
+    """Inside the block, `model`'s BatchNorms are synchronised (`sync_batchnorm`) when
+    it trains on several replicas and `enabled`; after it, Keras' default is back, so
+    a model saved later is unchanged. Yields the layers it changed."""
+    synced = sync_batchnorm(model) if enabled and replicas_of(model) > 1 else []
+    try:
+        yield synced
+    finally:
+        sync_batchnorm(*synced, synchronized=False)
 
 
 def replicas_of(model: keras.Model) -> int:
@@ -390,12 +403,10 @@ def compile_and_fit(
     if not hasattr(model, "student"):
         kwargs["loss"] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     kwargs.update(compile_kwargs or {})
-    # for this fit only: a saved model keeps Keras' default
-    synced = sync_batchnorm(model) if config.sync_batchnorm and replicas_of(model) > 1 else []
-    model.compile(optimizer=optimizer, **kwargs)
     keeper = HistoryKeeper(os.path.join(output_dir, "backup", f"{tag}.history.json")) if output_dir else None
-    start = time.perf_counter()
-    try:
+    with batchnorm_synced(model, config.sync_batchnorm):
+        model.compile(optimizer=optimizer, **kwargs)
+        start = time.perf_counter()
         history = model.fit(
             train_ds,
             validation_data=test_ds,
@@ -406,8 +417,6 @@ def compile_and_fit(
             + callbacks_for(output_dir, config.tensorboard, tag=tag) + list(callbacks),
             verbose=config.verbose,
         )
-    finally:
-        sync_batchnorm(*synced, synchronized=False)
     seconds = time.perf_counter() - start
     history = history.history
     if keeper is not None:  # a resumed fit: put the earlier process's epochs and time in front

@@ -35,11 +35,7 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
                         flag_values=fv)
     flags.DEFINE_string("teacher", "self", "A .keras teacher, or 'self' (the float student).",
                         flag_values=fv)
-    flags.DEFINE_string("method", "kd", "Method name or '+' combination, e.g. kd, kd+at.",
-                        flag_values=fv)
-    flags.DEFINE_string("method_args", "", "Per-method overrides: 'kd.temperature=2'.", flag_values=fv)
-    flags.DEFINE_float("student_loss_weight", None, "CE weight (default: the methods' own).",
-                       flag_values=fv)
+    recipe_utils.define_method_flags(fv)
     flags.DEFINE_enum("weights", "mixed", list(WEIGHTS),
                       "Weight scales: per_channel, per_tensor, or mixed (per tensor for 1x1 "
                       "convolutions and dense layers, per channel elsewhere).", flag_values=fv)

@@ -7,11 +7,18 @@ instead of running the teacher, with the same crops and flips replayed for
 each view (`kdkeras.data.replay`).
 """
 
-from kdkeras.cache.build import build_teacher_cache, cache_plan, teacher_taps, warn_views, weights_fingerprint
+from kdkeras.cache.build import (
+    build_teacher_cache,
+    cache_plan,
+    check_cacheable,
+    teacher_taps,
+    warn_views,
+    weights_fingerprint,
+)
 from kdkeras.cache.layout import STORAGES
 from kdkeras.cache.store import CacheCorruptError, CacheError, CacheMismatchError, TeacherCache
 
 __all__ = [
     "STORAGES", "CacheCorruptError", "CacheError", "CacheMismatchError", "TeacherCache",
-    "build_teacher_cache", "cache_plan", "teacher_taps", "warn_views", "weights_fingerprint",
+    "build_teacher_cache", "cache_plan", "check_cacheable", "teacher_taps", "warn_views", "weights_fingerprint",
 ]

@@ -52,12 +52,9 @@ def weights_fingerprint(model: keras.Model) -> str:
 def teacher_taps(teacher: keras.Model, methods: Sequence) -> tuple[list[str], dict[str, list[str]]]:
     """The teacher layers `methods` read (defaults resolved on `teacher`), in
     total and per method name. Methods that read gradients cannot be cached."""
+    check_cacheable(methods)
     per_method: dict[str, list[str]] = {}
     for method in methods:
-        if method.gradient_keys:
-            raise CacheError(
-                f"Method {method.name!r} reads the teacher's CE gradients ({list(method.gradient_keys)}), "
-                "computed online in every step: it cannot train from a teacher cache. Run it with the teacher.")
         if not method.requires_teacher:
             continue
         layers = method.teacher_layers
@@ -66,6 +63,16 @@ def teacher_taps(teacher: keras.Model, methods: Sequence) -> tuple[list[str], di
         per_method[method.name] = list(layers)
     union = list(dict.fromkeys(name for names in per_method.values() for name in names))
     return union, per_method
+
+
+def check_cacheable(methods: Sequence) -> None:
+    """Refuse methods that read the teacher's CE gradients: computed online in every
+    step, they cannot come from a cache (a `CacheError`, a ValueError, naming them)."""
+    for method in methods:
+        if method.gradient_keys:
+            raise CacheError(
+                f"Method {method.name!r} reads the teacher's CE gradients ({list(method.gradient_keys)}), "
+                "computed online in every step: it cannot train from a teacher cache. Run it with the teacher.")
 
 
 def cache_plan(entries: dict[str, tuple], num_examples: int, views: int, storage: str,
