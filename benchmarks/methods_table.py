@@ -15,8 +15,10 @@ student top-1, gain over the baseline, gain over KD, train seconds) to
 With a saved teacher, the runs read the teacher's outputs from a teacher-output
 cache (`--teacher_cache`, default `OUTPUT_DIR/teacher_cache/seed<S>`): one per
 seed, holding the logits and every teacher layer that any method of the table
-reads (`recipes/distill.py --teacher_cache_methods`), built by the first run
-and read by the others, each run reading only its own layers. The teacher then
+reads (`recipes/distill.py --teacher_cache_methods`; `--teacher_cache_methods`
+here when the table runs a few methods at a time), built by the first run
+and read by the others, each run reading only its own layers (a cache left
+by a table of other methods is replaced). The teacher then
 runs once per example (and view) for the whole table instead of once per
 example per method per epoch (`--teacher_cache=none` runs it online, for
 comparison). Each seed's cache is built over that seed's own batches, so a
@@ -69,6 +71,10 @@ flags.DEFINE_bool("resume", False, "Skip methods whose metrics.json already exis
 flags.DEFINE_string("teacher_cache", "auto",
                     "Root folder of the teacher-output caches ('auto': OUTPUT_DIR/teacher_cache; 'none': "
                     "run the teacher online in every run).")
+flags.DEFINE_list("teacher_cache_methods", None,
+                  "Methods whose teacher layers each seed's cache holds (default: the table's --methods). "
+                  "Give the whole sweep's list when running the table a few methods at a time, so "
+                  "every group reads the one cache instead of rebuilding it.")
 flags.DEFINE_string("extra_args", "", "More flags for every distill.py run, e.g. '--teacher_epochs=1 --augment=off'.")
 flags.mark_flag_as_required("teacher")
 
@@ -173,19 +179,24 @@ def cache_args(method: str, seed: int | None = None) -> list[str]:
     seed = FLAGS.seed if seed is None else seed
     # one cache per seed: it is then built over that seed's own batches, and a cached
     # run equals the online one bit for bit
+    # a cache left by a table of other methods lacks some taps: replace it (the runs of this
+    # table all ask for the same taps, so it is built once per seed and then only read)
     return [f"--teacher_cache={os.path.join(root, f'seed{seed}')}",
-            f"--teacher_cache_methods={','.join(cacheable)}"]
+            f"--teacher_cache_methods={','.join(cacheable)}", "--rebuild_teacher_cache"]
 
 
 def cacheable_methods() -> list[str]:
-    """The table's methods that read the teacher and can read it from a cache."""
+    """The table's methods (and --teacher_cache_methods) that read the teacher and
+    can read it from a cache."""
     if "cacheable" not in _TEACHER:
         import kdkeras
         from kdkeras.cache import CacheError, teacher_taps
 
         teacher = kdkeras.training.load_model(FLAGS.teacher)
         names = []
-        for name in method_list():
+        # the same order for every group of one sweep: the listed sweep first, then the table's
+        listed = [n.strip().lower() for n in FLAGS.teacher_cache_methods or [] if n.strip()]
+        for name in dict.fromkeys([REFERENCE] + listed + method_list()):
             methods = kdkeras.methods.from_spec(name, num_examples=1)
             if not any(m.requires_teacher for m in methods):
                 continue

@@ -94,6 +94,8 @@ def read_run(path: str) -> dict | None:
         "teacher_top1": metrics.get("teacher_top1"),
         "train_seconds": metrics.get("train_seconds"),
         "student_loss_weight": metrics.get("student_loss_weight"),
+        "method_settings": metrics.get("method_settings"),
+        "run_length_defaults": metrics.get("run_length_defaults") or {},
         # methods_table runs distill.py from the repository by its absolute path: shown relative
         "command": (metrics.get("command") or "").replace(ROOT + os.sep, "") or None,
         "mtime": os.path.getmtime(path),
@@ -203,6 +205,7 @@ def summarize_group(runs: list[dict]) -> dict:
             "below_baseline": below,
             "runs": [{"seed": s, "path": per_seed[s]["path"], "command": per_seed[s]["command"]} for s in seeds],
             "note": "reference" if name == REFERENCE else "",
+            "settings": settings_text(per_seed[seeds[0]]),
         })
     teacher = stats(r["teacher_top1"] for r in runs if r["teacher_top1"] is not None)
     # the teacher's margin per seed: its top-1 recorded in the run that recorded that seed's baseline
@@ -212,6 +215,34 @@ def summarize_group(runs: list[dict]) -> dict:
     spread = rows[0]["top1"]["std"] if baselines else None
     return {"rows": rows, "teacher_top1": teacher["mean"], "teacher_margin": margin,
             "baseline_spread": spread, "seeds": sorted({r["seed"] for r in runs}, key=str)}
+
+
+def run_settings(run: dict) -> tuple[dict, bool]:
+    """(each method's hyper-parameters in `run`, whether the run recorded them):
+    a run made before metrics.json recorded them is rebuilt from its recorded
+    method, method_args and run-length defaults with this commit's defaults."""
+    if run.get("method_settings"):
+        return run["method_settings"], True
+    from kdkeras import methods as methods_lib
+
+    args = methods_lib.parse_method_args(run["method_args"])
+    for name, scaled in run.get("run_length_defaults", {}).items():
+        args[name] = {**scaled, **args.get(name, {})}
+    methods = methods_lib.from_spec(run["method"], args, num_examples=run["budget"].get("train_limit") or 1)
+    return methods_lib.method_settings(methods), False
+
+
+def settings_text(run: dict) -> str:
+    """One line: the student's CE weight and each method's settings (taps left out
+    when they are the methods' defaults)."""
+    settings, recorded = run_settings(run)
+    parts = [f"CE weight {run['student_loss_weight']}"] if run.get("student_loss_weight") is not None else []
+    for name, config in settings.items():
+        shown = ", ".join(f"{k}={v}" for k, v in config.items() if v is not None)
+        scaled = run.get("run_length_defaults", {}).get(name)
+        parts.append(f"{name}: {shown}" + (f" (scaled to the run's length: {scaled})" if scaled else ""))
+    return "; ".join(parts) + ("" if recorded else " (rebuilt from the recorded method arguments with "
+                                                  "this commit's defaults)")
 
 
 def _mean(values: Iterable) -> float | None:
@@ -330,6 +361,11 @@ def section_markdown(section: dict) -> list[str]:
             runs.append(f"- {r['method']}, seed {run['seed']}: `{run['path']}`: {command}")
     runs += ["", "</details>"]
     text.append("\n".join(runs))
+    settings = ["<details><summary>Hyper-parameters of each row (the methods' defaults unless the "
+                "row names its arguments)</summary>", ""]
+    settings += [f"- {r['method']}: {r['settings']}" for r in section["rows"] if r.get("settings")]
+    settings += ["", "</details>"]
+    text.append("\n".join(settings))
     return text
 
 

@@ -22,7 +22,9 @@ import tensorflow as tf
 from keras import ops
 
 from kdkeras import taps as taps_lib
-from kdkeras.keys import GRAD_PREFIX, IMAGE, INDEX, INPUT_TAP, LOGITS, TEACHER, grad_key
+from kdkeras.keys import (
+    GRAD_PREFIX, IMAGE, INDEX, INPUT_TAP, LOGITS, TEACHER, grad_key, split_inputs,
+)
 from kdkeras.methods.base import Method, StepContext, check_weight, sparse_labels
 
 # Aliases of `kdkeras.keys`, kept for code that imports them from here.
@@ -41,18 +43,6 @@ def _replica_scale(value):
     """Divide by the replica count, as `keras.losses.Loss` does."""
     n = _num_replicas()
     return value if n == 1 else value * (1.0 / n)
-
-
-def split_inputs(x):
-    """Return (images, index or None) from `x` or `{IMAGE: x, INDEX: i}`."""
-    if isinstance(x, dict):
-        if IMAGE not in x:
-            raise ValueError(
-                f"Dict inputs must have an {IMAGE!r} entry (and optionally "
-                f"{INDEX!r}); got keys {sorted(x)}."
-            )
-        return x[IMAGE], x.get(INDEX)
-    return x, None
 
 
 def cached_teacher_outputs(x):

@@ -405,14 +405,13 @@ def distill(
         )
 
     with strategy.scope():
-        start_time = time.perf_counter()
         histories = run_stages(
             teacher, student, stages, data.train, data.test, optimizer_fn, config.output_dir,
             verbose=config.verbose, compile_kwargs={"run_eagerly": config.run_eagerly},
             callbacks=data.callbacks() + [training.StopOnNonFiniteLoss()], teacher_cache=teacher_cache,
             sync_batchnorm=train_config.sync_batchnorm,
         )
-        seconds = time.perf_counter() - start_time
+    seconds = histories.total_seconds  # every stage, over every process (a resumed run counts both)
     history = histories["main"]
     history["stages"] = {k: v for k, v in histories.items() if k != "main"}
     return {"history": history, "train_seconds": seconds,
@@ -618,6 +617,7 @@ def run_distillation(config: RunConfig, spec: DistillSpec, command: str | None =
         "lr": config.lr,
         "seed": config.seed,
         "student_loss_weight": weight,
+        "method_settings": methods_lib.method_settings(methods),
         "train_seconds": result["train_seconds"],
         "history": result["history"],
         "command": command or command_line(),

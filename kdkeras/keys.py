@@ -11,6 +11,8 @@ method, the `Distiller` and the data pipeline cannot drift apart:
 
 from __future__ import annotations
 
+from typing import Any
+
 #: a tap model's entry holding the network's logits
 LOGITS = "logits"
 #: prefix of the entries holding the gradient of a network's CE loss w.r.t. a tap
@@ -29,3 +31,20 @@ def grad_key(tap: str) -> str:
 #: the teacher's cached outputs in a dict `x` (`{LOGITS: ..., <layer>: ...}`), fed by
 #: `kdkeras.data.load(..., teacher_cache=...)` in place of running the teacher
 TEACHER = "teacher"
+
+
+def split_inputs(x: Any) -> tuple[Any, Any]:
+    """(images, index or None) of a batch's `x`: the images, or `{IMAGE: images,
+    INDEX: indices}` (the index optional); a dict without IMAGE is refused."""
+    if isinstance(x, dict):
+        if IMAGE not in x:
+            raise ValueError(
+                f"Dict inputs must have an {IMAGE!r} entry (and optionally {INDEX!r}); "
+                f"got keys {sorted(x)}.")
+        return x[IMAGE], x.get(INDEX)
+    return x, None
+
+
+def image_part(x: Any) -> Any:
+    """The images of a batch's `x` (see `split_inputs`)."""
+    return split_inputs(x)[0]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Callable, Sequence
 
 import keras
@@ -29,7 +30,21 @@ from kdkeras.methods.base import Method
 from kdkeras.stage import Stage
 from kdkeras.training import HistoryKeeper, SafeBackupAndRestore, batchnorm_synced
 
-__all__ = ["Stage", "run_stages", "needs_init_stage", "default_stages"]
+__all__ = ["Stage", "StageHistories", "run_stages", "needs_init_stage", "default_stages"]
+
+
+class StageHistories(dict):
+    """Each stage's Keras history by stage name, and in `seconds` each stage's
+    training time over every process that worked on it (a stage resumed after a
+    crash counts the crashed process's epochs too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: dict[str, float] = {}
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(self.seconds.values()))
 
 
 def _stage_dir(output_dir: str, index: int, stage: Stage) -> str:
@@ -49,8 +64,9 @@ def run_stages(
     compile_kwargs: dict | None = None,
     teacher_cache=None,
     sync_batchnorm: bool = False,
-) -> dict[str, dict]:
-    """Run `stages` in order; returns each stage's Keras history by name.
+) -> StageHistories:
+    """Run `stages` in order; returns each stage's Keras history by name
+    (with each stage's train seconds in `.seconds`).
 
     With `output_dir`, each finished stage leaves `stages/NN_name/done.json` and
     its Distiller's weights; a rerun loads those weights and goes on with the
@@ -65,7 +81,7 @@ def run_stages(
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise ValueError(f"Stage names must be unique, got {names}.")
-    histories: dict[str, dict] = {}
+    histories = StageHistories()
     for index, stage in enumerate(stages):
         distiller = Distiller(
             teacher, student, list(stage.methods), student_loss_weight=stage.student_loss_weight,
@@ -90,7 +106,9 @@ def run_stages(
         if folder and os.path.exists(os.path.join(folder, "done.json")):
             distiller.load_weights(weights_path)
             with open(os.path.join(folder, "done.json")) as f:
-                histories[stage.name] = json.load(f).get("history", {})
+                done = json.load(f)
+            histories[stage.name] = done.get("history", {})
+            histories.seconds[stage.name] = float(done.get("seconds", 0.0))
             print(f"[stages] {stage.name}: already done, weights loaded from {weights_path}")
             continue
         optimizer = optimizer_fn(stage) if optimizer_fn else keras.optimizers.Adam(1e-3)
@@ -104,21 +122,22 @@ def run_stages(
             cbs += [keeper, SafeBackupAndRestore(os.path.join(folder, "backup"))]
         print(f"[stages] {stage.name}: {stage.epochs} epochs, methods "
               f"{[m.name for m in stage.methods]}, student {'trained' if stage.train_student else 'frozen'}")
+        history, seconds = {}, 0.0
         if stage.epochs:
+            start = time.perf_counter()
             with batchnorm_synced(distiller, sync_batchnorm):  # the saved student keeps Keras' default
                 history = distiller.fit(
                     train_ds, validation_data=val_ds, epochs=stage.epochs, callbacks=cbs, verbose=verbose
                 ).history
-            if keeper is not None:  # resumed mid-stage: the earlier process's epochs go in front
-                history, _ = keeper.merged(history, 0.0)
-        else:
-            history = {}
-        histories[stage.name] = history
+            seconds = time.perf_counter() - start
+            if keeper is not None:  # resumed mid-stage: the earlier process's epochs and time go in front
+                history, seconds = keeper.merged(history, seconds)
+        histories[stage.name], histories.seconds[stage.name] = history, seconds
         if folder:
             distiller.save_weights(weights_path)
             with open(os.path.join(folder, "done.json"), "w") as f:
-                json.dump({"stage": stage.name, "epochs": stage.epochs, "history": history}, f,
-                          default=float)
+                json.dump({"stage": stage.name, "epochs": stage.epochs, "history": history,
+                           "seconds": seconds}, f, default=float)
     student.trainable = True
     for stage in stages:
         for method in stage.methods:

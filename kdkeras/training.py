@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kdkeras.keys import IMAGE
+from kdkeras.keys import IMAGE, image_part
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -316,11 +316,6 @@ def steps_in(dataset) -> int:
     return sum(1 for _ in dataset)
 
 
-def images_of(x):
-    """The image tensor of a batch's `x` (which may be `{IMAGE: ..., INDEX: ...}`)."""
-    return x[IMAGE] if isinstance(x, dict) else x
-
-
 def predict_logits(model: keras.Model, dataset) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels of a whole dataset of `(x, y)` batches."""
     logits, labels = [], []
@@ -328,7 +323,7 @@ def predict_logits(model: keras.Model, dataset) -> tuple[np.ndarray, np.ndarray]
     # batch (N times the rows): call the model itself, on this worker only, instead.
     local = is_multi_worker(getattr(model, "distribute_strategy", None))
     for x, y in dataset:
-        out = model(images_of(x), training=False) if local else model.predict_on_batch(images_of(x))
+        out = model(image_part(x), training=False) if local else model.predict_on_batch(image_part(x))
         logits.append(np.asarray(out))
         labels.append(np.asarray(y))
     return np.concatenate(logits), np.concatenate(labels).reshape(-1)

@@ -30,7 +30,7 @@ their measured values and pass/fail.
 
 `--qat_epochs=N` (default 0, off) adds quantisation-aware distillation: the
 distilled student's fake-quant twin (`kdkeras.quantize.prepare_qat`, weight
-scales per `--qat_weights`, by default as `--int8_weights`) is distilled from the same teacher with the same
+scales per `--qat_weights`, by default `auto`) is distilled from the same teacher with the same
 method for N more epochs at `--qat_lr` (default a tenth of `--lr`), saved as
 DIR/student_qat.keras and exported with its trained scales as the fifth
 variant `qat_int8` (DIR/student_qat_int8.tflite), with its own checks.
@@ -47,8 +47,7 @@ from kdkeras import methods as methods_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: QAT weight granularity per --qat_weights ("same": as --int8_weights gives the PTQ file)
-QAT_WEIGHTS = {"mixed": {"pointwise": "per_tensor", "dense": "per_tensor"},
-               "per_channel": "per_channel", "per_tensor": "per_tensor"}
+QAT_WEIGHTS = quantize.WEIGHT_PRESETS
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -81,10 +80,11 @@ def define_flags(fv: flags.FlagValues) -> None:
                          lower_bound=1, flag_values=fv)
     flags.DEFINE_integer("qat_epochs", 0, "Epochs of quantisation-aware distillation after the float "
                          "run (0 = off); adds the qat_int8 variant.", lower_bound=0, flag_values=fv)
-    flags.DEFINE_enum("qat_weights", "same", ["same", *QAT_WEIGHTS],
-                      "QAT weight scales: 'same' as --int8_weights, or mixed / per_channel / "
-                      "per_tensor (one scale per tensor everywhere: the smallest file; QAT trains "
-                      "the network to it).", flag_values=fv)
+    flags.DEFINE_enum("qat_weights", "auto", ["same", *QAT_WEIGHTS],
+                      "QAT weight scales: auto (mixed, and a 3x3 or depthwise conv per tensor where "
+                      "one scale fits its folded kernel: the smallest file that still trains), 'same' "
+                      "as --int8_weights, mixed, per_channel, or per_tensor (one scale per tensor "
+                      "everywhere: smallest, but a narrow MobileNetV2 may not recover).", flag_values=fv)
     flags.DEFINE_float("qat_lr", None, "Peak learning rate of the QAT epochs (default: --lr / 10).",
                        lower_bound=0.0, flag_values=fv)
     recipe_utils.define_run_flags(fv, epochs=10, lr=0.05)

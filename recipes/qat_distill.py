@@ -26,8 +26,7 @@ from kdkeras import experiment, export, quantize, recipe_utils, training
 from kdkeras import methods as methods_lib
 
 FLAGS = flags.FLAGS
-WEIGHTS = {"per_channel": "per_channel", "per_tensor": "per_tensor",
-           "mixed": {"pointwise": "per_tensor", "dense": "per_tensor"}}
+WEIGHTS = quantize.WEIGHT_PRESETS
 
 
 def define_flags(fv: flags.FlagValues = FLAGS) -> None:
@@ -36,9 +35,11 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_string("teacher", "self", "A .keras teacher, or 'self' (the float student).",
                         flag_values=fv)
     recipe_utils.define_method_flags(fv)
-    flags.DEFINE_enum("weights", "mixed", list(WEIGHTS),
-                      "Weight scales: per_channel, per_tensor, or mixed (per tensor for 1x1 "
-                      "convolutions and dense layers, per channel elsewhere).", flag_values=fv)
+    flags.DEFINE_enum("weights", "auto", list(WEIGHTS),
+                      "Weight scales: per_channel, per_tensor, mixed (per tensor for 1x1 "
+                      "convolutions and dense layers, per channel elsewhere) or auto (mixed, and a "
+                      "3x3 or depthwise conv per tensor where one scale fits its folded kernel).",
+                      flag_values=fv)
     flags.DEFINE_enum("io", "int8", list(quantize.IO_TYPES), "Input/output type of the .tflite file.",
                       flag_values=fv)
     flags.DEFINE_integer("latency_runs", 100, "Timed single-image runs of the file.", lower_bound=1,

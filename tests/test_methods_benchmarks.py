@@ -137,6 +137,13 @@ def test_methods_table_writes_markdown_and_json(tmp_path):
     # --resume reads the finished runs back instead of training again.
     proc = _run("methods_table.py", *args, "--resume")
     assert "[at] resumed" in proc.stdout and "[kd] resumed" in proc.stdout
+    # a later group of the sweep (RKD: a layer the cache lacks) replaces the cache with one
+    # holding every listed method's layers, instead of failing on it
+    group = [a if not a.startswith("--methods=") else "--methods=rkd" for a in args]
+    proc = _run("methods_table.py", *group, "--teacher_cache_methods=at,rkd", "--resume")
+    assert "[kd] resumed" in proc.stdout and (tmp_path / "table" / "rkd" / "seed0" / "metrics.json").exists()
+    manifest = json.loads((cache_dir / "train" / "manifest.json").read_text())
+    assert set(manifest["method_taps"]) == {"kd", "at", "rkd"}
 
 
 def test_methods_table_seeds_layout_resume_and_table(tmp_path, monkeypatch):

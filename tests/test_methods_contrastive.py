@@ -142,6 +142,27 @@ def test_negatives_never_positive_nor_its_class(mode, negatives):
         assert np.array_equal(seen[b], allowed)
 
 
+@pytest.mark.parametrize("mode", ["shared", "exact"])
+def test_draws_are_keyed_by_the_saved_draw_count(mode):
+    """What makes a resumed run draw the uninterrupted run's negatives: the draws
+    depend only on (seed, count), count is a saved variable, and evaluation draws
+    advance nothing."""
+    labels = np.arange(40, dtype="int32") % 4
+    idx, y = np.array([0, 5, 13], "int32"), labels[[0, 5, 13]]
+    a, b = sampler(mode, "other_classes", labels=labels), sampler(mode, "other_classes", labels=labels)
+    b.memory.draws.assign(a.memory.draws.numpy())  # b: a "restarted process" with a's state
+    first = [a.sample_negatives(y, idx)[0].numpy() for _ in range(3)]
+    np.testing.assert_array_equal(a.memory.draws.numpy()[1], 3)
+    assert not np.array_equal(first[0], first[1])  # each training draw is fresh
+    b.memory.draws.assign([a.memory.draws.numpy()[0], 1])  # restored after one step
+    np.testing.assert_array_equal(b.sample_negatives(y, idx)[0].numpy(), first[1])
+    count = a.memory.draws.numpy().copy()
+    evaluation = [a.sample_negatives(y, None, training=False)[0].numpy() for _ in range(2)]
+    np.testing.assert_array_equal(a.memory.draws.numpy(), count)
+    np.testing.assert_array_equal(evaluation[0], evaluation[1])
+    assert sampler(mode, "other_classes", labels=labels).memory.seed != a.memory.seed  # seeds differ by default
+
+
 def test_label_bank_fills_as_samples_are_seen():
     crd = sampler("exact", "other_classes", n=12, k=200)
     labels = np.arange(12, dtype="int32") % 3
@@ -194,10 +215,12 @@ def test_short_fit_lowers_the_crd_term():
     x, y = tiny_data(32, num_classes=3)
     crd = CRD(num_examples=32, num_negatives=64, feat_dim=16, negatives="uniform", weight=1.0)
     d = make([crd])
-    d.compile(optimizer=keras.optimizers.Adam(3e-2))
+    d.compile(optimizer=keras.optimizers.Adam(3e-3))
     inputs = {"image": x, "index": np.arange(32)}
-    terms = [d.train_on_batch(inputs, y, return_dict=True)["crd"] for _ in range(12)]
-    assert np.mean(terms[-3:]) < 0.8 * np.mean(terms[:3]), terms
+    terms = [d.train_on_batch(inputs, y, return_dict=True)["crd"] for _ in range(30)]
+    # the term is noisy step to step (fresh negatives, Z fixed at step 1): compare the last
+    # steps' median with the start (0.56-0.78 over global seeds 0-9; 0.85 leaves a margin)
+    assert np.median(terms[-10:]) < 0.85 * np.mean(terms[:2]), terms
 
 
 def test_kd_plus_crd_runs_each_network_once_per_step():

@@ -113,6 +113,80 @@ def test_prepare_keeps_names_and_drops_folded_bn():
     np.testing.assert_array_equal(model.get_layer("stem").kernel.numpy(), stem)
 
 
+def _levels_numpy(kernel, gamma, variance, eps, depthwise):
+    """Independent reference of `channel_levels`: fold the BN scale per output
+    channel, then 127 * channel max |w| / tensor max |w|."""
+    scale = gamma / np.sqrt(variance + eps)
+    if depthwise:  # (H, W, C, 1): output channel c
+        peak = np.abs(kernel[..., 0] * scale).reshape(-1, kernel.shape[2]).max(0)
+    else:
+        peak = np.abs(kernel * scale).reshape(-1, kernel.shape[-1]).max(0)
+    return 127 * peak / peak.max()
+
+
+def test_auto_granularity_is_per_tensor_only_where_one_scale_fits():
+    model = _mobile_block()
+    for layer in model.layers:  # every kernel channel of the same range...
+        if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)):
+            kernel = np.sign(np.random.default_rng(1).normal(size=layer.kernel.shape)).astype("float32")
+            layer.kernel.assign(kernel * np.random.default_rng(2).uniform(0.5, 1.0, kernel.shape))
+    plan = q.plan_qat(model, "auto")
+    assert plan.weights == {"stem": "per_tensor", "dw": "per_tensor", "project": "per_tensor",
+                            "logits": "per_tensor"}
+    bn = model.get_layer("dw_bn")  # ...until the folded BN shrinks one of the eight channels 100x
+    gamma = np.ones(8, "float32")
+    gamma[3] = 0.01
+    bn.set_weights([gamma, np.zeros(8), np.zeros(8), np.ones(8)])
+    dw = model.get_layer("dw")
+    np.testing.assert_allclose(q.channel_levels(dw, bn), _levels_numpy(
+        dw.kernel.numpy(), gamma, np.ones(8), bn.epsilon, True), rtol=1e-5)
+    assert q.channel_levels(dw, bn)[3] < 2 and q.channel_levels(dw)[3] > 60  # the BN, not the kernel
+    assert q.auto_granularity(dw, bn) == "per_channel" and q.auto_granularity(dw) == "per_tensor"
+    plan = q.plan_qat(model, q.WEIGHT_PRESETS["auto"])
+    assert plan.weights["dw"] == "per_channel" and plan.weights["stem"] == "per_tensor"
+    assert plan.weights["project"] == "per_tensor"  # the preset keeps 1x1 convs per tensor
+    qat = q.prepare_qat(model, q.WEIGHT_PRESETS["auto"])
+    assert qat.get_layer("dw").weight_quant == "per_channel" and qat.get_layer("stem").weight_quant == "per_tensor"
+    # one channel in fifty may be coarse: 1 of 8 is too many, and a looser bound accepts it
+    assert q.auto_granularity(dw, bn, max_coarse=0.2) == "per_tensor"
+
+
+def _backbone(input_shape=(16, 16, 3)):
+    """The mobile block without its head, as a model of its own (a keras.applications-style base)."""
+    full = _mobile_block(input_shape)
+    return keras.Model(full.input, full.get_layer("block_out").output, name="backbone")
+
+
+@pytest.mark.parametrize("wrapper", ["sequential", "functional"])
+def test_nested_backbones_are_inlined(wrapper):
+    """A user's Sequential([base, GAP, Dense]) or functional head around
+    base(x, training=False) quantises like the flat model: BN folded across the
+    nesting, the same outputs with fake quant off, the backbone's taps by name."""
+    base = _randomise_bn(_backbone())
+    if wrapper == "sequential":
+        model = keras.Sequential([keras.Input((16, 16, 3)), base, layers.GlobalAveragePooling2D(name="gap"),
+                                  layers.Dense(5, name="logits")], name="user")
+    else:
+        inp = keras.Input((16, 16, 3), name="image")
+        x = layers.GlobalAveragePooling2D(name="gap")(base(inp, training=False))
+        model = keras.Model(inp, layers.Dense(5, name="logits")(x), name="user")
+    plan = q.plan_qat(model)
+    assert plan.removed == ["dw_bn", "project_bn", "stem_bn"] and not plan.unsupported
+    qat = q.prepare_qat(model)
+    assert not any(isinstance(layer, keras.Model) for layer in qat.layers)
+    assert {"stem", "dw", "project", "block_add", "gap", "logits"} <= {layer.name for layer in qat.layers}
+    x = _images(16)
+    np.testing.assert_allclose(q.set_fake_quant(qat, False)(x).numpy(), model(x).numpy(), atol=1e-5)
+    assert base.get_layer("stem").kernel is not None and len(model.layers) == (3 if wrapper == "sequential" else 4)
+
+
+def test_a_model_without_a_graph_is_named():
+    with pytest.raises(ValueError, match="Sequential without an Input"):
+        q.prepare_qat(keras.Sequential([layers.Dense(3)], name="unbuilt"))
+    with pytest.raises(ValueError, match="functional or built Sequential.*str"):
+        q.prepare_qat("model.keras")
+
+
 def test_gradients_are_straight_through():
     qat = q.prepare_qat(_mobile_block())
     x = _images(16)

@@ -116,6 +116,32 @@ def test_generator_reproduces_means_stds_and_paired_gains(tmp_path):
     assert f"]({os.path.relpath(page, ROOT)})" in block and "| at ⚠ |" in block
 
 
+def test_each_row_states_the_hyper_parameters_it_ran_with(tmp_path):
+    """Recorded settings are shown as recorded; a run from before they were recorded
+    gets its method rebuilt from its method arguments (and the run-length defaults
+    the recipe added), and says so."""
+    runs = tmp_path / "runs"
+    write_run(runs, "kd", 0, 0.87, baseline=0.86)
+    recorded = write_run(runs, "at", 0, 0.86)
+    metrics = json.loads(recorded.read_text())
+    metrics.update(student_loss_weight=1.0, method_settings={"at": {"weight": 250.0, "mode": "activation",
+                                                                     "teacher_layers": ["s1", "s2"]}})
+    recorded.write_text(json.dumps(metrics))
+    old = write_run(runs, "dkd", 0, 0.865)
+    metrics = json.loads(old.read_text())
+    metrics.update(student_loss_weight=1.0, method_args="dkd.beta=2",
+                   run_length_defaults={"dkd": {"warmup_fraction": 20 / 240}})
+    old.write_text(json.dumps(metrics))
+    page = tmp_path / "results.md"
+    [section] = results_doc.main([str(runs), f"--output={page}"])["sections"]
+    at = _row(section, "at")["settings"]
+    assert at == "CE weight 1.0; at: weight=250.0, mode=activation, teacher_layers=['s1', 's2']"
+    dkd = _row(section, "dkd (dkd.beta=2)")["settings"]
+    assert "beta=2" in dkd and "temperature=4.0" in dkd and "warmup_fraction=0.0833" in dkd
+    assert "scaled to the run's length" in dkd and dkd.endswith("this commit's defaults)")
+    assert f"- at: {at}" in page.read_text()
+
+
 def test_two_pairs_make_two_sections(tmp_path):
     same, wide = tmp_path / "r20_r8", tmp_path / "wrn"
     write_pair(same)

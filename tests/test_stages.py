@@ -1,6 +1,7 @@
 """Multi-stage training (init stage, then main stage, resume) and gradient taps."""
 
 import json
+import time
 
 import keras
 import numpy as np
@@ -146,6 +147,18 @@ class _CrashIn(keras.callbacks.Callback):
             raise KeyboardInterrupt(f"simulated crash in {self.stage}, epoch {epoch}")
 
 
+class _SlowFirstEpoch(keras.callbacks.Callback):
+    """Sleep `seconds` at the end of each stage's first epoch (before its time is recorded)."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            time.sleep(self.seconds)
+
+
 def _ft_run(output_dir, callbacks=()):
     """FT (a paraphraser stage of 2 epochs, then 2 main epochs with KD) on fresh
     tiny networks of fixed initial weights and one fixed batch order."""
@@ -169,12 +182,16 @@ def uninterrupted_ft_run(tmp_path_factory):
     return _ft_run(tmp_path_factory.mktemp("ft_whole"))
 
 
+#: seconds the crashed process sleeps in each stage's first epoch
+SLEEP = 2.0
+
+
 @pytest.mark.parametrize("stage, at", [("ft_paraphraser", 1), ("main", 1)])
 def test_a_run_resumed_mid_stage_reports_each_stages_whole_history(tmp_path, uninterrupted_ft_run, stage, at):
     whole, weights = uninterrupted_ft_run
     assert set(whole) == {"ft_paraphraser", "main"}
     with pytest.raises(KeyboardInterrupt):
-        _ft_run(tmp_path / "crashed", [_CrashIn(stage, at)])
+        _ft_run(tmp_path / "crashed", [_SlowFirstEpoch(SLEEP), _CrashIn(stage, at)])
     assert (tmp_path / "crashed" / "stages").exists()
     resumed, resumed_weights = _ft_run(tmp_path / "crashed")
     for name, epochs in (("ft_paraphraser", 2), ("main", 2)):
@@ -182,6 +199,10 @@ def test_a_run_resumed_mid_stage_reports_each_stages_whole_history(tmp_path, uni
         for key, values in whole[name].items():
             assert len(values) == epochs and len(resumed[name][key]) == epochs, (name, key)
             np.testing.assert_allclose(resumed[name][key], values, rtol=1e-5, err_msg=f"{name}.{key}")
+    # the crashed process's time counts: its stages' first epochs slept SLEEP s, the resumed one never
+    ran_before = ["ft_paraphraser"] + (["main"] if stage == "main" else [])
+    assert all(resumed.seconds[name] >= SLEEP for name in ran_before), resumed.seconds
+    assert resumed.total_seconds == pytest.approx(sum(resumed.seconds.values()))
     for a, b in zip(weights, resumed_weights):  # the finished stage kept, the running one resumed
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
     done = json.loads((tmp_path / "crashed" / "stages" / "01_main" / "done.json").read_text())

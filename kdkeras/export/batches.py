@@ -9,20 +9,11 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow as tf
 
-from kdkeras.keys import IMAGE
+from kdkeras.keys import image_part
 
 
 def to_numpy(t: Any) -> np.ndarray:
     return t.numpy() if hasattr(t, "numpy") else np.asarray(t)
-
-
-def image_part(x: Any) -> Any:
-    """The image tensor of a batch input (dict inputs carry it as x[IMAGE])."""
-    if isinstance(x, dict):
-        if IMAGE not in x:
-            raise ValueError(f"dict inputs must have an {IMAGE!r} key; got keys {sorted(x)}")
-        return x[IMAGE]
-    return x
 
 
 def labels_of(y: Any) -> np.ndarray | None:

@@ -15,7 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kdkeras.training import images_of, predict_logits
+from kdkeras.keys import image_part
+from kdkeras.training import predict_logits
 from kdkeras.vis.report import markdown_table
 
 from .litert_eval import evaluate_tflite, logit_agreement
@@ -65,7 +66,7 @@ def keras_latency_ms(model: keras.Model, example: np.ndarray, runs: int, warmup:
 
 def _first_image(dataset) -> np.ndarray:
     for x, _ in dataset.take(1):
-        return np.asarray(images_of(x))[:1]
+        return np.asarray(image_part(x))[:1]
     raise ValueError("the test split is empty")
 
 

@@ -15,6 +15,7 @@ from kdkeras.methods.base import (
     from_spec,
     get,
     method_names,
+    method_settings,
     parse_method_args,
     register_method,
 )
@@ -27,7 +28,7 @@ from kdkeras.methods.soft_labels import DKD, LSR, WSL, VirtualTeacher
 
 __all__ = [
     "Method", "StepContext", "FeatureMethod", "default_student_loss_weight",
-    "from_spec", "get", "method_names", "parse_method_args", "register_method",
+    "from_spec", "get", "method_names", "method_settings", "parse_method_args", "register_method",
     "KD", "LSR", "VirtualTeacher", "WSL", "DKD", "FitNet", "AT", "NST", "FSP", "VID", "FT", "AB", "RKD", "PKT", "SP", "CC",
     "CRD", "ContrastMemory", "connectors",
 ]

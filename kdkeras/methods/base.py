@@ -303,6 +303,14 @@ def default_student_loss_weight(methods: Iterable[Method]) -> float:
     return min((float(m.default_student_loss_weight) for m in methods), default=1.0)
 
 
+def method_settings(methods: Iterable[Method]) -> dict[str, dict[str, Any]]:
+    """Each method's hyper-parameters by name, as its `get_config` gives them
+    (weight, taps, temperature, ...), without the Keras bookkeeping (name,
+    dtype): what a results table records next to the numbers they produced."""
+    return {m.name: {k: v for k, v in m.get_config().items() if k not in ("name", "dtype", "trainable")}
+            for m in methods}
+
+
 def sparse_labels(y):
     """Integer labels of shape (B,) from sparse or one-hot `y`."""
     y = ops.convert_to_tensor(y)

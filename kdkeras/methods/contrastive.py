@@ -41,6 +41,8 @@ _NCE_EPS = 1e-7
 # Redraws of rejected per-sample negatives before the rest are masked out.
 _RESAMPLE_ROUNDS = 4
 _UNSEEN = -1
+# The stream of a draw's key that evaluation draws from (training uses 0..rounds).
+_EVAL_STREAM = 1 << 20
 # Exact mode scores all N slots when N * this <= K * D (CIFAR sizes), and
 # gathers the B x K x D negative rows otherwise (ImageNet sizes).
 _SCORE_ALL_FACTOR = 4
@@ -96,13 +98,17 @@ class ContrastMemory(keras.layers.Layer):
         feat_dim: embedding size.
         momentum: weight of the old slot in the update
             `slot <- normalise(m * slot + (1 - m) * v)`.
+        seed: seed of the negatives' draws (default: drawn from NumPy's
+            global generator, which `keras.utils.set_random_seed` seeds).
     """
 
-    def __init__(self, num_examples: int, feat_dim: int = 128, momentum: float = 0.5, **kwargs):
+    def __init__(self, num_examples: int, feat_dim: int = 128, momentum: float = 0.5,
+                 seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.num_examples = int(num_examples)
         self.feat_dim = int(feat_dim)
         self.momentum = float(momentum)
+        self.seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else int(seed)
 
     def build(self, input_shape=None):
         stdv = 1.0 / math.sqrt(self.feat_dim / 3.0)
@@ -124,12 +130,28 @@ class ContrastMemory(keras.layers.Layer):
             shape=(2,), initializer=keras.initializers.Constant(float("nan")),
             dtype="float32", trainable=False, autocast=False, name="log_normalizers",
         )
+        self.draws = self.add_weight(
+            shape=(2,), initializer=lambda shape, dtype=None: tf.constant([self.seed, 0], "int32"),
+            dtype="int32", trainable=False, autocast=False, name="draws",
+        )
         self.built = True
 
     @property
     def bank_bytes(self) -> int:
         """Bytes held by the two banks and the label bank."""
         return self.num_examples * (2 * self.feat_dim * 4 + 4)
+
+    def next_draw_key(self, advance: bool = True):
+        """The stateless key `(seed, n)` of this draw. A training draw advances
+        n (on every replica alike, as the banks); an evaluation draw writes
+        nothing and takes a stream of its own."""
+        state = self.draws.value
+        key = tf.identity(state)
+        if not advance:
+            return tf.random.experimental.stateless_fold_in(key, _EVAL_STREAM)
+        with tf.control_dependencies([key]):
+            state.assign_add(tf.constant([0, 1], "int32"))
+        return key
 
     def write_labels(self, index, y) -> None:
         index, y = _gather_replicas(index, y)
@@ -153,6 +175,7 @@ class ContrastMemory(keras.layers.Layer):
             "num_examples": self.num_examples,
             "feat_dim": self.feat_dim,
             "momentum": self.momentum,
+            "seed": self.seed,
         }
 
 
@@ -171,7 +194,9 @@ class CRD(Method):
     After the loss each sample's slot in each bank moves towards its new
     embedding with momentum `momentum` and is renormalised.
 
-    Negatives are drawn on device each step, never the sample's own slot:
+    Negatives are drawn on device each step, never the sample's own slot,
+    from a stateless generator keyed by a seed and a draw count kept with the
+    banks (so a resumed run draws what the uninterrupted one would have):
     `negatives="other_classes"` (the reference) also never draws a slot whose
     known label is the sample's class. Labels are learnt as samples are seen
     (a label bank written from `y` each training step), or given up front with
@@ -197,6 +222,8 @@ class CRD(Method):
             dataset's `index` must lie in `[0, N)`. Required before training.
         labels: optional int array of the N training labels; without it the
             label bank fills up as samples are seen (exact after one epoch).
+        seed: seed of the negatives' draws (default: one drawn from NumPy's
+            global generator when the banks are built).
         weight, teacher_layers, student_layers, name: see `Method`. The default
             taps are each network's embedding (the layer feeding its logits).
 
@@ -219,6 +246,7 @@ class CRD(Method):
         mode: str = "shared",
         num_examples: int | None = None,
         labels: Sequence[int] | np.ndarray | None = None,
+        seed: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -240,6 +268,7 @@ class CRD(Method):
         self.momentum = float(momentum)
         self.negatives = negatives
         self.mode = mode
+        self.seed = None if seed is None else int(seed)
         if num_examples is not None and (isinstance(num_examples, bool) or int(num_examples) != num_examples
                                          or num_examples < 1):
             raise ValueError(f"CRD num_examples must be the size of the training split, an int >= 1; "
@@ -291,7 +320,7 @@ class CRD(Method):
         self.embed_teacher = keras.layers.Dense(self.feat_dim, dtype="float32", name="embed_teacher")
         self.embed_teacher.build((None, dims["teacher"]))
         self.memory = ContrastMemory(
-            self.num_examples, self.feat_dim, self.momentum, name="memory"
+            self.num_examples, self.feat_dim, self.momentum, seed=self.seed, name="memory"
         )
         self.memory.build()
         if self._initial_labels is not None:
@@ -311,14 +340,15 @@ class CRD(Method):
         f = tf.reshape(f, (-1, int(np.prod(f.shape[1:]))))
         return tf.math.l2_normalize(head(f), axis=-1)
 
-    def sample_negatives(self, y, index=None, labels=None):
+    def sample_negatives(self, y, index=None, labels=None, training: bool = True):
         """Draw negative slots on device.
 
         Returns `(neg_index, valid)`: `neg_index` is int32 `(K,)` in shared mode
         or `(B, K)` in exact mode; `valid` is a float32 `(B, K)` mask of the
         negatives each sample keeps, or None when all are kept. `index` (B,) is
         each sample's own slot (None: no slot, at evaluation); `labels` is the
-        label bank (default: this method's).
+        label bank (default: this method's); `training=False` draws without
+        advancing the banks' draw count.
         """
         n, k = self.num_examples, self.num_negatives
         y = sparse_labels(y)
@@ -329,6 +359,11 @@ class CRD(Method):
         labels = _table(labels) if by_class else None
         if index is not None:
             index = tf.cast(tf.reshape(index, (-1,)), "int32")
+        key = self.memory.next_draw_key(advance=training)
+
+        def draw(shape, high, part=0):  # uniform int32 in [0, high), the part-th stream of this key
+            seed = tf.random.experimental.stateless_fold_in(key, part)
+            return tf.random.stateless_uniform(shape, seed, 0, high, dtype="int32")
 
         def excluded(neg):  # (B, K) bool, neg broadcastable to (B, K)
             bad = tf.zeros_like(neg, dtype="bool") if index is None else tf.equal(neg, index[:, None])
@@ -337,20 +372,19 @@ class CRD(Method):
             return bad
 
         if self.mode == "shared":
-            neg = tf.random.uniform((k,), 0, n, dtype="int32")
+            neg = draw((k,), n)
             if index is None and not by_class:
                 return neg, None
             return neg, 1.0 - tf.cast(excluded(neg[None, :]), "float32")
         if not by_class:
             if index is None:
-                return tf.random.uniform((batch, k), 0, n, dtype="int32"), None
+                return draw((batch, k), n), None
             # Uniform over the N - 1 other slots: skip over the sample's own.
-            draw = tf.random.uniform((batch, k), 0, n - 1, dtype="int32")
-            return draw + tf.cast(draw >= index[:, None], "int32"), None
-        neg = tf.random.uniform((batch, k), 0, n, dtype="int32")
-        for _ in range(_RESAMPLE_ROUNDS):
-            redraw = tf.random.uniform((batch, k), 0, n, dtype="int32")
-            neg = tf.where(excluded(neg), redraw, neg)
+            skip = draw((batch, k), n - 1)
+            return skip + tf.cast(skip >= index[:, None], "int32"), None
+        neg = draw((batch, k), n)
+        for part in range(1, _RESAMPLE_ROUNDS + 1):
+            neg = tf.where(excluded(neg), draw((batch, k), n, part), neg)
         return neg, 1.0 - tf.cast(excluded(neg), "float32")
 
     def nce_loss(self, v_s, v_t, bank_s, bank_t, index, neg_index, valid=None, log_z=None):
@@ -468,7 +502,7 @@ class CRD(Method):
             pos_index = self._checked_index(index)
             # Labels first, so this batch's own classes are already excluded.
             memory.write_labels(pos_index, y)
-        neg_index, valid = self.sample_negatives(y, pos_index)
+        neg_index, valid = self.sample_negatives(y, pos_index, training=training)
         losses, log_z = self.nce_loss(
             v_s, v_t, memory.bank_student, memory.bank_teacher, pos_index, neg_index,
             valid, log_z=memory.log_normalizers,
@@ -488,6 +522,7 @@ class CRD(Method):
             "negatives": self.negatives,
             "mode": self.mode,
             "num_examples": self.num_examples,
+            "seed": self.seed,
         }
 
 

@@ -10,6 +10,7 @@ and activations simulated); `distill_qat` distils it with any kdkeras method;
 from .export import IO_TYPES, export_qat_tflite
 from .fake_quant import GRANULARITIES, fake_quant_weights
 from .check import check_int8_kernels
+from .flatten import flatten_model
 from .layers import (
     QAT_LAYERS,
     ActivationQuantizer,
@@ -22,13 +23,24 @@ from .layers import (
     QuantGlobalAveragePooling2D,
     QuantReLU,
 )
-from .plan import DEFAULT_WEIGHTS, WEIGHT_KINDS, QATPlan, plan_qat, supported_types
+from .plan import (
+    DEFAULT_WEIGHTS,
+    WEIGHT_CHOICES,
+    WEIGHT_KINDS,
+    WEIGHT_PRESETS,
+    QATPlan,
+    auto_granularity,
+    channel_levels,
+    plan_qat,
+    supported_types,
+)
 from .transform import calibrate_ranges, is_qat_model, prepare_qat, set_fake_quant
 
 __all__ = [
     "prepare_qat", "plan_qat", "QATPlan", "calibrate_ranges", "is_qat_model", "set_fake_quant",
     "export_qat_tflite", "check_int8_kernels", "distill_qat", "SELF_TEACHER", "fake_quant_weights",
-    "IO_TYPES", "GRANULARITIES", "DEFAULT_WEIGHTS", "WEIGHT_KINDS", "supported_types", "QAT_LAYERS",
+    "IO_TYPES", "GRANULARITIES", "DEFAULT_WEIGHTS", "WEIGHT_KINDS", "WEIGHT_CHOICES", "WEIGHT_PRESETS",
+    "auto_granularity", "channel_levels", "flatten_model", "supported_types", "QAT_LAYERS",
     "ActivationQuantizer", "QuantConv2D", "QuantDepthwiseConv2D", "QuantDense", "QuantReLU",
     "QuantActivation", "QuantAdd", "QuantGlobalAveragePooling2D", "QuantAveragePooling2D",
 ]

@@ -8,8 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import keras
+import numpy as np
 
 from .fake_quant import GRANULARITIES
+from .flatten import flatten_model, graph_nodes
+from .folding import bn_weights, fold
 
 #: layer kinds whose weight granularity can be chosen ("pointwise" = 1x1 Conv2D)
 WEIGHT_KINDS = ("conv", "pointwise", "depthwise", "dense")
@@ -23,7 +26,22 @@ SAME_SCALE = (keras.layers.ZeroPadding2D, keras.layers.MaxPooling2D, keras.layer
               keras.layers.Reshape, keras.layers.Dropout, keras.layers.Cropping2D,
               keras.layers.GlobalMaxPooling2D, keras.layers.Identity, keras.layers.SpatialDropout2D,
               keras.layers.ActivityRegularization, keras.layers.Permute)
+#: named weight settings the recipes take (--weights, --qat_weights): "mixed" is per tensor for 1x1
+#: convs and the classifier, per channel elsewhere; "auto" also keeps a 3x3/depthwise conv per
+#: tensor where one scale fits it (`auto_granularity`), for the smallest file that still trains
+WEIGHT_PRESETS = {
+    "per_channel": "per_channel",
+    "per_tensor": "per_tensor",
+    "mixed": {"pointwise": "per_tensor", "dense": "per_tensor"},
+    "auto": {"conv": "auto", "depthwise": "auto", "pointwise": "per_tensor", "dense": "per_tensor"},
+}
 UNSUPPORTED_POLICIES = ("error", "float")
+#: what a layer kind's weights may be: a granularity, or "auto" (per layer: per tensor where it fits)
+WEIGHT_CHOICES = (*GRANULARITIES, "auto")
+#: "auto" keeps a layer per tensor when at most AUTO_MAX_COARSE of its live output channels get
+#: fewer than AUTO_MIN_LEVELS of the 127 int8 steps under the tensor's one scale
+AUTO_MIN_LEVELS = 16
+AUTO_MAX_COARSE = 0.02
 KERNEL_TYPES = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 
 
@@ -67,9 +85,9 @@ def resolve_weights(weights: str | dict | None) -> dict:
     unknown = sorted(set(weights) - set(WEIGHT_KINDS))
     if unknown:
         raise ValueError(f"unknown layer kind(s) {unknown} in weights; expected {list(WEIGHT_KINDS)}")
-    bad = {k: v for k, v in weights.items() if v not in GRANULARITIES}
+    bad = {k: v for k, v in weights.items() if v not in WEIGHT_CHOICES}
     if bad:
-        raise ValueError(f"unknown weight granularity {bad}; expected one of {list(GRANULARITIES)}")
+        raise ValueError(f"unknown weight granularity {bad}; expected one of {list(WEIGHT_CHOICES)}")
     return {**DEFAULT_WEIGHTS, **weights}
 
 
@@ -88,9 +106,34 @@ class QATPlan:
         return sorted(self.folded)
 
 
-def _graph_nodes(model) -> list:
-    by_depth = model._nodes_by_depth
-    return [n for d in sorted(by_depth, reverse=True) for n in by_depth[d]]
+def channel_levels(layer, bn=None) -> np.ndarray:
+    """For each output channel of `layer` (BatchNormalization `bn` folded in, as
+    the int8 file holds it): the int8 steps, of 127, that its largest weight
+    spans under one scale for the whole tensor (`127 * max_c / max`)."""
+    kernel = keras.ops.convert_to_numpy(layer.kernel)
+    depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+    if bn is not None:
+        kernel = keras.ops.convert_to_numpy(
+            fold(kernel, None, *bn_weights(bn), float(bn.epsilon), depthwise=depthwise)[0])
+    channels = kernel.reshape(-1, kernel.shape[2] * kernel.shape[3]) if depthwise \
+        else kernel.reshape(-1, kernel.shape[-1])
+    peak = np.abs(channels).max(axis=0)
+    return 127.0 * peak / max(float(peak.max()), 1e-12)
+
+
+def auto_granularity(layer, bn=None, min_levels: float = AUTO_MIN_LEVELS,
+                     max_coarse: float = AUTO_MAX_COARSE) -> str:
+    """"per_tensor" when one scale fits `layer`'s (folded) kernel: at most
+    `max_coarse` of its live output channels (any weight non-zero) span fewer
+    than `min_levels` int8 steps; else "per_channel". Per tensor stores one
+    scale and zero point for the kernel and one for the bias instead of one per
+    channel (24 bytes a channel), which on depthwise layers (9 weights a
+    channel) is most of the file's overhead."""
+    levels = channel_levels(layer, bn)
+    live = levels[levels > 0]
+    if live.size == 0:
+        return "per_tensor"
+    return "per_tensor" if float(np.mean(live < min_levels)) <= max_coarse else "per_channel"
 
 
 def _consumers(nodes) -> dict:
@@ -109,11 +152,9 @@ def plan_qat(model: keras.Model, weights: str | dict | None = None,
 
     if unsupported not in UNSUPPORTED_POLICIES:
         raise ValueError(f"unsupported={unsupported!r}; expected one of {list(UNSUPPORTED_POLICIES)}")
-    if not isinstance(model, keras.Model) or not getattr(model, "_nodes_by_depth", None):
-        raise ValueError(f"prepare_qat needs a functional (or built Sequential) Keras model, "
-                         f"got {type(model).__name__}")
+    model = flatten_model(model)  # nested backbones and Sequential models: one graph
     granularity = resolve_weights(weights)
-    nodes = _graph_nodes(model)
+    nodes = graph_nodes(model)
     consumers = _consumers(nodes)
     plan = QATPlan()
     bad = []
@@ -124,9 +165,6 @@ def plan_qat(model: keras.Model, weights: str | dict | None = None,
         if isinstance(layer, QAT_LAYERS):
             raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) is already quantised: "
                              "prepare_qat takes the float model")
-        if isinstance(layer, keras.Model):
-            bad.append((layer, "nested model (flatten it: build the backbone with input_tensor=)"))
-            continue
         if isinstance(layer, keras.layers.BatchNormalization):
             parents = node.parent_nodes
             ok = (len(parents) == 1 and type(parents[0].operation) in KERNEL_TYPES
@@ -137,11 +175,15 @@ def plan_qat(model: keras.Model, weights: str | dict | None = None,
             bad.append((layer, "BatchNormalization not directly after a Conv2D/DepthwiseConv2D/Dense"))
             continue
         if type(layer) in KERNEL_TYPES:
-            plan.weights[layer.name] = granularity[weight_kind(layer)]
             out = node
             if len(consumers[id(node)]) == 1 and isinstance(
                     consumers[id(node)][0].operation, keras.layers.BatchNormalization):
                 out = consumers[id(node)][0]
+            choice = granularity[weight_kind(layer)]
+            if choice == "auto":
+                bn = out.operation if out is not node and _channel_last(out.operation) else None
+                choice = auto_granularity(layer, bn)
+            plan.weights[layer.name] = choice
             after = consumers[id(out)]
             if len(after) == 1 and is_fusable_activation(after[0].operation):
                 plan.fused.append(layer.name)

@@ -19,7 +19,8 @@ from keras import tree
 from . import layers as qlayers
 from .folding import BN_WEIGHTS, bn_weights
 from .layers import DEFAULT_EMA_DECAY
-from .plan import SAME_SCALE, QATPlan, _graph_nodes, plan_qat
+from .flatten import flatten_model, graph_nodes
+from .plan import SAME_SCALE, QATPlan, plan_qat
 
 _KERNEL_CLASSES = {keras.layers.Conv2D: qlayers.QuantConv2D,
                    keras.layers.DepthwiseConv2D: qlayers.QuantDepthwiseConv2D,
@@ -70,12 +71,17 @@ def prepare_qat(
     ema_decay: float = DEFAULT_EMA_DECAY,
     name: str | None = None,
 ) -> keras.Model:
-    """The fake-quant (quantisation-aware training) twin of a float functional CNN.
+    """The fake-quant (quantisation-aware training) twin of a float functional CNN
+    (a Sequential one, or one with nested models such as a keras.applications
+    backbone, is inlined into one graph first: `flatten_model`).
 
     `weights`: one granularity ("per_channel" or "per_tensor") for every kernel,
     or a dict by layer kind, e.g. `{"conv": "per_channel", "depthwise":
     "per_channel", "pointwise": "per_tensor", "dense": "per_tensor"}` (1x1
-    convolutions are "pointwise"; missing kinds take `DEFAULT_WEIGHTS`).
+    convolutions are "pointwise"; missing kinds take `DEFAULT_WEIGHTS`). A kind
+    set to "auto" is decided per layer from its folded kernel: per tensor where
+    one scale fits it (`auto_granularity`), per channel elsewhere;
+    `WEIGHT_PRESETS` names the usual settings.
     `unsupported="error"` (default) refuses layers with weights it cannot
     quantise, naming them; "float" leaves them float with a warning and a
     quantisation point after them. A BatchNormalization after a kernel layer is
@@ -83,6 +89,7 @@ def prepare_qat(
     (gamma and beta train). Activation ranges start empty: the
     first training batch (or `calibrate_ranges`) sets them.
     """
+    model = flatten_model(model)  # nested backbones and Sequential models: one graph
     plan = plan_qat(model, weights, unsupported)
     for layer_name, type_name in plan.unsupported.items():
         warnings.warn(f"prepare_qat: layer {layer_name!r} ({type_name}) is left in float",
@@ -98,7 +105,7 @@ def prepare_qat(
         inputs.append(new)
         quant_name = "input_quant" if len(model.inputs) == 1 else f"{new.name}_quant"
         tensors[id(tensor)] = qlayers.ActivationQuantizer(ema_decay=ema_decay, name=quant_name)(new)
-    for node in _graph_nodes(model):
+    for node in graph_nodes(model):
         layer = node.operation
         if node.is_input or isinstance(layer, keras.layers.InputLayer):
             continue

@@ -19,7 +19,8 @@ import tensorflow as tf
 
 from kdkeras import tap_detection, taps
 from kdkeras.data.pipeline import fit_images
-from kdkeras.training import images_of, write_json
+from kdkeras.keys import image_part
+from kdkeras.training import write_json
 from kdkeras.vis.plots import (
     agreement,
     agreement_matrix,
@@ -43,7 +44,7 @@ def collect_logits(models: dict[str, keras.Model], dataset) -> tuple[dict, np.nd
     logits = {name: [] for name in models}
     labels = []
     for x, y in dataset:
-        x = images_of(x)
+        x = image_part(x)
         for name, model in models.items():
             logits[name].append(np.asarray(model.predict_on_batch(fit_images(x, input_shape_of(model)))))
         labels.append(np.asarray(y).reshape(-1))
@@ -56,7 +57,7 @@ def take_images(dataset, indices: Sequence[int]) -> np.ndarray:
     out: list = [None] * len(indices)
     offset = 0
     for x, _ in dataset:
-        x = np.asarray(images_of(x))
+        x = np.asarray(image_part(x))
         for i in range(len(x)):
             if offset + i in wanted:
                 out[wanted[offset + i]] = x[i]
