@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import keras
+import tensorflow as tf
 
 from kdkeras import cache as cache_lib
 from kdkeras import data as data_lib
@@ -70,6 +71,9 @@ class RunConfig(training.TrainConfig):
     #: start fresh in a reused output_dir (drop its backups and finished stages)
     #: instead of refusing a resume of other settings
     overwrite: bool = False
+    #: ask TensorFlow for deterministic kernels (`enable_op_determinism`): bit-exact
+    #: reruns on GPU too, at some speed; CPU runs are deterministic without it
+    deterministic: bool = False
 
     def train_config(self, epochs: int | None = None) -> training.TrainConfig:
         """The optimiser/schedule settings for a run of `epochs` (default: this config's)."""
@@ -81,8 +85,11 @@ class RunConfig(training.TrainConfig):
 
 
 def start(config: RunConfig):
-    """Seed everything from `config.seed`, create the output folder, return the strategy."""
+    """Seed everything from `config.seed` (and turn on deterministic kernels when
+    `config.deterministic`), create the output folder, return the strategy."""
     training.seeded(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     os.makedirs(config.output_dir, exist_ok=True)
     return training.get_strategy(config.strategy)
 
@@ -109,7 +116,7 @@ def finish_worker(config: RunConfig, strategy) -> None:
 #: what `check_output_dir` compares: everything that changes the trained model
 #: (sync_batchnorm acts only under several replicas, like the strategy itself)
 _NOT_SETTINGS = ("output_dir", "verbose", "tensorboard", "run_eagerly", "overwrite", "strategy",
-                 "sync_batchnorm", "baseline", "saved_dir", "cache_max_bytes", "rebuild_cache", "cache_methods")
+                 "deterministic", "sync_batchnorm", "baseline", "saved_dir", "cache_max_bytes", "rebuild_cache", "cache_methods")
 #: what a run leaves in its output_dir to be resumed
 RESUMABLE = ("backup", "stages", "distill_done.json")
 

@@ -76,6 +76,10 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS, epochs: int = 10, lr:
     flags.DEFINE_bool("run_eagerly", False,
                       "Run Keras steps eagerly: for debugging, and faster on tiny smoke runs where "
                       "tracing dominates.", flag_values=fv)
+    flags.DEFINE_bool("deterministic", False,
+                      "Deterministic TensorFlow kernels (tf.config.experimental.enable_op_determinism): "
+                      "the same command and seed give the same weights on GPU too, at some speed. CPU "
+                      "runs are deterministic without it.", flag_values=fv)
 
 
 def define_run_flags(fv: flags.FlagValues = flags.FLAGS, epochs: int = 10, lr: float = 0.05) -> None:
@@ -149,7 +153,7 @@ def run_config(fv: flags.FlagValues) -> RunConfig:
         seed=fv.seed, epochs=fv.epochs, lr=fv.lr, optimizer=fv.optimizer, schedule=fv.schedule,
         weight_decay=fv.weight_decay, strategy=fv.strategy, tensorboard=fv.tensorboard,
         run_eagerly=fv.run_eagerly, output_dir=fv.output_dir, overwrite=fv.overwrite,
-        sync_batchnorm=fv.sync_batchnorm,
+        sync_batchnorm=fv.sync_batchnorm, deterministic=fv.deterministic,
     )
 
 

@@ -104,6 +104,23 @@ def test_flags_become_configs():
     assert recipe_utils.run_config(_parse(_define_all)).augment is None
 
 
+def test_deterministic_flag_turns_on_deterministic_kernels_after_seeding(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    calls = []
+    monkeypatch.setattr(tf.config.experimental, "enable_op_determinism",
+                        lambda: calls.append(np.random.get_state()[1][0]))
+    experiment.start(recipe_utils.run_config(_parse(_define_all, f"--output_dir={tmp_path / 'a'}")))
+    assert calls == []  # off by default: CPU runs are deterministic without it
+    config = recipe_utils.run_config(_parse(_define_all, "--deterministic", "--seed=3",
+                                            f"--output_dir={tmp_path / 'b'}"))
+    assert config.deterministic
+    experiment.start(config)
+    np.random.seed(3)
+    assert calls == [np.random.get_state()[1][0]]  # called once, with the seeds already set
+    assert "deterministic" not in experiment.run_settings(config)  # resuming may switch it
+
+
 @pytest.mark.parametrize("bad", ["--epochs=0", "--lr=-1", "--batch_size=0", "--channels=2",
                                  "--student_loss_weight=-0.5", "--init_epochs=0", "--optimizer=sgdd"])
 def test_bad_flags_are_refused_by_name(bad):

@@ -142,6 +142,21 @@ def test_each_row_states_the_hyper_parameters_it_ran_with(tmp_path):
     assert f"- at: {at}" in page.read_text()
 
 
+def test_archive_keeps_the_records_the_page_cites(tmp_path):
+    runs = tmp_path / "outside" / "pair"
+    write_pair(runs)
+    archive = tmp_path / "docs" / "runs"
+    payload = results_doc.main([str(runs), f"--output={tmp_path / 'docs' / 'results.md'}",
+                                f"--archive={archive}"])
+    copied = sorted(p.relative_to(archive) for p in archive.rglob("*.json"))
+    assert len(copied) == 2 * sum(len(v) for v in TOP1.values())  # metrics.json and run_config.json
+    assert (archive / "pair" / "at" / "seed2" / "run_config.json").exists()
+    cited = [run["path"] for row in payload["sections"][0]["rows"] for run in row["runs"]]
+    assert cited and all(path.startswith(str(archive)) for path in cited)
+    again = results_doc.main([str(archive / "pair"), f"--output={tmp_path / 'c.md'}"])
+    assert [r["top1"] for r in again["sections"][0]["rows"]] == [r["top1"] for r in payload["sections"][0]["rows"]]
+
+
 def test_two_pairs_make_two_sections(tmp_path):
     same, wide = tmp_path / "r20_r8", tmp_path / "wrn"
     write_pair(same)
