@@ -95,6 +95,8 @@ def read_run(path: str) -> dict | None:
         "train_seconds": metrics.get("train_seconds"),
         "student_loss_weight": metrics.get("student_loss_weight"),
         "method_settings": metrics.get("method_settings"),
+        "history": metrics.get("history") or {},
+        "baseline_history": metrics.get("baseline_history") or {},
         "run_length_defaults": metrics.get("run_length_defaults") or {},
         # methods_table runs distill.py from the repository by its absolute path: shown relative
         "command": (metrics.get("command") or "").replace(ROOT + os.sep, "") or None,
@@ -157,6 +159,54 @@ def _dedupe(runs: list[dict]) -> tuple[list[dict], list[dict]]:
     return kept, [r for r in runs if id(r) not in ids]
 
 
+#: a student whose final training accuracy trails the baseline's by more than this (points) is
+#: held back by the method's term: it under-fits at the budget
+UNDERFIT_POINTS = 1.0
+
+
+def _last(history: dict, key: str) -> float | None:
+    values = history.get(key) or []
+    return float(values[-1]) if values else None
+
+
+def diagnosis(runs: list[dict], baseline_runs: dict) -> dict | None:
+    """What the histories say about a row, averaged over its seeds: the method's
+    term at the first and last epoch and its fall in the last epoch, and the
+    student's final training accuracy against the baseline's of the same seed
+    (a student that fits its training data worse than the baseline is held
+    back by the term at this budget). None when the runs recorded no history."""
+    terms, falls, gaps = [], [], []
+    for run in runs:
+        history = run.get("history") or {}
+        key = run["method"] if run["method"] in history else "loss"
+        values = [float(v) for v in history.get(key) or []]
+        if len(values) >= 2:
+            terms.append((values[0], values[-1]))
+            falls.append((values[-2] - values[-1]) / abs(values[-2]) if values[-2] else 0.0)
+        base = baseline_runs.get(run["seed"])
+        acc, base_acc = _last(history, "accuracy"), _last((base or {}).get("baseline_history") or {}, "accuracy")
+        if acc is not None and base_acc is not None:
+            gaps.append(acc - base_acc)
+    if not terms:
+        return None
+    return {"term": runs[0]["method"] if runs[0]["method"] in (runs[0].get("history") or {}) else "loss",
+            "first": _mean(t[0] for t in terms), "last": _mean(t[1] for t in terms),
+            "last_epoch_fall": _mean(falls), "train_accuracy_gap": _mean(gaps) if gaps else None}
+
+
+def diagnosis_text(d: dict | None) -> str:
+    if not d:
+        return ""
+    text = (f"`{d['term']}` {d['first']:.3g} → {d['last']:.3g} (-{100 * d['last_epoch_fall']:.0f}% in the "
+            "last epoch)")
+    gap = d["train_accuracy_gap"]
+    if gap is not None:
+        text += f"; final train accuracy {100 * gap:+.2f} points against the baseline's"
+        if 100 * gap < -UNDERFIT_POINTS:
+            text += ": the term holds the student back from fitting its training data at this budget"
+    return text
+
+
 def seed_baselines(runs: list[dict]) -> dict:
     """seed -> (baseline top-1, its train seconds, the metrics.json that recorded it):
     from that seed's KD run, else from another run of that seed with a baseline."""
@@ -175,6 +225,8 @@ def summarize_group(runs: list[dict]) -> dict:
     for run in runs:
         by_row.setdefault(row_name(run), {})[run["seed"]] = run
     reference = by_row.get(REFERENCE, {})
+    by_path = {r["path"]: r for r in runs}
+    by_seed_baseline_run = {seed: by_path[b[2]] for seed, b in baselines.items()}
     rows = []
     if baselines:
         seeds = sorted(baselines, key=str)
@@ -206,10 +258,10 @@ def summarize_group(runs: list[dict]) -> dict:
             "runs": [{"seed": s, "path": per_seed[s]["path"], "command": per_seed[s]["command"]} for s in seeds],
             "note": "reference" if name == REFERENCE else "",
             "settings": settings_text(per_seed[seeds[0]]),
+            "diagnosis": diagnosis([per_seed[s] for s in seeds], by_seed_baseline_run),
         })
     teacher = stats(r["teacher_top1"] for r in runs if r["teacher_top1"] is not None)
     # the teacher's margin per seed: its top-1 recorded in the run that recorded that seed's baseline
-    by_path = {r["path"]: r for r in runs}
     margin = stats(by_path[b[2]]["teacher_top1"] - b[0] for b in baselines.values()
                    if by_path[b[2]]["teacher_top1"] is not None)
     spread = rows[0]["top1"]["std"] if baselines else None
@@ -340,9 +392,11 @@ def section_markdown(section: dict) -> list[str]:
     if margin["mean"] is not None and margin["mean"] < WEAK_TEACHER_MARGIN:
         checks.append(f"**Weak teacher:** only {100 * margin['mean']:+.2f} points better than the student "
                       "trained alone; methods that give the teacher most of the loss weight may lose.")
-    losers = [r["method"] for r in section["rows"] if r["below_baseline"]]
+    losers = [r for r in section["rows"] if r["below_baseline"]]
     if losers:
-        checks.append("**Below the baseline** (mean paired gain < 0): " + ", ".join(f"`{m}`" for m in losers) + ".")
+        checks.append("**Below the baseline** (mean paired gain < 0): " + "; ".join(
+            f"`{r['method']}`" + (f" ({diagnosis_text(r.get('diagnosis'))})" if r.get("diagnosis") else "")
+            for r in losers) + ".")
     text += checks
     table = []
     for r in section["rows"]:
@@ -366,6 +420,11 @@ def section_markdown(section: dict) -> list[str]:
     settings += [f"- {r['method']}: {r['settings']}" for r in section["rows"] if r.get("settings")]
     settings += ["", "</details>"]
     text.append("\n".join(settings))
+    notes = [f"- {r['method']}: {diagnosis_text(r['diagnosis'])}" for r in section["rows"] if r.get("diagnosis")]
+    if notes:
+        text.append("\n".join(["<details><summary>What the training histories say (mean over seeds: the "
+                                "method's logged term, first and last epoch; the student's final training "
+                                "accuracy against the baseline's)</summary>", "", *notes, "", "</details>"]))
     return text
 
 

@@ -142,6 +142,36 @@ def test_each_row_states_the_hyper_parameters_it_ran_with(tmp_path):
     assert f"- at: {at}" in page.read_text()
 
 
+def test_a_row_below_the_baseline_carries_what_its_histories_say(tmp_path):
+    """The method's term first/last epoch and last-epoch fall, and the student's final
+    training accuracy against its seed's baseline, means over seeds (NumPy here)."""
+    runs = tmp_path / "runs"
+    crd_terms = {0: [20.0, 14.0, 11.0], 1: [24.0, 15.0, 12.5]}
+    crd_acc, base_acc, kd_acc = {0: 0.85, 1: 0.86}, {0: 0.88, 1: 0.885}, {0: 0.884, 1: 0.89}
+    for seed in (0, 1):
+        for method, top1, extra in (
+                ("kd", 0.87, {"history": {"kd": [3.0, 1.0, 0.9], "accuracy": [0.7, 0.8, kd_acc[seed]]},
+                              "baseline_history": {"accuracy": [0.7, 0.8, base_acc[seed]]}}),
+                ("crd", 0.84, {"history": {"crd": crd_terms[seed], "accuracy": [0.6, 0.8, crd_acc[seed]]}})):
+            path = write_run(runs, method, seed, top1, baseline=0.86 if method == "kd" else None)
+            metrics = json.loads(path.read_text())
+            metrics.update(extra)
+            path.write_text(json.dumps(metrics))
+    page = tmp_path / "results.md"
+    [section] = results_doc.main([str(runs), f"--output={page}"])["sections"]
+    d = _row(section, "crd")["diagnosis"]
+    terms = np.array(list(crd_terms.values()))
+    assert d["term"] == "crd"
+    assert d["first"] == pytest.approx(terms[:, 0].mean()) and d["last"] == pytest.approx(terms[:, -1].mean())
+    assert d["last_epoch_fall"] == pytest.approx(np.mean((terms[:, -2] - terms[:, -1]) / terms[:, -2]))
+    assert d["train_accuracy_gap"] == pytest.approx(np.mean([crd_acc[s] - base_acc[s] for s in (0, 1)]))
+    text = page.read_text()
+    below = next(line for line in text.splitlines() if line.startswith("**Below the baseline**"))
+    assert "`crd` 22 → 11.8" in below and "-2.75 points" in below and "holds the student back" in below
+    kd = _row(section, "kd")["diagnosis"]  # KD fits its data as well as the baseline: no such inference
+    assert "holds the student back" not in results_doc.diagnosis_text(kd)
+
+
 def test_archive_keeps_the_records_the_page_cites(tmp_path):
     runs = tmp_path / "outside" / "pair"
     write_pair(runs)

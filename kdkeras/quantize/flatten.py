@@ -35,8 +35,7 @@ def flatten_model(model: keras.Model) -> keras.Model:
     """`model` as one functional graph: a Sequential's layers, and every nested
     functional or Sequential model inlined (recursively). Returns `model` itself
     when it is already flat and functional. Raises ValueError for a model
-    without a graph (subclassed, or a Sequential never built) and for a nested
-    model with several inputs."""
+    without a graph (subclassed, or a Sequential never built)."""
     if not isinstance(model, keras.Model) or graph_of(model) is None:
         raise ValueError(
             f"prepare_qat needs a functional or built Sequential Keras model, got "
@@ -65,6 +64,9 @@ def _inline(model: keras.Model, inputs: list) -> list:
     if graph is None:
         raise ValueError(f"nested model {model.name!r} ({type(model).__name__}) has no graph to "
                          "inline: build it with the functional API or as a Sequential with an Input.")
+    if len(inputs) != len(graph.inputs):
+        raise ValueError(f"nested model {model.name!r} takes {len(graph.inputs)} inputs, called with "
+                         f"{len(inputs)}; prepare_qat inlines nested models called on their inputs as a list.")
     tensors = {id(t): new for t, new in zip(graph.inputs, inputs)}
     for node in graph_nodes(graph):
         layer = node.operation
@@ -72,11 +74,7 @@ def _inline(model: keras.Model, inputs: list) -> list:
             continue
         args, kwargs = node.arguments.fill_in(tensors)
         if isinstance(layer, keras.Model):
-            given = tree.flatten(args)
-            if len(given) != 1 or len(graph_of(layer).inputs if graph_of(layer) else [1]) != 1:
-                raise ValueError(f"nested model {layer.name!r} takes {len(given)} inputs; prepare_qat "
-                                 "inlines nested models of one input only.")
-            outputs = _inline(layer, given)
+            outputs = _inline(layer, tree.flatten(args))
             outputs = outputs[0] if len(outputs) == 1 else outputs
         else:
             outputs = layer(*args, **kwargs)
