@@ -94,8 +94,8 @@ def test_crd_speed_json_matches_its_timings(tmp_path, capsys):
     assert data["over_kd"]["kd"] == 1.0
     assert data["crd_over_kd"] == data["over_kd"]["crd_shared"]
     assert data["crd_exact_over_kd"] == data["over_kd"]["crd_exact"]
-    # two N x D float32 banks, N int32 labels, two float32 log-normalisers
-    assert data["bank_bytes"] == n * (2 * dim * 4 + 4) + 2 * 4
+    # two N x D float32 banks, N int32 labels, two float32 log-normalisers, the int32 (seed, draws)
+    assert data["bank_bytes"] == n * (2 * dim * 4 + 4) + 2 * 4 + 2 * 4
     assert data["bank_read_bytes_per_step"]["shared"] == 2 * (k + batch) * dim * 4
     assert data["reference_gather_bytes_per_step"] == 2 * batch * (k + 1) * dim * 4
     cfg = data["config"]
