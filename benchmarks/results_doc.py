@@ -169,6 +169,11 @@ def _last(history: dict, key: str) -> float | None:
     return float(values[-1]) if values else None
 
 
+def _term_key(run: dict) -> str:
+    """The history entry of the run's method term (the total loss for a mix)."""
+    return run["method"] if run["method"] in (run.get("history") or {}) else "loss"
+
+
 def diagnosis(runs: list[dict], baseline_runs: dict) -> dict | None:
     """What the histories say about a row, averaged over its seeds: the method's
     term at the first and last epoch and its fall in the last epoch, and the
@@ -176,10 +181,10 @@ def diagnosis(runs: list[dict], baseline_runs: dict) -> dict | None:
     (a student that fits its training data worse than the baseline is held
     back by the term at this budget). None when the runs recorded no history."""
     terms, falls, gaps = [], [], []
+    key = _term_key(runs[0])
     for run in runs:
         history = run.get("history") or {}
-        key = run["method"] if run["method"] in history else "loss"
-        values = [float(v) for v in history.get(key) or []]
+        values = [float(v) for v in history.get(_term_key(run)) or []]
         if len(values) >= 2:
             terms.append((values[0], values[-1]))
             falls.append((values[-2] - values[-1]) / abs(values[-2]) if values[-2] else 0.0)
@@ -189,7 +194,7 @@ def diagnosis(runs: list[dict], baseline_runs: dict) -> dict | None:
             gaps.append(acc - base_acc)
     if not terms:
         return None
-    return {"term": runs[0]["method"] if runs[0]["method"] in (runs[0].get("history") or {}) else "loss",
+    return {"term": key,
             "first": _mean(t[0] for t in terms), "last": _mean(t[1] for t in terms),
             "last_epoch_fall": _mean(falls), "train_accuracy_gap": _mean(gaps) if gaps else None}
 
