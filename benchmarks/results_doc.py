@@ -433,8 +433,41 @@ def section_markdown(section: dict) -> list[str]:
     return text
 
 
-def markdown(sections: list[dict], command: str) -> str:
-    """The full page: how it was made, then one section per group."""
+def experiment_markdown(experiments: list[dict], page_dir: str) -> list[str]:
+    """The experiments' paragraphs: per recipe and setting, the table over seeds,
+    the plot (drawn next to the page, under results_plots/), the verdict on the
+    paper's claim and the runs behind it."""
+    from kdkeras.analysis import experiments as ex
+
+    if not experiments:
+        return []
+    lines = ["## Experiments of the papers", "",
+             "Each experiment recipe run once per seed with the same flags otherwise; rows are mean ± "
+             "sample std over seeds, gains paired by seed. " + ex.RULE, ""]
+    counts: dict[str, int] = {}
+    for section in experiments:
+        stem = section["experiment"]
+        counts[stem] = counts.get(stem, 0) + 1
+        plot = os.path.join(page_dir, "results_plots", f"{stem}_{counts[stem]}.png")
+        os.makedirs(os.path.dirname(plot), exist_ok=True)
+        ex.section_plot(section, plot)
+        section["plot"] = _display_path(plot)
+        seeds = ", ".join(str(s) for s in section["seeds"])
+        commands = [c.replace(ROOT + os.sep, "") for c in section["commands"] if c]
+        lines += [f"### {section['title']}", "",
+                  f"Setting: {ex.setting_text(section)}; seeds {seeds}.", "",
+                  ex.section_table(section), "",
+                  f"![{section['title']}](results_plots/{os.path.basename(plot)})", "",
+                  f"**Verdict.** {section['verdict']}", "",
+                  "Runs: " + ", ".join(f"`{_display_path(p)}`" for p in section["paths"]) + ".", ""]
+        if commands:
+            lines += [f"Command (seed {section['seeds'][0]}): `{commands[0]}`", ""]
+    return lines
+
+
+def markdown(sections: list[dict], command: str, experiments: list[str] | None = None) -> str:
+    """The full page: how it was made, then one section per group, then the
+    experiments' paragraphs (`experiment_markdown`)."""
     lines = [
         "# Results: every method against the student alone and against KD",
         "",
@@ -450,12 +483,13 @@ def markdown(sections: list[dict], command: str) -> str:
         lines += [f"## {section_title(section)}", ""]
         for paragraph in section_markdown(section):
             lines += [paragraph, ""]
+    lines += experiments or []
     return "\n".join(lines).rstrip() + "\n"
 
 
-def readme_block(sections: list[dict], page: str) -> str:
+def readme_block(sections: list[dict], page: str, experiments: Sequence[dict] = ()) -> str:
     """A short version for the README: per section, each method's paired gain
-    over the baseline, linking the full page."""
+    over the baseline, then whether each experiment's claim held, linking the full page."""
     from kdkeras.vis import markdown_table
 
     lines = [f"Gain of each method over the student trained alone, paired by seed (mean ± std, "
@@ -466,6 +500,10 @@ def readme_block(sections: list[dict], page: str) -> str:
         rows = [[r["method"] + (" ⚠" if r["below_baseline"] else ""), r["n"], _pct(r["top1"]),
                  _gain(r["gain_over_baseline"])] for r in section["rows"]]
         lines += [markdown_table(["method", "seeds", "top-1 (%)", "gain (pp)"], rows, align="lrrr"), ""]
+    if experiments:
+        lines += ["The papers' experiments, over seeds (verdicts and plots on the page):", ""]
+        lines += [f"- {e['title']} ({len(e['seeds'])} seeds): the claim "
+                  f"{'held' if e['held'] else 'did not hold in full'}." for e in experiments]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -478,6 +516,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("roots", nargs="+", help="run roots: folders searched recursively for metrics.json")
     p.add_argument("--output", default=os.path.join(ROOT, "docs", "results.md"),
                    help="Markdown page (default docs/results.md); the JSON goes next to it")
+    p.add_argument("--experiments", nargs="+", default=[],
+                   help="folders searched recursively for the experiment recipes' JSON "
+                        "(teacher_free.json, reversed_kd.json, defective_kd.json, bias_variance.json), "
+                        "one run per seed; each recipe and setting becomes a section with its plot")
     p.add_argument("--readme_output", default=None,
                    help="also write the README's short block here (it is always printed)")
     p.add_argument("--readme_link", default=None,
@@ -489,18 +531,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def archive_runs(roots: Sequence[str], archive: str) -> list[str]:
-    """Copy the run records (metrics.json, run_config.json) of `roots` into
-    `archive/<root name>/...`, keeping each root's layout; returns the new roots."""
+#: the files of a run kept by --archive: the distillation runs' and the experiment recipes'
+RECORDS = {"metrics.json": ("metrics.json", "run_config.json"),
+           **{f"{stem}.json": (f"{stem}.json", "run_config.json") for stem in
+              ("teacher_free", "reversed_kd", "defective_kd", "bias_variance")}}
+
+
+def archive_runs(roots: Sequence[str], archive: str, records: Sequence[str] = ("metrics.json",)) -> list[str]:
+    """Copy the run records (`records`, e.g. metrics.json, with their
+    run_config.json) of `roots` into `archive/<root name>/...`, keeping each
+    root's layout; returns the new roots."""
     import shutil
 
     copied = []
     for root in roots:
         target = os.path.join(archive, os.path.basename(os.path.normpath(root)))
-        for path in glob.glob(os.path.join(root, "**", "metrics.json"), recursive=True):
+        paths = [p for record in records for p in glob.glob(os.path.join(root, "**", record), recursive=True)]
+        for path in paths:
             folder = os.path.dirname(os.path.relpath(path, root))
             os.makedirs(os.path.join(target, folder), exist_ok=True)
-            for name in ("metrics.json", "run_config.json"):
+            for name in RECORDS[os.path.basename(path)]:
                 source = os.path.join(os.path.dirname(path), name)
                 if os.path.exists(source):
                     shutil.copy2(source, os.path.join(target, folder, name))  # keeps mtime: newest wins
@@ -514,16 +564,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
     command = " ".join(["python", "benchmarks/results_doc.py", *map(shlex.quote, sys.argv[1:] if argv is None
                                                                      else argv)])
     roots = archive_runs(args.roots, args.archive) if args.archive else args.roots
+    experiment_roots = (archive_runs(args.experiments, args.archive, [k for k in RECORDS if k != "metrics.json"])
+                        if args.archive else args.experiments)
     runs, skipped = load_runs(roots)
     sections, superseded = summarize(runs)
     output = os.path.abspath(args.output)
     os.makedirs(os.path.dirname(output), exist_ok=True)
+    from kdkeras.analysis.experiments import load_experiments
+
+    for root in experiment_roots:
+        if not os.path.isdir(root):
+            raise NoRunsError(f"Experiment root {root!r} is not a folder.")
+    experiments = load_experiments(experiment_roots)
+    if experiment_roots and not experiments:
+        raise NoRunsError(f"Experiment roots {experiment_roots} hold no experiment recipe JSON "
+                          "(teacher_free.json, reversed_kd.json, defective_kd.json or bias_variance.json).")
+    experiment_lines = experiment_markdown(experiments, os.path.dirname(output))
     with open(output, "w") as f:
-        f.write(markdown(sections, command))
+        f.write(markdown(sections, command, experiment_lines))
     payload = {
         "command": command, "roots": [_display_path(r) for r in roots],
         "max_baseline_spread_points": MAX_BASELINE_SPREAD,
         "sections": [_jsonable(s) for s in sections],
+        "experiments": [_jsonable(s) for s in experiments],
         "skipped_not_distillation_runs": skipped,
         "superseded": [r["path"] for r in superseded],
     }
@@ -531,7 +594,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with open(json_path, "w") as f:
         json.dump(payload, f, indent=2)
     link = args.readme_link or os.path.relpath(output, ROOT)
-    block = readme_block(sections, link)
+    block = readme_block(sections, link, experiments)
     if args.readme_output:
         os.makedirs(os.path.dirname(os.path.abspath(args.readme_output)), exist_ok=True)
         with open(args.readme_output, "w") as f:

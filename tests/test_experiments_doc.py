@@ -1,0 +1,177 @@
+"""The experiments' summaries over seeds (kdkeras.analysis.experiments) equal
+NumPy's means, sample stds and seed-paired differences on fixture recipe JSON;
+their verdicts follow the stated rule (the claimed direction by more than the
+paired std); the results page carries them with a plot per section; a seed run
+twice counts once (no training anywhere)."""
+
+import importlib.util
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from kdkeras.analysis import experiments as ex
+from tests.helpers import ROOT
+
+
+def write(root, stem, seed, payload, setting=None, folder=None):
+    folder = root / stem / (folder or f"seed{seed}")
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"dataset": "fashion_mnist", "epochs": 5, "train_limit": 10000, "seed": seed,
+            "command": f"python recipes/{stem}.py --seed={seed}", **(setting or {}), **payload}
+    (folder / f"{stem}.json").write_text(json.dumps(data))
+    return folder / f"{stem}.json"
+
+
+def rows_payload(values: dict, seed: int) -> dict:
+    return {"results": {row: {"top1": v[seed], "train_seconds": 10.0 + seed} for row, v in values.items()}}
+
+
+def std(x):
+    return float(np.std(np.asarray(x, dtype=float), ddof=1))
+
+
+TF = {"baseline": [0.880, 0.884, 0.879],
+      "LSR": [0.893, 0.893, 0.890],        # +1.1 clear, within its spread of KD
+      "Tf-KD self": [0.881, 0.882, 0.883],  # +0.1 +- 0.4: not clear
+      "Tf-KD reg": [0.886, 0.889, 0.885],  # clear over baseline but clearly behind KD
+      "KD": [0.892, 0.894, 0.891]}
+
+
+def test_teacher_free_matches_numpy_and_the_rule(tmp_path):
+    for seed in range(3):
+        write(tmp_path, "teacher_free", seed, rows_payload(TF, seed),
+              {"student": "resnet8", "teacher": "t.keras"})
+    [section] = ex.load_experiments([str(tmp_path)])
+    assert section["seeds"] == [0, 1, 2]
+    rows = {r["row"]: r for r in section["rows"]}
+    for name, values in TF.items():
+        assert rows[name]["top1"]["mean"] == pytest.approx(np.mean(values))
+        assert rows[name]["top1"]["std"] == pytest.approx(std(values))
+        if name != "baseline":
+            gain = np.subtract(values, TF["baseline"])
+            assert rows[name]["gain"]["mean"] == pytest.approx(gain.mean())
+            assert rows[name]["gain"]["std"] == pytest.approx(std(gain))
+        if name != "KD":
+            vs_kd = np.subtract(values, TF["KD"])
+            assert rows[name]["vs_kd"]["mean"] == pytest.approx(vs_kd.mean())
+    held, missed = section["verdict"].split("It did not hold for:")
+    assert "LSR" in held and "Tf-KD self" in missed and "Tf-KD reg" in missed
+    assert section["held"] is False
+    assert "| Tf-KD reg |" in ex.section_table(section)
+
+
+def test_reversed_kd_verdict_and_one_section_per_setting(tmp_path):
+    clear_gain = {"weak alone": [0.86, 0.87, 0.865], "strong alone": [0.88, 0.885, 0.882],
+                  "Re-KD": [0.889, 0.892, 0.891], "normal KD": [0.87, 0.872, 0.871]}
+    noisy = dict(clear_gain, **{"Re-KD": [0.886, 0.879, 0.884]})
+    for seed in range(3):
+        write(tmp_path / "a", "reversed_kd", seed, rows_payload(clear_gain, seed), {"weak": "resnet8",
+                                                                                  "strong": "resnet20"})
+        write(tmp_path / "b", "reversed_kd", seed, rows_payload(noisy, seed),
+              {"weak": "resnet8", "strong": "resnet20", "train_limit": 20000})
+    sections = ex.load_experiments([str(tmp_path)])
+    assert len(sections) == 2
+    by_limit = {s["setting"]["train_limit"]: s for s in sections}
+    good, bad = by_limit[10000], by_limit[20000]
+    rekd = {r["row"]: r for r in good["rows"]}["Re-KD"]
+    gain = np.subtract(clear_gain["Re-KD"], clear_gain["strong alone"])
+    assert rekd["reference"] == "strong alone"
+    assert rekd["gain"]["mean"] == pytest.approx(gain.mean()) and rekd["gain"]["std"] == pytest.approx(std(gain))
+    assert good["held"] is True and "held" in good["verdict"]
+    noisy_gain = np.subtract(noisy["Re-KD"], noisy["strong alone"])
+    assert abs(noisy_gain.mean()) < std(noisy_gain)  # the fixture is what the test says
+    assert bad["held"] is False and "did not hold" in bad["verdict"]
+
+
+def test_defective_kd_judges_teachers_below_the_student_alone(tmp_path):
+    baseline = [0.87, 0.872, 0.868]
+    levels = {0: ([0.10, 0.11, 0.10], [0.866, 0.870, 0.867]),       # below baseline, no clear gain
+              40: ([0.75, 0.76, 0.74], [0.878, 0.881, 0.879]),      # below baseline, clear gain
+              "full": ([0.92, 0.92, 0.92], [0.89, 0.891, 0.888])}   # above baseline: not judged
+    for seed in range(3):
+        pts = [{"level": lvl, "teacher": f"{lvl} steps", "teacher_top1": t[seed], "student_top1": s[seed],
+                "gain": s[seed] - baseline[seed]} for lvl, (t, s) in levels.items()]
+        write(tmp_path, "defective_kd", seed, {"points": pts, "baseline_top1": baseline[seed]},
+              {"teacher": "resnet20", "student": "resnet8", "defect": "steps"})
+    [section] = ex.load_experiments([str(tmp_path)])
+    rows = {r["level"]: r for r in section["rows"]}
+    for lvl, (t, s) in levels.items():
+        assert rows[lvl]["teacher_top1"]["mean"] == pytest.approx(np.mean(t))
+        assert rows[lvl]["gain"]["mean"] == pytest.approx(np.mean(np.subtract(s, baseline)))
+        assert rows[lvl]["gain"]["std"] == pytest.approx(std(np.subtract(s, baseline)))
+    held, missed = section["verdict"].split("It did not hold for:")
+    assert "40 (teacher" in held and "0 (teacher" in missed and "full" not in section["verdict"]
+    assert "none (student alone)" in ex.section_table(section)
+
+
+def test_bias_variance_differences_from_ce(tmp_path):
+    terms = {"ce": {"bias": [0.30, 0.31, 0.29], "variance": [0.10, 0.11, 0.12]},
+             "kd": {"bias": [0.33, 0.34, 0.33], "variance": [0.05, 0.06, 0.05]},
+             "wsl": {"bias": [0.32, 0.35, 0.31], "variance": [0.05, 0.05, 0.06]}}
+    for seed in range(3):
+        results = {m: {"bias": t["bias"][seed], "variance": t["variance"][seed],
+                       "expected_ce_measured": t["bias"][seed] + t["variance"][seed], "top1": 0.88}
+                   for m, t in terms.items()}
+        write(tmp_path, "bias_variance", seed, {"results": results},
+              {"student": "resnet8", "teacher": "resnet20", "methods": ["ce", "kd", "wsl"], "num_models": 5,
+               "resample": "bootstrap"})
+    [section] = ex.load_experiments([str(tmp_path)])
+    kd = {r["row"]: r for r in section["rows"]}["kd"]
+    d_var = np.subtract(terms["kd"]["variance"], terms["ce"]["variance"])
+    assert kd["variance_vs_ce"]["mean"] == pytest.approx(d_var.mean())
+    assert kd["variance_vs_ce"]["std"] == pytest.approx(std(d_var))
+    held, missed = section["verdict"].split("It did not hold for:")
+    assert "KD's variance is below CE's" in held and "KD's bias is above CE's" in held
+    assert "WSL's bias is below KD's" in missed  # -0.007 +- 0.023: not clear
+
+
+def test_clear_needs_a_spread():
+    assert ex.clear(0.01, 0.005) and not ex.clear(0.01, 0.02) and not ex.clear(-0.01, 0.005)
+    assert ex.clear(-0.01, 0.005, sign=-1) and not ex.clear(0.01, None)
+
+
+def _results_doc():
+    spec = importlib.util.spec_from_file_location("_benchmark_results_doc_ex",
+                                                  os.path.join(ROOT, "benchmarks", "results_doc.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_page_carries_experiments_and_archives_them(tmp_path):
+    from tests.test_results_doc import write_run
+
+    runs = tmp_path / "table"
+    for seed in range(3):
+        write_run(runs, "kd", seed, 0.89 + 0.001 * seed, baseline=0.88 + 0.001 * seed)
+    experiments = tmp_path / "experiments"
+    stale = write(experiments, "teacher_free", 0, rows_payload({k: [0.5] * 3 for k in TF}, 0),
+                  {"student": "resnet8", "teacher": "t.keras"}, folder="seed0_old")
+    old = time.time() - 100
+    os.utime(stale, (old, old))
+    for seed in range(3):  # seed 0 again, newer: it replaces the stale one
+        write(experiments, "teacher_free", seed, rows_payload(TF, seed), {"student": "resnet8", "teacher": "t.keras"})
+    page = tmp_path / "docs" / "results.md"
+    payload = _results_doc().main([str(runs), "--experiments", str(experiments), "--output", str(page),
+                                   "--archive", str(tmp_path / "docs" / "results_runs")])
+    [section] = payload["experiments"]
+    lsr = {r["row"]: r for r in section["rows"]}["LSR"]
+    assert lsr["top1"]["mean"] == pytest.approx(np.mean(TF["LSR"]))
+    text = page.read_text()
+    assert "## Experiments of the papers" in text and "**Verdict.**" in text
+    assert (tmp_path / "docs" / "results_plots" / "teacher_free_1.png").stat().st_size > 1000
+    archived = list((tmp_path / "docs" / "results_runs").rglob("teacher_free.json"))
+    assert len(archived) == 4 and all("results_runs" in p for p in section["paths"])
+
+
+def test_results_page_refuses_an_empty_experiment_root(tmp_path):
+    from tests.test_results_doc import write_run
+
+    write_run(tmp_path / "table", "kd", 0, 0.89, baseline=0.88)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="hold no experiment"):
+        _results_doc().main([str(tmp_path / "table"), "--experiments", str(tmp_path / "empty"),
+                             "--output", str(tmp_path / "r.md")])
