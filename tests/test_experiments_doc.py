@@ -25,8 +25,15 @@ def write(root, stem, seed, payload, setting=None, folder=None):
     return folder / f"{stem}.json"
 
 
+def train_accuracy(row: str, top1: float) -> float:
+    """The fixture's final training accuracy: Tf-KD self fits its data less."""
+    return top1 - 0.01 if row == "Tf-KD self" else top1 + 0.02
+
+
 def rows_payload(values: dict, seed: int) -> dict:
-    return {"results": {row: {"top1": v[seed], "train_seconds": 10.0 + seed} for row, v in values.items()}}
+    return {"results": {row: {"top1": v[seed], "train_seconds": 10.0 + seed,
+                              "history": {"accuracy": [0.5, train_accuracy(row, v[seed])]}}
+                        for row, v in values.items()}}
 
 
 def std(x):
@@ -54,11 +61,16 @@ def test_teacher_free_matches_numpy_and_the_rule(tmp_path):
             gain = np.subtract(values, TF["baseline"])
             assert rows[name]["gain"]["mean"] == pytest.approx(gain.mean())
             assert rows[name]["gain"]["std"] == pytest.approx(std(gain))
+            train_gap = [train_accuracy(name, v) - train_accuracy("baseline", b)
+                         for v, b in zip(values, TF["baseline"])]
+            assert rows[name]["train_gap"]["mean"] == pytest.approx(np.mean(train_gap))
         if name != "KD":
             vs_kd = np.subtract(values, TF["KD"])
             assert rows[name]["vs_kd"]["mean"] == pytest.approx(vs_kd.mean())
     held, missed = section["verdict"].split("It did not hold for:")
     assert "LSR" in held and "Tf-KD self" in missed and "Tf-KD reg" in missed
+    assert "holds the model back" in missed.split("Tf-KD reg")[0]  # self: -3 pp of training accuracy
+    assert "holds the model back" not in missed.split("Tf-KD reg")[1]
     assert section["held"] is False
     assert "| Tf-KD reg |" in ex.section_table(section)
 

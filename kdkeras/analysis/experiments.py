@@ -91,12 +91,26 @@ def load_experiments(roots: Sequence[str]) -> list[dict]:
 # -- row experiments: teacher-free and Re-KD ------------------------------------------------------
 
 
+def _train_accuracy(result: dict) -> float | None:
+    """The last epoch's training accuracy of a recipe row (its Keras history)."""
+    values = (result.get("history") or {}).get("accuracy") or []
+    return float(values[-1]) if values else None
+
+
 def _row_stats(runs: Sequence[dict], row: str, reference: str | None) -> dict:
+    """A row's top-1 over seeds and, against its reference row, the top-1 gain
+    and the final training accuracy's difference (both paired by seed): a
+    regulariser that costs training accuracy in a short run shows there."""
     top1 = _paired(runs, lambda r: r["results"][row]["top1"])
-    gain = (None if reference is None else
-            _paired(runs, lambda r: r["results"][row]["top1"] - r["results"][reference]["top1"]))
+    gain = train_gap = None
+    if reference is not None:
+        gain = _paired(runs, lambda r: r["results"][row]["top1"] - r["results"][reference]["top1"])
+        gaps = [(_train_accuracy(r["results"][row]), _train_accuracy(r["results"][reference])) for r in runs]
+        if all(a is not None and b is not None for a, b in gaps):
+            train_gap = _paired(gaps, lambda ab: ab[0] - ab[1])
     seconds = mean_std(r["results"][row].get("train_seconds") for r in runs)[0]
-    return {"row": row, "top1": top1, "reference": reference, "gain": gain, "train_seconds": seconds}
+    return {"row": row, "top1": top1, "reference": reference, "gain": gain, "train_gap": train_gap,
+            "train_seconds": seconds}
 
 
 def _common_rows(runs: Sequence[dict]) -> list[str]:
@@ -126,7 +140,7 @@ def summarize_teacher_free(runs: Sequence[dict]) -> dict:
         close = vs_kd is None or not clear(vs_kd["mean"], vs_kd["std"], sign=-1)
         text = (f"{row['row']} {points(gain['mean'], gain['std'])} pp over the student alone"
                 + ("" if vs_kd is None else f", {points(vs_kd['mean'], vs_kd['std'])} pp against KD"))
-        (held if beats and close else missed).append(text)
+        (held if beats and close else missed).append(text + ("" if beats and close else fit_note(row)))
     kd = next((r for r in rows if r["row"] == "KD"), None)
     verdict = ("Claim (Tf-KD): label smoothing, self-distillation and the hand-made virtual teacher "
                "improve the student about as much as KD does. Here "
@@ -153,13 +167,29 @@ def summarize_reversed_kd(runs: Sequence[dict]) -> dict:
     else:
         verdict += (f"Here the strong model gains {points(rekd['gain']['mean'], rekd['gain']['std'])} pp "
                     f"from the weak one: the claim {'held' if held else 'did not hold'} (the gain is "
-                    f"{'' if held else 'not '}clear).")
+                    f"{'' if held else 'not '}clear{'' if held else fit_note(rekd)}).")
         weak, strong = by_name.get("weak alone"), by_name.get("strong alone")
         if weak and strong:
             gap = _paired(runs, lambda r: r["results"]["strong alone"]["top1"] - r["results"]["weak alone"]["top1"])
             verdict += f" The strong model alone beats the weak one by {points(gap['mean'], gap['std'])} pp"
             verdict += "." if clear(gap["mean"], gap["std"]) else ", which is not clear: the pair is not weak/strong here."
     return {"title": "Reversed KD", "rows": rows, "verdict": verdict, "held": held, "columns": None}
+
+
+def fit_note(row: dict) -> str:
+    """Why a row may miss, when its history says so: it clearly ends with a
+    lower training accuracy than its reference (it holds the model back from
+    fitting its data in this budget), or it loses on test data while fitting
+    its training data no worse (what it loses is generalisation)."""
+    gap, gain = row.get("train_gap"), row.get("gain")
+    if gap is None:
+        return ""
+    text = f" (final training accuracy {points(gap['mean'], gap['std'])} pp against {row['reference']}'s: "
+    if clear(gap["mean"], gap["std"], sign=-1):
+        return text + "it holds the model back from fitting its data at this budget)"
+    if gain is not None and gain["mean"] is not None and gain["mean"] < 0:
+        return text + "it fits its training data no worse, so what it loses is generalisation)"
+    return ""
 
 
 def _held_text(held: list[str], missed: list[str], meaning: str) -> str:
@@ -277,14 +307,17 @@ def section_table(section: dict) -> str:
     headers = ["run", "top-1 (%)", "gain (pp)", "against"]
     if section["columns"] == "vs_kd":
         headers.append("vs KD (pp)")
+    headers += ["final train acc. vs it (pp)", "train s"]
     rows = []
     for r in section["rows"]:
         row = [r["row"], percent(r["top1"]["mean"], r["top1"]["std"]),
                "-" if r["gain"] is None else points(r["gain"]["mean"], r["gain"]["std"]), r["reference"] or "-"]
         if section["columns"] == "vs_kd":
             row.append("-" if r["vs_kd"] is None else points(r["vs_kd"]["mean"], r["vs_kd"]["std"]))
+        row.append("-" if r["train_gap"] is None else points(r["train_gap"]["mean"], r["train_gap"]["std"]))
+        row.append("-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}")
         rows.append(row)
-    return markdown_table(headers, rows, align="lrrl" + ("r" if section["columns"] == "vs_kd" else ""))
+    return markdown_table(headers, rows, align="lrrl" + ("r" if section["columns"] == "vs_kd" else "") + "rr")
 
 
 def section_plot(section: dict, path: str) -> str:
