@@ -359,7 +359,10 @@ def _name(model: Any) -> str:
 def section_title(section: dict) -> str:
     b = section["budget"]
     train = "full train set" if b["train_limit"] is None else f"{b['train_limit']:,} train"
-    return (f"{section['dataset']}: {_name(section['teacher'])} -> {_name(section['student'])}, "
+    args = section.get("student_args") or {}
+    student = _name(section["student"]) + (" (" + ", ".join(f"{k}={v}" for k, v in sorted(args.items())) + ")"
+                                           if args else "")
+    return (f"{section['dataset']}: {_name(section['teacher'])} -> {student}, "
             f"{train}, {b['epochs']} epoch{'' if b['epochs'] == 1 else 's'}")
 
 

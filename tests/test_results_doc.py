@@ -269,3 +269,18 @@ def test_recipes_scale_dkd_warmup_with_the_run():
         args, added = run_length_args("dkd", given)
         assert added == {} and len(args["dkd"]) == 1, given
     assert run_length_args("kd", "") == ({}, {})
+
+
+def test_a_narrower_student_gets_its_own_titled_section(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path / "full", "kd", seed, 0.90, baseline=0.89)
+        write_run(tmp_path / "half", "kd", seed, 0.88, baseline=0.87)
+        folder = tmp_path / "half" / "kd" / f"seed{seed}"
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["student_args"] = {"width_multiplier": 0.5}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    runs, _ = results_doc.load_runs([str(tmp_path / "full"), str(tmp_path / "half")])
+    sections, _ = results_doc.summarize(runs)
+    titles = {json.dumps(s["student_args"]): results_doc.section_title(s) for s in sections}
+    assert len(titles) == 2 and "-> resnet8 (width_multiplier=0.5)," in titles['{"width_multiplier": 0.5}']
+    assert "-> resnet8, 10,000 train" in titles["{}"]
