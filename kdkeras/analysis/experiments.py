@@ -80,7 +80,7 @@ def load_experiments(roots: Sequence[str]) -> list[dict]:
                 if payload.get("seed") not in by_seed or by_seed[payload.get("seed")][0] <= mtime:
                     by_seed[payload.get("seed")] = (mtime, payload)
         for key, by_seed in groups.items():
-            runs = [p for _, (_, p) in sorted(by_seed.items(), key=lambda kv: str(kv[0]))]
+            runs = [p for _, (_, p) in sorted(by_seed.items(), key=lambda kv: -1 if kv[0] is None else kv[0])]
             section = SUMMARIZERS[stem](runs)
             section.update(experiment=stem, setting=json.loads(key), seeds=[r.get("seed") for r in runs],
                            paths=[r["_path"] for r in runs], commands=[r.get("command") for r in runs])
