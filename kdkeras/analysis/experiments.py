@@ -165,9 +165,10 @@ def summarize_reversed_kd(runs: Sequence[dict]) -> dict:
     if rekd is None:
         verdict += "No Re-KD row was run."
     else:
-        verdict += (f"Here the strong model gains {points(rekd['gain']['mean'], rekd['gain']['std'])} pp "
-                    f"from the weak one: the claim {'held' if held else 'did not hold'} (the gain is "
-                    f"{'' if held else 'not '}clear{'' if held else fit_note(rekd)}).")
+        verdict += (f"Here the strong model taught by the weak one scores "
+                    f"{points(rekd['gain']['mean'], rekd['gain']['std'])} pp against the strong model alone: "
+                    + ("the claim held (a clear gain)." if held else
+                       f"the claim did not hold, the gain not being clear{fit_note(rekd)}."))
         weak, strong = by_name.get("weak alone"), by_name.get("strong alone")
         if weak and strong:
             gap = _paired(runs, lambda r: r["results"]["strong alone"]["top1"] - r["results"]["weak alone"]["top1"])
