@@ -107,7 +107,7 @@ def test_defective_kd_judges_teachers_below_the_student_alone(tmp_path):
         pts = [{"level": lvl, "teacher": f"{lvl} steps", "teacher_top1": t[seed], "student_top1": s[seed],
                 "gain": s[seed] - baseline[seed]} for lvl, (t, s) in levels.items()]
         write(tmp_path, "defective_kd", seed, {"points": pts, "baseline_top1": baseline[seed]},
-              {"teacher": "resnet20", "student": "resnet8", "defect": "steps"})
+              {"teacher": "resnet20", "student": "resnet8", "defect": "steps", "kd_alpha": 0.9})
     [section] = ex.load_experiments([str(tmp_path)])
     rows = {r["level"]: r for r in section["rows"]}
     for lvl, (t, s) in levels.items():
@@ -116,7 +116,20 @@ def test_defective_kd_judges_teachers_below_the_student_alone(tmp_path):
         assert rows[lvl]["gain"]["std"] == pytest.approx(std(np.subtract(s, baseline)))
     held, missed = section["verdict"].split("It did not hold for:")
     assert "40 (teacher" in held and "0 (teacher" in missed and "full" not in section["verdict"]
+    assert "1 of 2 such teachers clearly hurt" in section["verdict"]  # level 0: -0.23 +- 0.15 pp
     assert "none (student alone)" in ex.section_table(section)
+
+
+def test_defective_kd_says_when_weak_teachers_hurt(tmp_path):
+    for seed in range(3):
+        pts = [{"level": 0, "teacher": "untrained", "teacher_top1": 0.1, "student_top1": 0.1 + 0.001 * seed,
+                "gain": 0.1 + 0.001 * seed - 0.87}]
+        write(tmp_path, "defective_kd", seed, {"points": pts, "baseline_top1": 0.87},
+              {"teacher": "resnet20", "student": "resnet8", "defect": "steps", "kd_alpha": 0.9})
+    [section] = ex.load_experiments([str(tmp_path)])
+    assert section["held"] is False
+    assert "1 of 1 such teachers clearly hurt" in section["verdict"] and "weighted 0.9 and cross-entropy 0.1" in \
+        section["verdict"]
 
 
 def test_bias_variance_differences_from_ce(tmp_path):

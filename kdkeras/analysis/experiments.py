@@ -231,6 +231,12 @@ def summarize_defective_kd(runs: Sequence[dict]) -> dict:
                f"alone ({percent(baseline['mean'], baseline['std'])}% here), still improves the student. ")
     verdict += (_held_text(held, missed, "a clear gain from a teacher below the student alone") if weak else
                 "No teacher level here is below the student alone, so the claim was not tested.")
+    hurt = [r for r in weak if clear(r["gain"]["mean"], r["gain"]["std"], sign=-1)]
+    alpha = runs[0].get("kd_alpha")
+    if hurt and alpha is not None:
+        verdict += (f" {len(hurt)} of {len(weak)} such teachers clearly hurt the student: with the KD term "
+                    f"weighted {alpha:g} and cross-entropy {1 - alpha:.2g}, the student follows its teacher's "
+                    "soft labels more than the true ones.")
     return {"title": "Defective KD", "rows": rows, "baseline": baseline, "verdict": verdict,
             "held": bool(held) and not missed, "columns": None}
 
