@@ -154,9 +154,8 @@ def _dedupe(runs: list[dict]) -> tuple[list[dict], list[dict]]:
     for run in sorted(runs, key=lambda r: (r["mtime"], r["path"])):
         key = (group_key(run), row_name(run), run["seed"])
         newest[key] = run
-    kept = list(newest.values())
-    ids = {id(r) for r in kept}
-    return kept, [r for r in runs if id(r) not in ids]
+    ids = {id(r) for r in newest.values()}
+    return [r for r in runs if id(r) in ids], [r for r in runs if id(r) not in ids]
 
 
 #: a student whose final training accuracy trails the baseline's by more than this (points) is
@@ -312,14 +311,15 @@ def _command(runs: list[dict], path: str) -> str | None:
 
 
 def summarize(runs: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Sections (one per group of comparable runs, in a stable order) and the
-    runs left out as superseded by a newer run of the same group, row and seed."""
+    """Sections (one per group of comparable runs, in the order the roots were
+    given and their runs found) and the runs left out as superseded by a newer
+    run of the same group, row and seed."""
     kept, superseded = _dedupe(runs)
     groups: dict[tuple, list[dict]] = {}
     for run in kept:
         groups.setdefault(group_key(run), []).append(run)
     sections = []
-    for key in sorted(groups, key=lambda k: json.dumps(k, default=str)):
+    for key in groups:
         group = groups[key]
         first = group[0]
         sections.append({

@@ -284,3 +284,13 @@ def test_a_narrower_student_gets_its_own_titled_section(tmp_path):
     titles = {json.dumps(s["student_args"]): results_doc.section_title(s) for s in sections}
     assert len(titles) == 2 and "-> resnet8 (width_multiplier=0.5)," in titles['{"width_multiplier": 0.5}']
     assert "-> resnet8, 10,000 train" in titles["{}"]
+
+
+def test_sections_follow_the_order_of_the_roots(tmp_path):
+    for root, top1 in (("b_second", 0.90), ("a_first", 0.88)):
+        write_run(tmp_path / root, "kd", 0, top1, baseline=0.87, train_limit=20000 if root == "a_first" else 10000)
+    for order in (["b_second", "a_first"], ["a_first", "b_second"]):
+        runs, _ = results_doc.load_runs([str(tmp_path / r) for r in order])
+        sections, _ = results_doc.summarize(runs)
+        limits = [s["budget"]["train_limit"] for s in sections]
+        assert limits == [20000 if r == "a_first" else 10000 for r in order]
