@@ -168,7 +168,9 @@ def summarize_reversed_kd(runs: Sequence[dict]) -> dict:
         verdict += (f"Here the strong model taught by the weak one scores "
                     f"{points(rekd['gain']['mean'], rekd['gain']['std'])} pp against the strong model alone: "
                     + ("the claim held (a clear gain)." if held else
-                       f"the claim did not hold, the gain not being clear{fit_note(rekd)}."))
+                       "the claim did not hold: "
+                       + ("it clearly loses" if clear(rekd["gain"]["mean"], rekd["gain"]["std"], sign=-1)
+                          else "no clear gain") + f"{fit_note(rekd)}."))
         weak, strong = by_name.get("weak alone"), by_name.get("strong alone")
         if weak and strong:
             gap = _paired(runs, lambda r: r["results"]["strong alone"]["top1"] - r["results"]["weak alone"]["top1"])
