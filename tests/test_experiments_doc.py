@@ -200,3 +200,13 @@ def test_results_page_refuses_an_empty_experiment_root(tmp_path):
     with pytest.raises(ValueError, match="hold no experiment"):
         _results_doc().main([str(tmp_path / "table"), "--experiments", str(tmp_path / "empty"),
                              "--output", str(tmp_path / "r.md")])
+
+
+def test_one_seed_judges_nothing(tmp_path):
+    results = {m: {"bias": b, "variance": v, "expected_ce_measured": b + v, "top1": 0.88, "regularization_share": 0.1}
+               for m, b, v in (("ce", 0.36, 0.03), ("kd", 0.31, 0.02))}
+    write(tmp_path, "bias_variance", 0, {"results": results}, {"student": "resnet8", "methods": ["ce", "kd"]})
+    [section] = ex.load_experiments([str(tmp_path)])
+    assert section["held"] is False and "one seed, no spread" in section["verdict"]
+    assert "It held" not in section["verdict"]
+    assert {r["row"]: r for r in section["rows"]}["kd"]["regularization_share"]["mean"] == pytest.approx(0.1)

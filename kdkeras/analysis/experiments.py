@@ -256,7 +256,9 @@ def summarize_bias_variance(runs: Sequence[dict]) -> dict:
     names = [n for n in runs[0]["results"] if all(n in r["results"] for r in runs)]
     rows = []
     for name in names:
-        row = {"row": name, **{t: _paired(runs, lambda r, t=t: r["results"][name][t]) for t in BV_TERMS}}
+        terms = BV_TERMS + tuple(t for t in ("regularization_share",)
+                                 if all(r["results"][name].get(t) is not None for r in runs))
+        row = {"row": name, **{t: _paired(runs, lambda r, t=t: r["results"][name][t]) for t in terms}}
         for term in ("bias", "variance"):
             row[f"{term}_vs_ce"] = (None if name == "ce" or "ce" not in names else
                                     _paired(runs, lambda r, t=term: r["results"][name][t] - r["results"]["ce"][t]))
@@ -272,8 +274,8 @@ def summarize_bias_variance(runs: Sequence[dict]) -> dict:
         checks.append(("WSL's bias is below KD's", diff, -1))
     held, missed = [], []
     for text, d, sign in checks:
-        (held if clear(d["mean"], d["std"], sign) else missed).append(
-            f"{text} ({d['mean']:+.4f} ± {0.0 if d['std'] is None else d['std']:.4f} nats)")
+        spread = "one seed, no spread" if d["std"] is None else f"± {d['std']:.4f}"
+        (held if clear(d["mean"], d["std"], sign) else missed).append(f"{text} ({d['mean']:+.4f} nats, {spread})")
     verdict = ("Claim (soft labels' bias-variance trade-off): KD lowers the variance of the student's "
                "error and raises its bias against plain CE, and WSL takes back part of that bias. "
                + (_held_text(held, missed, "clear") if checks else "The runs lack CE or KD, so it was not tested."))
@@ -344,7 +346,9 @@ def section_plot(section: dict, path: str) -> str:
         summaries = {r["row"]: {"bias": r["bias"]["mean"], "variance": r["variance"]["mean"],
                                 "bias_std": r["bias"]["std"], "variance_std": r["variance"]["std"],
                                 "expected_ce_measured": r["expected_ce_measured"]["mean"],
-                                "top1": r["top1"]["mean"]} for r in section["rows"]}
+                                "top1": r["top1"]["mean"],
+                                "regularization_share": (r.get("regularization_share") or {}).get("mean")}
+                     for r in section["rows"]}
         return bias_variance_bars(summaries, path)
     rows = section["rows"]
     reference = next((r["top1"]["mean"] for r in rows if r["row"] in ("baseline", "strong alone")), None)
