@@ -47,7 +47,7 @@ import time
 
 from absl import app, flags
 
-from kdkeras.analysis.stats import mean_std
+from kdkeras.analysis.stats import format_mean_std, mean_std
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DISTILL = os.path.join(ROOT, "recipes", "distill.py")
@@ -325,11 +325,11 @@ def combine_seeds(results: dict[int, dict[str, dict]]) -> tuple[list[dict], dict
 
 
 def _pct(v, std=None) -> str:
-    return "–" if v is None else f"{100 * v:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
+    return format_mean_std(v, std)
 
 
 def _gain(v, std=None) -> str:
-    return "–" if v is None else f"{100 * v:+.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
+    return format_mean_std(v, std, signed=True)
 
 
 def markdown(rows: list[dict], summary: dict, command: str) -> str:

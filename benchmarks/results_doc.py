@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # kdkeras.vis imports TensorFlow
 
-from kdkeras.analysis.stats import mean_std  # noqa: E402
+from kdkeras.analysis.stats import format_mean_std, mean_std  # noqa: E402
 from kdkeras.experiment import WEAK_TEACHER_MARGIN  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -331,21 +331,12 @@ def summarize(runs: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 # -- writing ------------------------------------------------------------------------------------
-def _points(value: float) -> float:
-    """A fraction in points, rounded to the two decimals shown (no "-0.00")."""
-    return round(100 * value, 2) + 0.0
-
-
 def _pct(s: dict) -> str:
-    if s["mean"] is None:
-        return "–"
-    return f"{_points(s['mean']):.2f}" + ("" if s["std"] is None else f" ± {_points(s['std']):.2f}")
+    return format_mean_std(s["mean"], s["std"])
 
 
 def _gain(s: dict) -> str:
-    if s["mean"] is None:
-        return "–"
-    return f"{_points(s['mean']):+.2f}" + ("" if s["std"] is None else f" ± {_points(s['std']):.2f}")
+    return format_mean_std(s["mean"], s["std"], signed=True)
 
 
 def _name(model: Any) -> str:

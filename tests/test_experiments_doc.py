@@ -210,3 +210,13 @@ def test_one_seed_judges_nothing(tmp_path):
     assert section["held"] is False and "one seed, no spread" in section["verdict"]
     assert "It held" not in section["verdict"]
     assert {r["row"]: r for r in section["rows"]}["kd"]["regularization_share"]["mean"] == pytest.approx(0.1)
+
+
+def test_one_formatter_for_every_table():
+    from kdkeras.analysis.stats import format_mean_std
+
+    assert format_mean_std(0.89283, 0.0016) == "89.28 ± 0.16"
+    assert format_mean_std(0.01497, 0.00314, signed=True) == "+1.50 ± 0.31"
+    assert format_mean_std(-0.00001, None, signed=True) == "+0.00"  # never "-0.00"
+    assert format_mean_std(None, 0.1) == "–" and ex.points(None, None) == "-"
+    assert ex.percent(0.5, None) == "50.00"

@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any, Callable, Sequence
 
-from kdkeras.analysis.stats import mean_std
+from kdkeras.analysis.stats import format_mean_std, mean_std
 
 #: recipe output stem -> the payload keys that define one setting (runs that
 #: differ only in their seed are the seeds of one section)
@@ -41,16 +41,12 @@ def clear(mean: float | None, std: float | None, sign: int = 1) -> bool:
 
 def points(mean: float | None, std: float | None) -> str:
     """A fraction's mean +- std as signed percentage points."""
-    if mean is None:
-        return "-"
-    return f"{100 * mean:+.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
+    return format_mean_std(mean, std, signed=True, empty="-")
 
 
 def percent(mean: float | None, std: float | None) -> str:
     """A fraction's mean +- std as a percentage."""
-    if mean is None:
-        return "-"
-    return f"{100 * mean:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
+    return format_mean_std(mean, std, empty="-")
 
 
 def _paired(runs: Sequence[dict], value: Callable[[dict], float | None]) -> dict:
