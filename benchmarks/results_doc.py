@@ -32,6 +32,7 @@ from typing import Any, Iterable, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # kdkeras.vis imports TensorFlow
 
+from kdkeras.analysis import experiments as ex  # noqa: E402
 from kdkeras.analysis.stats import format_mean_std, mean_std  # noqa: E402
 from kdkeras.experiment import WEAK_TEACHER_MARGIN  # noqa: E402
 
@@ -163,11 +164,6 @@ def _dedupe(runs: list[dict]) -> tuple[list[dict], list[dict]]:
 UNDERFIT_POINTS = 1.0
 
 
-def _last(history: dict, key: str) -> float | None:
-    values = history.get(key) or []
-    return float(values[-1]) if values else None
-
-
 def _term_key(run: dict) -> str:
     """The history entry of the run's method term (the total loss for a mix)."""
     return run["method"] if run["method"] in (run.get("history") or {}) else "loss"
@@ -188,7 +184,8 @@ def diagnosis(runs: list[dict], baseline_runs: dict) -> dict | None:
             terms.append((values[0], values[-1]))
             falls.append((values[-2] - values[-1]) / abs(values[-2]) if values[-2] else 0.0)
         base = baseline_runs.get(run["seed"])
-        acc, base_acc = _last(history, "accuracy"), _last((base or {}).get("baseline_history") or {}, "accuracy")
+        acc = ex.last_epoch(history, "accuracy")
+        base_acc = ex.last_epoch((base or {}).get("baseline_history") or {}, "accuracy")
         if acc is not None and base_acc is not None:
             gaps.append(acc - base_acc)
     if not terms:
@@ -431,8 +428,6 @@ def experiment_markdown(experiments: list[dict], page_dir: str) -> list[str]:
     """The experiments' paragraphs: per recipe and setting, the table over seeds,
     the plot (drawn next to the page, under results_plots/), the verdict on the
     paper's claim and the runs behind it."""
-    from kdkeras.analysis import experiments as ex
-
     if not experiments:
         return []
     lines = ["## Experiments of the papers", "",
@@ -526,9 +521,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 #: the files of a run kept by --archive: the distillation runs' and the experiment recipes'
-RECORDS = {"metrics.json": ("metrics.json", "run_config.json"),
-           **{f"{stem}.json": (f"{stem}.json", "run_config.json") for stem in
-              ("teacher_free", "reversed_kd", "defective_kd", "bias_variance")}}
+EXPERIMENT_RECORDS = tuple(f"{stem}.json" for stem in ex.EXPERIMENTS)
+RECORDS = {name: (name, "run_config.json") for name in ("metrics.json", *EXPERIMENT_RECORDS)}
 
 
 def archive_runs(roots: Sequence[str], archive: str, records: Sequence[str] = ("metrics.json",)) -> list[str]:
@@ -557,22 +551,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     command = " ".join(["python", "benchmarks/results_doc.py", *map(shlex.quote, sys.argv[1:] if argv is None
                                                                      else argv)])
+    for root in args.experiments:
+        if not os.path.isdir(root):
+            raise NoRunsError(f"Experiment root {root!r} is not a folder.")
     roots = archive_runs(args.roots, args.archive) if args.archive else args.roots
-    experiment_roots = (archive_runs(args.experiments, args.archive, [k for k in RECORDS if k != "metrics.json"])
+    experiment_roots = (archive_runs(args.experiments, args.archive, EXPERIMENT_RECORDS)
                         if args.archive else args.experiments)
     runs, skipped = load_runs(roots)
     sections, superseded = summarize(runs)
     output = os.path.abspath(args.output)
     os.makedirs(os.path.dirname(output), exist_ok=True)
-    from kdkeras.analysis.experiments import load_experiments
-
-    for root in experiment_roots:
-        if not os.path.isdir(root):
-            raise NoRunsError(f"Experiment root {root!r} is not a folder.")
-    experiments = load_experiments(experiment_roots)
+    experiments = ex.load_experiments(experiment_roots)
     if experiment_roots and not experiments:
         raise NoRunsError(f"Experiment roots {experiment_roots} hold no experiment recipe JSON "
-                          "(teacher_free.json, reversed_kd.json, defective_kd.json or bias_variance.json).")
+                          f"({', '.join(EXPERIMENT_RECORDS)}).")
     experiment_lines = experiment_markdown(experiments, os.path.dirname(output))
     with open(output, "w") as f:
         f.write(markdown(sections, command, experiment_lines))

@@ -220,3 +220,14 @@ def test_one_formatter_for_every_table():
     assert format_mean_std(-0.00001, None, signed=True) == "+0.00"  # never "-0.00"
     assert format_mean_std(None, 0.1) == "–" and ex.points(None, None) == "-"
     assert ex.percent(0.5, None) == "50.00"
+
+
+def test_a_missing_experiment_root_is_named_as_given(tmp_path):
+    from tests.test_results_doc import write_run
+
+    write_run(tmp_path / "table", "kd", 0, 0.89, baseline=0.88)
+    missing = str(tmp_path / "no_such_folder")
+    with pytest.raises(ValueError, match="no_such_folder' is not a folder"):
+        _results_doc().main([str(tmp_path / "table"), "--experiments", missing, "--output", str(tmp_path / "r.md"),
+                             "--archive", str(tmp_path / "archive")])
+    assert not (tmp_path / "archive").exists()  # refused before anything was copied

@@ -87,10 +87,15 @@ def load_experiments(roots: Sequence[str]) -> list[dict]:
 # -- row experiments: teacher-free and Re-KD ------------------------------------------------------
 
 
-def _train_accuracy(result: dict) -> float | None:
-    """The last epoch's training accuracy of a recipe row (its Keras history)."""
-    values = (result.get("history") or {}).get("accuracy") or []
+def last_epoch(history: dict, key: str) -> float | None:
+    """The last epoch's value of `key` in a Keras history dict (None when absent)."""
+    values = history.get(key) or []
     return float(values[-1]) if values else None
+
+
+def _train_accuracy(result: dict) -> float | None:
+    """The last epoch's training accuracy of a recipe row."""
+    return last_epoch(result.get("history") or {}, "accuracy")
 
 
 def _row_stats(runs: Sequence[dict], row: str, reference: str | None) -> dict:
