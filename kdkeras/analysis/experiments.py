@@ -55,6 +55,11 @@ def _paired(runs: Sequence[dict], value: Callable[[dict], float | None]) -> dict
     return {"mean": mean, "std": std, "per_seed": values}
 
 
+def _difference(runs: Sequence[dict], row: str, other: str, term: str = "top1") -> dict:
+    """`row`'s `term` minus `other`'s, per seed (each run's `results`), over seeds."""
+    return _paired(runs, lambda r: r["results"][row][term] - r["results"][other][term])
+
+
 # -- loading ------------------------------------------------------------------------------------
 
 
@@ -105,7 +110,7 @@ def _row_stats(runs: Sequence[dict], row: str, reference: str | None) -> dict:
     top1 = _paired(runs, lambda r: r["results"][row]["top1"])
     gain = train_gap = None
     if reference is not None:
-        gain = _paired(runs, lambda r: r["results"][row]["top1"] - r["results"][reference]["top1"])
+        gain = _difference(runs, row, reference)
         gaps = [(_train_accuracy(r["results"][row]), _train_accuracy(r["results"][reference])) for r in runs]
         if all(a is not None and b is not None for a, b in gaps):
             train_gap = _paired(gaps, lambda ab: ab[0] - ab[1])
@@ -129,8 +134,7 @@ def summarize_teacher_free(runs: Sequence[dict]) -> dict:
     rows = [_row_stats(runs, name, None if name == "baseline" else "baseline") for name in names]
     has_kd = "KD" in names
     for row in rows:
-        row["vs_kd"] = (_paired(runs, lambda r, n=row["row"]: r["results"][n]["top1"] - r["results"]["KD"]["top1"])
-                        if has_kd and row["row"] != "KD" else None)
+        row["vs_kd"] = _difference(runs, row["row"], "KD") if has_kd and row["row"] != "KD" else None
     held, missed = [], []
     for row in rows:
         if row["row"] not in TEACHER_FREE_ROWS:
@@ -141,7 +145,10 @@ def summarize_teacher_free(runs: Sequence[dict]) -> dict:
         close = vs_kd is None or not clear(vs_kd["mean"], vs_kd["std"], sign=-1)
         text = (f"{row['row']} {points(gain['mean'], gain['std'])} pp over the student alone"
                 + ("" if vs_kd is None else f", {points(vs_kd['mean'], vs_kd['std'])} pp against KD"))
-        (held if beats and close else missed).append(text + ("" if beats and close else fit_note(row)))
+        if beats and close:
+            held.append(text)
+        else:
+            missed.append(text + fit_note(row))
     kd = next((r for r in rows if r["row"] == "KD"), None)
     verdict = ("Claim (Tf-KD): label smoothing, self-distillation and the hand-made virtual teacher "
                "improve the student about as much as KD does. Here "
@@ -174,7 +181,7 @@ def summarize_reversed_kd(runs: Sequence[dict]) -> dict:
                           else "no clear gain") + f"{fit_note(rekd)}."))
         weak, strong = by_name.get("weak alone"), by_name.get("strong alone")
         if weak and strong:
-            gap = _paired(runs, lambda r: r["results"]["strong alone"]["top1"] - r["results"]["weak alone"]["top1"])
+            gap = _difference(runs, "strong alone", "weak alone")
             verdict += f" The strong model alone beats the weak one by {points(gap['mean'], gap['std'])} pp"
             verdict += "." if clear(gap["mean"], gap["std"]) else ", which is not clear: the pair is not weak/strong here."
     return {"title": "Reversed KD", "rows": rows, "verdict": verdict, "held": held, "columns": None}
@@ -224,12 +231,11 @@ def summarize_defective_kd(runs: Sequence[dict]) -> dict:
                      "student_top1": _paired(found, lambda p: p["student_top1"]),
                      "gain": _paired(found, lambda p: p["gain"])})
     weak = [r for r in rows if r["teacher_top1"]["mean"] < baseline["mean"]]
-    held = [f"{r['level']} (teacher {percent(r['teacher_top1']['mean'], None)}%, student "
-            f"{points(r['gain']['mean'], r['gain']['std'])} pp)" for r in weak
-            if clear(r["gain"]["mean"], r["gain"]["std"])]
-    missed = [f"{r['level']} (teacher {percent(r['teacher_top1']['mean'], None)}%, student "
-              f"{points(r['gain']['mean'], r['gain']['std'])} pp)" for r in weak
-              if not clear(r["gain"]["mean"], r["gain"]["std"])]
+    held, missed = [], []
+    for r in weak:
+        (held if clear(r["gain"]["mean"], r["gain"]["std"]) else missed).append(
+            f"{r['level']} (teacher {percent(r['teacher_top1']['mean'], None)}%, student "
+            f"{points(r['gain']['mean'], r['gain']['std'])} pp)")
     verdict = ("Claim (De-KD): a poorly trained teacher, even one less accurate than the student trained "
                f"alone ({percent(baseline['mean'], baseline['std'])}% here), still improves the student. ")
     verdict += (_held_text(held, missed, "a clear gain from a teacher below the student alone") if weak else
@@ -262,7 +268,7 @@ def summarize_bias_variance(runs: Sequence[dict]) -> dict:
         row = {"row": name, **{t: _paired(runs, lambda r, t=t: r["results"][name][t]) for t in terms}}
         for term in ("bias", "variance"):
             row[f"{term}_vs_ce"] = (None if name == "ce" or "ce" not in names else
-                                    _paired(runs, lambda r, t=term: r["results"][name][t] - r["results"]["ce"][t]))
+                                    _difference(runs, name, "ce", term))
         rows.append(row)
     by_name = {r["row"]: r for r in rows}
     checks = []
@@ -271,7 +277,7 @@ def summarize_bias_variance(runs: Sequence[dict]) -> dict:
         checks.append(("KD's variance is below CE's", kd["variance_vs_ce"], -1))
         checks.append(("KD's bias is above CE's", kd["bias_vs_ce"], 1))
     if "wsl" in by_name and "kd" in by_name:
-        diff = _paired(runs, lambda r: r["results"]["wsl"]["bias"] - r["results"]["kd"]["bias"])
+        diff = _difference(runs, "wsl", "kd", "bias")
         checks.append(("WSL's bias is below KD's", diff, -1))
     held, missed = [], []
     for text, d, sign in checks:
