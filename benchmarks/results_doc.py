@@ -237,7 +237,7 @@ def summarize_group(runs: list[dict]) -> dict:
             "gain_over_baseline": stats([]),
             "gain_over_kd": stats(baselines[s][0] - reference[s]["student_top1"] for s in seeds if s in reference),
             "train_seconds": _mean(baselines[s][1] for s in seeds),
-            "below_baseline": False,
+            "below_baseline": False, "clear_loss": False, "beats_kd_clearly": False,
             "runs": [{"seed": s, "path": baselines[s][2], "command": _command(runs, baselines[s][2])}
                      for s in seeds],
             "note": "student alone (CE), same initial weights",
@@ -250,12 +250,15 @@ def summarize_group(runs: list[dict]) -> dict:
         gain_kd = stats(per_seed[s]["student_top1"] - reference[s]["student_top1"]
                         for s in seeds if s in reference) if name != REFERENCE else stats([])
         below = gain_b["mean"] is not None and gain_b["mean"] < -FLOAT_NOISE
+        # the experiments' rule (a paired difference larger than its own std) read both ways
+        clear_loss = ex.clear(gain_b["mean"], gain_b["std"], sign=-1)
+        beats_kd = name != REFERENCE and ex.clear(gain_kd["mean"], gain_kd["std"])
         rows.append({
             "method": name, "seeds": seeds, "n": len(seeds),
             "top1": stats(per_seed[s]["student_top1"] for s in seeds),
             "gain_over_baseline": gain_b, "gain_over_kd": gain_kd,
             "train_seconds": _mean(per_seed[s]["train_seconds"] for s in seeds),
-            "below_baseline": below,
+            "below_baseline": below, "clear_loss": clear_loss, "beats_kd_clearly": beats_kd,
             "runs": [{"seed": s, "path": per_seed[s]["path"], "command": per_seed[s]["command"]} for s in seeds],
             "note": "reference" if name == REFERENCE else "",
             "settings": settings_text(per_seed[seeds[0]]),
@@ -364,6 +367,15 @@ def budget_line(section: dict) -> str:
     return ", ".join(parts)
 
 
+def _loss_size(row: dict) -> str:
+    """Whether a row's loss to the baseline passes the page's rule or stays within the seeds' noise."""
+    gain = row["gain_over_baseline"]
+    if gain["std"] is None:
+        return "one seed, no spread"
+    return ("a clear loss, larger than its std" if row["clear_loss"]
+            else "within the seeds' noise, not larger than its std")
+
+
 def section_markdown(section: dict) -> list[str]:
     """One section's paragraphs: set-up, checks, the table, the runs behind each row."""
     from kdkeras.vis import markdown_table
@@ -391,13 +403,18 @@ def section_markdown(section: dict) -> list[str]:
     losers = [r for r in section["rows"] if r["below_baseline"]]
     if losers:
         checks.append("**Below the baseline** (mean paired gain < 0): " + "; ".join(
-            f"`{r['method']}`" + (f" ({diagnosis_text(r.get('diagnosis'))})" if r.get("diagnosis") else "")
+            f"`{r['method']}` (" + "; ".join(filter(None, [_loss_size(r), diagnosis_text(r.get("diagnosis"))])) + ")"
             for r in losers) + ".")
+    winners = [r for r in section["rows"] if r.get("beats_kd_clearly")]
+    checks.append(
+        "**Beats KD clearly** (paired gain over KD larger than its own std): " + ", ".join(
+            f"`{r['method']}` {_gain(r['gain_over_kd'])}" for r in winners) + "."
+        if winners else "**No method beats KD clearly** (no paired gain over KD is larger than its own std).")
     text += checks
     table = []
     for r in section["rows"]:
         flag = "below baseline" if r["below_baseline"] else ""
-        note = "; ".join(filter(None, [r["note"], flag]))
+        note = "; ".join(filter(None, [r["note"], flag, "beats KD clearly" if r["beats_kd_clearly"] else ""]))
         method = f"**{r['method']}** ⚠" if r["below_baseline"] else r["method"]
         seconds = "–" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
         table.append([method, r["n"], _pct(r["top1"]), _gain(r["gain_over_baseline"]),
@@ -528,7 +545,10 @@ RECORDS = {name: (name, "run_config.json") for name in ("metrics.json", *EXPERIM
 def archive_runs(roots: Sequence[str], archive: str, records: Sequence[str] = ("metrics.json",)) -> list[str]:
     """Copy the run records (`records`, e.g. metrics.json, with their
     run_config.json) of `roots` into `archive/<root name>/...`, keeping each
-    root's layout; returns the new roots."""
+    root's layout; returns the new roots. A root may be an archived folder
+    itself: new runs of a root with the same name are added to it (runs of the
+    same row and seed: the newest wins), so a page grows without the old run
+    folders."""
     import shutil
 
     copied = []
@@ -539,10 +559,11 @@ def archive_runs(roots: Sequence[str], archive: str, records: Sequence[str] = ("
             folder = os.path.dirname(os.path.relpath(path, root))
             os.makedirs(os.path.join(target, folder), exist_ok=True)
             for name in RECORDS[os.path.basename(path)]:
-                source = os.path.join(os.path.dirname(path), name)
-                if os.path.exists(source):
-                    shutil.copy2(source, os.path.join(target, folder, name))  # keeps mtime: newest wins
-        copied.append(target)
+                source, copy = os.path.join(os.path.dirname(path), name), os.path.join(target, folder, name)
+                if os.path.exists(source) and not (os.path.exists(copy) and os.path.samefile(source, copy)):
+                    shutil.copy2(source, copy)  # keeps mtime: newest wins
+        if target not in copied:
+            copied.append(target)
     return copied
 
 

@@ -75,6 +75,20 @@ def test_teacher_free_matches_numpy_and_the_rule(tmp_path):
     assert "| Tf-KD reg |" in ex.section_table(section)
 
 
+def test_teacher_free_runs_with_other_weights_get_their_own_section(tmp_path):
+    """Teacher-free JSON keeps its weights only in each row's settings: a run with
+    another Tf-KD self alpha must not be averaged with the default's seeds."""
+    for seed in range(2):
+        for folder, alpha in (("a95", 0.95), ("a50", 0.5)):
+            payload = rows_payload(TF, seed)
+            for row, out in payload["results"].items():
+                out["settings"] = f"T=20.0, alpha={alpha}" if row == "Tf-KD self" else "epsilon=0.1"
+            write(tmp_path / folder, "teacher_free", seed, payload, {"student": "resnet8", "teacher": "t.keras"})
+    sections = ex.load_experiments([str(tmp_path)])
+    assert sorted(len(s["seeds"]) for s in sections) == [2, 2]
+    assert sorted("alpha=0.5" in ex.setting_text(s) for s in sections) == [False, True]
+
+
 def test_reversed_kd_verdict_and_one_section_per_setting(tmp_path):
     clear_gain = {"weak alone": [0.86, 0.87, 0.865], "strong alone": [0.88, 0.885, 0.882],
                   "Re-KD": [0.889, 0.892, 0.891], "normal KD": [0.87, 0.872, 0.871]}

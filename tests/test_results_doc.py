@@ -100,7 +100,7 @@ def test_generator_reproduces_means_stds_and_paired_gains(tmp_path):
     at_gain = TOP1["at"] - base
     at_line = next(line for line in text.splitlines() if line.startswith("| **at** ⚠"))
     assert f"{100 * at_gain.mean():+.2f} ± {100 * at_gain.std(ddof=1):.2f}" in at_line
-    assert "below baseline" in at_line and "**Below the baseline** (mean paired gain < 0): `at`." in text
+    assert "below baseline" in at_line and "**Below the baseline** (mean paired gain < 0): `at` (within the seeds' noise" in text
     dkd_line = next(line for line in text.splitlines() if line.startswith("| dkd |"))
     assert "below" not in dkd_line and f"{100 * np.mean(TOP1['dkd']):.2f} ± " in dkd_line
     assert "**Budget too small:**" in text  # this baseline's spread is 0.55 point
@@ -185,6 +185,26 @@ def test_archive_keeps_the_records_the_page_cites(tmp_path):
     assert cited and all(path.startswith(str(archive)) for path in cited)
     again = results_doc.main([str(archive / "pair"), f"--output={tmp_path / 'c.md'}"])
     assert [r["top1"] for r in again["sections"][0]["rows"]] == [r["top1"] for r in payload["sections"][0]["rows"]]
+
+
+def test_new_runs_join_an_archived_root_of_the_same_name(tmp_path):
+    """The archive itself can be a root: a later run folder of the same name adds its
+    rows to it (nothing copied onto itself), and the page counts every seed once."""
+    archive = tmp_path / "docs" / "runs"
+    old = tmp_path / "old" / "pair"
+    write_pair(old)
+    results_doc.main([str(old), f"--output={tmp_path / 'a.md'}", f"--archive={archive}"])
+    new = tmp_path / "new" / "pair"
+    for seed, top1 in enumerate([0.875, 0.870, 0.873]):
+        write_run(new, "sp", seed, top1)
+    payload = results_doc.main([str(archive / "pair"), str(new), f"--output={tmp_path / 'b.md'}",
+                                f"--archive={archive}"])
+    assert payload["roots"] == [str(archive / "pair")]
+    [section] = payload["sections"]
+    assert {r["method"]: r["n"] for r in section["rows"]} == {"baseline": 3, "kd": 3, "at": 3, "dkd": 2, "sp": 3}
+    sp = np.array([0.875, 0.870, 0.873]) - np.array(BASELINE)
+    assert _row(section, "sp")["gain_over_baseline"]["mean"] == pytest.approx(sp.mean(), abs=1e-12)
+    assert all(run["path"].startswith(str(archive)) for row in section["rows"] for run in row["runs"])
 
 
 def test_two_pairs_make_two_sections(tmp_path):
@@ -294,3 +314,37 @@ def test_sections_follow_the_order_of_the_roots(tmp_path):
         sections, _ = results_doc.summarize(runs)
         limits = [s["budget"]["train_limit"] for s in sections]
         assert limits == [20000 if r == "a_first" else 10000 for r in order]
+
+
+def test_clear_losses_and_clear_wins_over_kd_follow_the_rule(tmp_path):
+    """A loss to the baseline is called clear only when its paired mean exceeds its std,
+    and a row beats KD clearly only when its paired gain over KD does (NumPy here)."""
+    runs = tmp_path / "runs"
+    base, kd = [0.860, 0.856, 0.864], [0.870, 0.868, 0.873]
+    rows = {"sp": [0.878, 0.874, 0.882],    # over KD +0.008, +0.006, +0.009: clear win
+            "pkt": [0.880, 0.866, 0.874],   # over KD +0.010, -0.002, +0.001: mean below std
+            "crd": [0.850, 0.846, 0.855],   # below the baseline by about a point each seed: clear loss
+            "cc": [0.861, 0.850, 0.863]}    # -> +0.001, -0.006, -0.001: a loss within the noise
+    for seed in range(3):
+        write_run(runs, "kd", seed, kd[seed], baseline=base[seed])
+        for method, values in rows.items():
+            write_run(runs, method, seed, values[seed])
+    page = tmp_path / "results.md"
+    [section] = results_doc.main([str(runs), f"--output={page}"])["sections"]
+
+    def clear(diff, sign=1):
+        diff = sign * np.asarray(diff)
+        return diff.mean() > 0 and diff.mean() > diff.std(ddof=1)
+
+    for method, values in rows.items():
+        row = _row(section, method)
+        assert row["beats_kd_clearly"] == clear(np.subtract(values, kd))
+        assert row["clear_loss"] == clear(np.subtract(values, base), sign=-1)
+    assert [r["method"] for r in section["rows"] if r["beats_kd_clearly"]] == ["sp"]
+    assert [r["method"] for r in section["rows"] if r["clear_loss"]] == ["crd"]
+    lines = page.read_text().splitlines()
+    below = next(line for line in lines if line.startswith("**Below the baseline**"))
+    assert "`cc` (within the seeds' noise" in below and "`crd` (a clear loss" in below
+    wins = next(line for line in lines if line.startswith("**Beats KD clearly**"))
+    assert "`sp` +0.77 ± 0.15" in wins and "pkt" not in wins
+    assert next(line for line in lines if line.startswith("| sp ")).endswith("beats KD clearly |")

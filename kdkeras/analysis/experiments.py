@@ -63,6 +63,17 @@ def _difference(runs: Sequence[dict], row: str, other: str, term: str = "top1") 
 # -- loading ------------------------------------------------------------------------------------
 
 
+def experiment_setting(stem: str, payload: dict) -> dict:
+    """What makes two runs of a recipe comparable: its SETTING_KEYS, and for
+    teacher-free KD (whose JSON keeps its weights only per row) each row's settings,
+    so runs with other temperatures or weights never share a section."""
+    setting = {k: payload.get(k) for k in SETTING_KEYS[stem]}
+    if stem == "teacher_free":
+        setting["rows"] = "; ".join(f"{row} {out.get('settings')}" for row, out in payload.get("results", {}).items()
+                                    if row != "baseline" and out.get("settings"))
+    return setting
+
+
 def load_experiments(roots: Sequence[str]) -> list[dict]:
     """Every experiment section under `roots`: the runs of one recipe and one
     setting, one per seed (the newest file wins when a seed repeats), summarised."""
@@ -74,7 +85,7 @@ def load_experiments(roots: Sequence[str]) -> list[dict]:
                 with open(path) as f:
                     payload = json.load(f)
                 payload["_path"] = path
-                setting = {k: payload.get(k) for k in SETTING_KEYS[stem]}
+                setting = experiment_setting(stem, payload)
                 key = json.dumps(setting, sort_keys=True, default=str)
                 by_seed = groups.setdefault(key, {})
                 mtime = os.path.getmtime(path)
