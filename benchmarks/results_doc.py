@@ -195,7 +195,9 @@ def diagnosis(runs: list[dict], baseline_runs: dict) -> dict | None:
             "last_epoch_fall": _mean(falls), "train_accuracy_gap": _mean(gaps) if gaps else None}
 
 
-def diagnosis_text(d: dict | None) -> str:
+def diagnosis_text(d: dict | None, below: bool = False) -> str:
+    """The histories in words; for a row `below` the baseline, also whether it lost
+    by fitting its training data worse or by generalising worse."""
     if not d:
         return ""
     text = (f"`{d['term']}` {d['first']:.3g} → {d['last']:.3g} (-{100 * d['last_epoch_fall']:.0f}% in the "
@@ -205,6 +207,8 @@ def diagnosis_text(d: dict | None) -> str:
         text += f"; final train accuracy {100 * gap:+.2f} points against the baseline's"
         if 100 * gap < -UNDERFIT_POINTS:
             text += ": the term holds the student back from fitting its training data at this budget"
+        elif below:
+            text += ": it fits its training data as well and loses on test data"
     return text
 
 
@@ -403,7 +407,7 @@ def section_markdown(section: dict) -> list[str]:
     losers = [r for r in section["rows"] if r["below_baseline"]]
     if losers:
         checks.append("**Below the baseline** (mean paired gain < 0): " + "; ".join(
-            f"`{r['method']}` (" + "; ".join(filter(None, [_loss_size(r), diagnosis_text(r.get("diagnosis"))])) + ")"
+            f"`{r['method']}` (" + "; ".join(filter(None, [_loss_size(r), diagnosis_text(r.get("diagnosis"), below=True)])) + ")"
             for r in losers) + ".")
     winners = [r for r in section["rows"] if r.get("beats_kd_clearly")]
     checks.append(
@@ -433,7 +437,7 @@ def section_markdown(section: dict) -> list[str]:
     settings += [f"- {r['method']}: {r['settings']}" for r in section["rows"] if r.get("settings")]
     settings += ["", "</details>"]
     text.append("\n".join(settings))
-    notes = [f"- {r['method']}: {diagnosis_text(r['diagnosis'])}" for r in section["rows"] if r.get("diagnosis")]
+    notes = [f"- {r['method']}: {diagnosis_text(r['diagnosis'], r['below_baseline'])}" for r in section["rows"] if r.get("diagnosis")]
     if notes:
         text.append("\n".join(["<details><summary>What the training histories say (mean over seeds: the "
                                 "method's logged term, first and last epoch; the student's final training "

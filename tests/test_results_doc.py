@@ -170,6 +170,8 @@ def test_a_row_below_the_baseline_carries_what_its_histories_say(tmp_path):
     assert "`crd` 22 → 11.8" in below and "-2.75 points" in below and "holds the student back" in below
     kd = _row(section, "kd")["diagnosis"]  # KD fits its data as well as the baseline: no such inference
     assert "holds the student back" not in results_doc.diagnosis_text(kd)
+    assert "fits its training data as well and loses on test data" in results_doc.diagnosis_text(kd, below=True)
+    assert "loses on test data" not in results_doc.diagnosis_text(kd) + results_doc.diagnosis_text(d, below=True)
 
 
 def test_archive_keeps_the_records_the_page_cites(tmp_path):
