@@ -280,7 +280,7 @@ def test_ab_matches_numpy():
 
 
 def test_defaults_names_configs_and_at_modes():
-    expected = {"fitnet": (FitNet, 100.0), "at": (AT, 1000.0), "nst": (NST, 50.0), "fsp": (FSP, 50.0),
+    expected = {"fitnet": (FitNet, 100.0), "at": (AT, 1000.0), "nst": (NST, 50.0), "fsp": (FSP, 1.0),
                 "vid": (VID, 1.0), "ft": (FT, 200.0), "ab": (AB, 1.0)}
     for name, (cls, weight) in expected.items():
         m = kdkeras.methods.get(name)

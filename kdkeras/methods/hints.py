@@ -218,9 +218,15 @@ class FSP(_InitStageTerm):
     `mean((G_s - G_t)^2)` for each consecutive pair of tapped maps, summed.
     Matched taps must have equal channel counts. The paper trains with this
     term alone in an initialisation stage, then with CE.
+
+    Weight 1: the reference code trains its init stage on the unweighted sum
+    (the 50 its scripts pass never reaches FSP). At 50 every conv kernel of a
+    resnet8 grew 2-7x in norm in one init epoch; behind BatchNorm that shrinks
+    the CE stage's effective step, and the student then fit its data worse
+    than the student alone (docs/results.md).
     """
 
-    default_weight = 50.0
+    default_weight = 1.0
 
     def default_taps(self, model, role):
         return tap_detection.stage_outputs(model)
