@@ -138,8 +138,32 @@ def group_key(run: dict) -> tuple:
 
 
 def row_name(run: dict) -> str:
-    """The table row of a run: its method, with its non-default arguments."""
-    return run["method"] + (f" ({run['method_args']})" if run["method_args"] else "")
+    """The table row of a run: its method, with its non-default arguments, and
+    the recorded settings that differ from this commit's defaults (a run made
+    before a default changed is its own row, never averaged with the new one)."""
+    if "_row" not in run:
+        changed = changed_defaults(run)
+        extra = ([run["method_args"]] if run["method_args"] else []) + [f"{k}={v}" for k, v in changed.items()]
+        note = "; earlier default" if changed else ""
+        run["_row"] = run["method"] + (f" ({', '.join(extra)}{note})" if extra else "")
+    return run["_row"]
+
+
+def changed_defaults(run: dict) -> dict:
+    """`name.key` -> recorded value, for each hyper-parameter the run recorded
+    that this commit's defaults (with the run's method_args and run-length
+    scaling) set otherwise; taps left to auto-detection are not compared."""
+    recorded = run.get("method_settings")
+    if not recorded:
+        return {}
+    current, _ = run_settings({**run, "method_settings": None})
+    changed = {}
+    for name, config in recorded.items():
+        for key, value in config.items():
+            default = current.get(name, {}).get(key)
+            if default is not None and json.dumps(default, default=str) != json.dumps(value, default=str):
+                changed[f"{name}.{key}" if len(recorded) > 1 else key] = value
+    return changed
 
 
 def stats(values: Iterable[float]) -> dict:

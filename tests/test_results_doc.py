@@ -134,12 +134,12 @@ def test_each_row_states_the_hyper_parameters_it_ran_with(tmp_path):
     old.write_text(json.dumps(metrics))
     page = tmp_path / "results.md"
     [section] = results_doc.main([str(runs), f"--output={page}"])["sections"]
-    at = _row(section, "at")["settings"]
+    at = _row(section, "at (weight=250.0; earlier default)")["settings"]  # AT's default is 1000
     assert at == "CE weight 1.0; at: weight=250.0, mode=activation, teacher_layers=['s1', 's2']"
     dkd = _row(section, "dkd (dkd.beta=2)")["settings"]
     assert "beta=2" in dkd and "temperature=4.0" in dkd and "warmup_fraction=0.0833" in dkd
     assert "scaled to the run's length" in dkd and dkd.endswith("this commit's defaults)")
-    assert f"- at: {at}" in page.read_text()
+    assert f"- at (weight=250.0; earlier default): {at}" in page.read_text()
 
 
 def test_a_row_below_the_baseline_carries_what_its_histories_say(tmp_path):
@@ -350,3 +350,27 @@ def test_clear_losses_and_clear_wins_over_kd_follow_the_rule(tmp_path):
     wins = next(line for line in lines if line.startswith("**Beats KD clearly**"))
     assert "`sp` +0.77 ± 0.15" in wins and "pkt" not in wins
     assert next(line for line in lines if line.startswith("| sp ")).endswith("beats KD clearly |")
+
+
+def test_a_run_made_under_an_earlier_default_is_its_own_row(tmp_path):
+    """A run whose recorded hyper-parameters differ from this commit's defaults (FSP
+    recorded at weight 50) is never averaged with runs at the current default."""
+    from kdkeras import methods as methods_lib
+
+    current = methods_lib.method_settings(methods_lib.from_spec("fsp", {}, num_examples=10000))
+    old = {"fsp": {**current["fsp"], "weight": current["fsp"]["weight"] * 50}}
+    runs = tmp_path / "runs"
+    for seed in range(2):
+        write_run(runs, "kd", seed, 0.87, baseline=0.86)
+        for settings, top1, folder in ((current, 0.865, "fsp"), (old, 0.84, "fsp_old")):
+            path = write_run(runs / folder, "fsp", seed, top1 + seed / 1000)
+            metrics = json.loads(path.read_text())
+            metrics["method_settings"] = settings
+            path.write_text(json.dumps(metrics))
+    [section] = results_doc.main([str(runs), f"--output={tmp_path / 'r.md'}"])["sections"]
+    rows = {r["method"]: r for r in section["rows"]}
+    old_name = f"fsp (weight={old['fsp']['weight']}; earlier default)"
+    assert set(rows) == {"baseline", "kd", "fsp", old_name}
+    assert rows["fsp"]["n"] == rows[old_name]["n"] == 2
+    assert rows[old_name]["top1"]["mean"] == pytest.approx(0.8405)
+    assert rows["fsp"]["top1"]["mean"] == pytest.approx(0.8655)
