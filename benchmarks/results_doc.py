@@ -214,7 +214,9 @@ def diagnosis(runs: list[dict], baseline_runs: dict) -> dict | None:
             gaps.append(acc - base_acc)
     if not terms:
         return None
-    return {"term": key,
+    # a staged method whose term stays out of the main stage (AB, FSP) acts through its init stage
+    init_only = key == "loss" and any((r.get("history") or {}).get("stages") for r in runs)
+    return {"term": key, "init_stage_only": init_only,
             "first": _mean(t[0] for t in terms), "last": _mean(t[1] for t in terms),
             "last_epoch_fall": _mean(falls), "train_accuracy_gap": _mean(gaps) if gaps else None}
 
@@ -229,7 +231,10 @@ def diagnosis_text(d: dict | None, below: bool = False) -> str:
     gap = d["train_accuracy_gap"]
     if gap is not None:
         text += f"; final train accuracy {100 * gap:+.2f} points against the baseline's"
-        if 100 * gap < -UNDERFIT_POINTS:
+        if 100 * gap < -UNDERFIT_POINTS and d.get("init_stage_only"):
+            text += (": the student, started from its init stage's weights, is held back from fitting "
+                     "its training data at this budget")
+        elif 100 * gap < -UNDERFIT_POINTS:
             text += ": the term holds the student back from fitting its training data at this budget"
         elif below:
             text += ": it fits its training data as well and loses on test data"

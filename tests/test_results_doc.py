@@ -172,6 +172,15 @@ def test_a_row_below_the_baseline_carries_what_its_histories_say(tmp_path):
     assert "holds the student back" not in results_doc.diagnosis_text(kd)
     assert "fits its training data as well and loses on test data" in results_doc.diagnosis_text(kd, below=True)
     assert "loses on test data" not in results_doc.diagnosis_text(kd) + results_doc.diagnosis_text(d, below=True)
+    fsp = {"method": "fsp", "seed": 0, "history": {"loss": [0.6, 0.3], "accuracy": [0.7, 0.84],
+                                                    "stages": {"init": {"fsp": [0.4]}}}}
+    base = {"baseline_history": {"accuracy": [0.7, 0.88]}}
+    staged = results_doc.diagnosis([fsp], {0: base})  # FSP: its term trains only in the init stage
+    assert staged["term"] == "loss" and staged["init_stage_only"] is True
+    assert results_doc.diagnosis([{**fsp, "history": {"fsp": [0.4, 0.2], "accuracy": [0.7, 0.84]}}],
+                                 {0: base})["init_stage_only"] is False
+    assert "started from its init stage's weights" in results_doc.diagnosis_text(staged, below=True)
+    assert "the term holds" not in results_doc.diagnosis_text(staged, below=True)
 
 
 def test_archive_keeps_the_records_the_page_cites(tmp_path):
