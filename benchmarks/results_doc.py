@@ -302,8 +302,13 @@ def summarize_group(runs: list[dict]) -> dict:
     margin = stats(by_path[b[2]]["teacher_top1"] - b[0] for b in baselines.values()
                    if by_path[b[2]]["teacher_top1"] is not None)
     spread = rows[0]["top1"]["std"] if baselines else None
+    # how much better the student alone fits its training data than the test split, per seed
+    fits = [(ex.last_epoch(by_path[b[2]].get("baseline_history") or {}, "accuracy"), b[0])
+            for b in baselines.values()]
+    overfit = stats(train - test for train, test in fits if train is not None)
     return {"rows": rows, "teacher_top1": teacher["mean"], "teacher_margin": margin,
-            "baseline_spread": spread, "seeds": sorted({r["seed"] for r in runs}, key=str)}
+            "baseline_spread": spread, "baseline_overfit": overfit,
+            "seeds": sorted({r["seed"] for r in runs}, key=str)}
 
 
 def run_settings(run: dict) -> tuple[dict, bool]:
@@ -438,6 +443,11 @@ def section_markdown(section: dict) -> list[str]:
         checks.append("**Below the baseline** (mean paired gain < 0): " + "; ".join(
             f"`{r['method']}` (" + "; ".join(filter(None, [_loss_size(r), diagnosis_text(r.get("diagnosis"), below=True)])) + ")"
             for r in losers) + ".")
+    overfit = section.get("baseline_overfit") or {}
+    if overfit.get("mean") is not None:
+        checks.append(f"**The student alone's generalisation gap:** its last-epoch training accuracy is "
+                      f"{_gain(overfit)} points above its test top-1; a method that works as a regulariser "
+                      "(label smoothing, a virtual teacher) can win back at most that much.")
     winners = [r for r in section["rows"] if r.get("beats_kd_clearly")]
     checks.append(
         "**Beats KD clearly** (paired gain over KD larger than its own std): " + ", ".join(

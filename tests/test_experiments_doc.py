@@ -73,6 +73,20 @@ def test_teacher_free_matches_numpy_and_the_rule(tmp_path):
     assert "holds the model back" not in missed.split("Tf-KD reg")[1]
     assert section["held"] is False
     assert "| Tf-KD reg |" in ex.section_table(section)
+    gap = [train_accuracy("baseline", b) - b for b in TF["baseline"]]  # +2 pp on every seed
+    assert section["generalisation_gap"]["mean"] == pytest.approx(np.mean(gap))
+    assert section["generalisation_gap"]["std"] == pytest.approx(std(gap), abs=1e-12)
+    assert "+2.00" in section["verdict"].split("The student alone ends")[1]
+
+
+def test_teacher_free_without_histories_states_no_gap(tmp_path):
+    for seed in range(2):
+        payload = rows_payload(TF, seed)
+        for out in payload["results"].values():
+            del out["history"]
+        write(tmp_path, "teacher_free", seed, payload, {"student": "resnet8"})
+    [section] = ex.load_experiments([str(tmp_path)])
+    assert section["generalisation_gap"] is None and "The student alone ends" not in section["verdict"]
 
 
 def test_teacher_free_runs_with_other_weights_get_their_own_section(tmp_path):
@@ -134,15 +148,18 @@ def test_defective_kd_judges_teachers_below_the_student_alone(tmp_path):
     assert "none (student alone)" in ex.section_table(section)
 
 
-def test_defective_kd_says_when_weak_teachers_hurt(tmp_path):
+@pytest.mark.parametrize("alpha, pull", [(0.9, "more than the true ones"), (0.5, "as hard as the true ones"),
+                                          (0.3, "even a minority weight")])
+def test_defective_kd_says_when_weak_teachers_hurt(tmp_path, alpha, pull):
     for seed in range(3):
         pts = [{"level": 0, "teacher": "untrained", "teacher_top1": 0.1, "student_top1": 0.1 + 0.001 * seed,
                 "gain": 0.1 + 0.001 * seed - 0.87}]
         write(tmp_path, "defective_kd", seed, {"points": pts, "baseline_top1": 0.87},
-              {"teacher": "resnet20", "student": "resnet8", "defect": "steps", "kd_alpha": 0.9})
+              {"teacher": "resnet20", "student": "resnet8", "defect": "steps", "kd_alpha": alpha})
     [section] = ex.load_experiments([str(tmp_path)])
     assert section["held"] is False
-    assert "1 of 1 such teachers clearly hurt" in section["verdict"] and "weighted 0.9 and cross-entropy 0.1" in \
+    assert "1 of 1 such teachers clearly hurt" in section["verdict"]
+    assert f"weighted {alpha:g} and cross-entropy {1 - alpha:.2g}, " in section["verdict"] and pull in \
         section["verdict"]
 
 

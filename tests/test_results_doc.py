@@ -168,6 +168,11 @@ def test_a_row_below_the_baseline_carries_what_its_histories_say(tmp_path):
     text = page.read_text()
     below = next(line for line in text.splitlines() if line.startswith("**Below the baseline**"))
     assert "`crd` 22 → 11.8" in below and "-2.75 points" in below and "holds the student back" in below
+    overfit = [base_acc[s] - 0.86 for s in (0, 1)]  # the baseline's train accuracy above its test top-1
+    assert section["baseline_overfit"]["mean"] == pytest.approx(np.mean(overfit))
+    assert section["baseline_overfit"]["std"] == pytest.approx(np.std(overfit, ddof=1))
+    gap_line = next(line for line in text.splitlines() if "generalisation gap" in line)
+    assert f"+{100 * np.mean(overfit):.2f} ± {100 * np.std(overfit, ddof=1):.2f} points" in gap_line
     kd = _row(section, "kd")["diagnosis"]  # KD fits its data as well as the baseline: no such inference
     assert "holds the student back" not in results_doc.diagnosis_text(kd)
     assert "fits its training data as well and loses on test data" in results_doc.diagnosis_text(kd, below=True)

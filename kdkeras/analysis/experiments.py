@@ -166,8 +166,22 @@ def summarize_teacher_free(runs: Sequence[dict]) -> dict:
                + (f"KD gains {points(kd['gain']['mean'], kd['gain']['std'])} pp. " if kd else "no KD row was run. ")
                + _held_text(held, missed,
                             "clearly above the student alone and not clearly behind KD"))
+    overfit = generalisation_gap(runs, "baseline")
+    if overfit is not None:
+        verdict += (f" The student alone ends its last epoch {points(overfit['mean'], overfit['std'])} pp more "
+                    "accurate on its training data than on the test split: that gap is all a regulariser "
+                    "(label smoothing, the virtual teacher) can close.")
     return {"title": "Teacher-free KD", "rows": rows, "verdict": verdict, "held": bool(held) and not missed,
-            "columns": "vs_kd" if has_kd else None}
+            "columns": "vs_kd" if has_kd else None, "generalisation_gap": overfit}
+
+
+def generalisation_gap(runs: Sequence[dict], row: str) -> dict | None:
+    """How far a row's last-epoch training accuracy is above its test top-1, per
+    seed (None when a run has no training history)."""
+    pairs = [(_train_accuracy(r["results"][row]), r["results"][row]["top1"]) for r in runs]
+    if any(train is None for train, _ in pairs):
+        return None
+    return _paired(pairs, lambda p: p[0] - p[1])
 
 
 REKD_REFERENCE = {"Re-KD": "strong alone", "normal KD": "weak alone"}
@@ -254,9 +268,11 @@ def summarize_defective_kd(runs: Sequence[dict]) -> dict:
     hurt = [r for r in weak if clear(r["gain"]["mean"], r["gain"]["std"], sign=-1)]
     alpha = runs[0].get("kd_alpha")
     if hurt and alpha is not None:
+        pull = ("the student follows its teacher's soft labels more than the true ones" if alpha > 0.5 else
+                "the teacher's soft labels pull as hard as the true ones" if alpha == 0.5 else
+                "even a minority weight on a wrong teacher's soft labels costs the student")
         verdict += (f" {len(hurt)} of {len(weak)} such teachers clearly hurt the student: with the KD term "
-                    f"weighted {alpha:g} and cross-entropy {1 - alpha:.2g}, the student follows its teacher's "
-                    "soft labels more than the true ones.")
+                    f"weighted {alpha:g} and cross-entropy {1 - alpha:.2g}, {pull}.")
     return {"title": "Defective KD", "rows": rows, "baseline": baseline, "verdict": verdict,
             "held": bool(held) and not missed, "columns": None}
 
