@@ -87,6 +87,57 @@ def test_shared_negatives_equal_exact_on_the_same_set_and_masking_rescales():
     np.testing.assert_allclose(float(got["student"]), expect, rtol=1e-4)
 
 
+@pytest.mark.parametrize("score_all", [False, True])
+@pytest.mark.parametrize("mode", ["shared", "exact"])
+def test_empty_bank_slots_give_way_to_the_live_pair_and_are_never_negatives(mode, score_all, monkeypatch):
+    """bank_init="empty": an empty (zero) positive slot scores the live pair, an
+    empty negative slot is masked; on a fully filled bank it is the reference."""
+    monkeypatch.setattr(contrastive, "_SCORE_ALL_FACTOR", 0 if score_all else 10**9)
+    v_s, v_t, bank_s, bank_t, idx, neg = fixed_inputs()
+    neg = neg[0] if mode == "shared" else neg
+    per_sample = np.tile(neg, (4, 1)) if mode == "shared" else neg
+    empty = CRD(num_examples=20, num_negatives=6, mode=mode, temperature=0.5, bank_init="empty")
+    log_z = np.log([3.0, 5.0])
+    full, _ = empty.nce_loss(*f32(v_s, v_t, bank_s, bank_t, idx, neg), log_z=log_z)
+    ls, lt, _ = np_crd(v_s, v_t, bank_s, bank_t, idx, per_sample, 0.5, (3.0, 5.0))
+    np.testing.assert_allclose([float(full["student"]), float(full["teacher"])], [ls, lt], rtol=1e-4)
+    # empty the positive slot of sample 0 and every slot sample 1's first two negatives point at
+    holes = {int(idx[0])} | set(per_sample[1, :2].tolist())
+    bank_s0, bank_t0 = bank_s.copy(), bank_t.copy()
+    bank_s0[sorted(holes)] = 0.0
+    bank_t0[sorted(holes)] = 0.0
+    got, _ = empty.nce_loss(*f32(v_s, v_t, bank_s0, bank_t0, idx, neg), log_z=log_z)
+    c = 6 / 20
+    expect = []
+    for anchor, partner, bank, z in ((v_s, v_t, bank_t0, 3.0), (v_t, v_s, bank_s0, 5.0)):
+        total = 0.0
+        for b in range(4):
+            pos_key = partner[b] if int(idx[b]) in holes else bank[idx[b]]
+            p_pos = np.exp(anchor[b] @ pos_key / 0.5) / z
+            kept = [j for j in per_sample[b] if int(j) not in holes]
+            p_neg = np.exp(bank[kept] @ anchor[b] / 0.5) / z
+            total += np.log(p_pos / (p_pos + c + 1e-7)) + 6 / len(kept) * np.log(c / (p_neg + c + 1e-7)).sum()
+        expect.append(-total / 4)
+    np.testing.assert_allclose([float(got["student"]), float(got["teacher"])], expect, rtol=1e-4)
+
+
+def test_an_empty_bank_takes_each_first_embedding_as_it_is():
+    rng = np.random.default_rng(0)
+    mem = ContrastMemory(10, 4, momentum=0.5, init="empty")
+    mem.build()
+    assert not mem.bank_student.numpy().any() and not mem.bank_teacher.numpy().any()
+    idx = np.array([7, 2], "int32")
+    v_s, v_t = unit(rng, 2, 4).astype("float32"), unit(rng, 2, 4).astype("float32")
+    mem.update(idx, v_s, v_t)
+    np.testing.assert_allclose(mem.bank_student.numpy()[idx], v_s, rtol=1e-5)
+    np.testing.assert_allclose(mem.bank_teacher.numpy()[idx], v_t, rtol=1e-5)
+    assert not np.delete(mem.bank_student.numpy(), idx, axis=0).any()  # the others stay empty
+    with pytest.raises(ValueError, match="'random', 'empty'.*'zeros'"):
+        ContrastMemory(10, 4, init="zeros")
+    with pytest.raises(ValueError, match="bank_init.*'random', 'empty'.*'zero'"):
+        CRD(num_examples=10, bank_init="zero")
+
+
 def test_momentum_update_matches_numpy():
     rng = np.random.default_rng(0)
     mem = ContrastMemory(10, 4, momentum=0.5)

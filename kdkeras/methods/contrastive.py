@@ -49,6 +49,7 @@ _SCORE_ALL_FACTOR = 4
 
 NEGATIVES = ("other_classes", "uniform")
 MODES = ("shared", "exact")
+BANK_INITS = ("random", "empty")
 
 
 def _gather_replicas(*tensors):
@@ -87,8 +88,11 @@ class ContrastMemory(keras.layers.Layer):
     label of each slot and the two NCE normalisers, all non-trainable (saved
     with the Distiller, never trained).
 
-    The banks start uniform in `[-s, s]`, `s = 1 / sqrt(feat_dim / 3)` (rows of
-    norm about 1), as in the reference. `labels` holds -1 for a slot whose
+    With `init="random"` the banks start uniform in `[-s, s]`,
+    `s = 1 / sqrt(feat_dim / 3)` (rows of norm about 1), as in the reference;
+    with `init="empty"` they start at zero, a row that no unit vector has been
+    written to yet (the momentum update then writes a sample's first embedding
+    as it is). `labels` holds -1 for a slot whose
     sample has not been seen yet; `log_normalizers` holds NaN until the first
     training batch sets log Z for each direction (student anchor, teacher
     anchor); Z is kept as its log so small temperatures cannot overflow it.
@@ -98,25 +102,31 @@ class ContrastMemory(keras.layers.Layer):
         feat_dim: embedding size.
         momentum: weight of the old slot in the update
             `slot <- normalise(m * slot + (1 - m) * v)`.
+        init: `"random"` or `"empty"` (zero rows), see above.
         seed: seed of the negatives' draws (default: drawn from NumPy's
             global generator, which `keras.utils.set_random_seed` seeds).
     """
 
     def __init__(self, num_examples: int, feat_dim: int = 128, momentum: float = 0.5,
-                 seed: int | None = None, **kwargs):
+                 seed: int | None = None, init: str = "random", **kwargs):
         super().__init__(**kwargs)
+        if init not in BANK_INITS:
+            raise ValueError(f"ContrastMemory init must be one of {BANK_INITS}, got {init!r}.")
         self.num_examples = int(num_examples)
         self.feat_dim = int(feat_dim)
         self.momentum = float(momentum)
+        self.init = init
         self.seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else int(seed)
 
     def build(self, input_shape=None):
         stdv = 1.0 / math.sqrt(self.feat_dim / 3.0)
         shape = (self.num_examples, self.feat_dim)
 
-        def bank(name):
+        def bank(name):  # one initializer each: a shared one would give both banks the same rows
+            start = (keras.initializers.RandomUniform(-stdv, stdv) if self.init == "random"
+                     else keras.initializers.Zeros())
             return self.add_weight(
-                shape=shape, initializer=keras.initializers.RandomUniform(-stdv, stdv),
+                shape=shape, initializer=start,
                 dtype="float32", trainable=False, autocast=False, name=name,
             )
 
@@ -176,6 +186,7 @@ class ContrastMemory(keras.layers.Layer):
             "feat_dim": self.feat_dim,
             "momentum": self.momentum,
             "seed": self.seed,
+            "init": self.init,
         }
 
 
@@ -207,6 +218,14 @@ class CRD(Method):
     (the few left after four redraws are masked). Masked negatives are made up
     for by scaling the kept ones' sum to K terms. Draws are with replacement.
 
+    `bank_init="random"` (the reference) starts the banks at random vectors,
+    so in the first epoch each sample's positive is a random vector and after
+    it still half of one (momentum 0.5): noise targets that a long run
+    outgrows and a short one does not. `bank_init="empty"` starts them at
+    zero: a sample whose slot is still empty takes the live pair `v_s . v_t`
+    as its positive (as at evaluation), its first embedding fills the slot
+    as it is, and empty slots are never negatives.
+
     Args:
         feat_dim: embedding size (128 in the paper).
         num_negatives: K, the negatives per sample (16384 in the paper).
@@ -214,6 +233,7 @@ class CRD(Method):
         momentum: bank momentum (0.5).
         negatives: `"other_classes"` or `"uniform"` (all slots but the
             sample's own).
+        bank_init: `"random"` (the reference) or `"empty"`, see above.
         mode: `"shared"` (one negative set per batch, one matmul) or
             `"exact"` (K per sample, as the reference; scored through a
             `B x N` matmul when `N * 4 <= K * feat_dim`, else a `B x K x D`
@@ -244,6 +264,7 @@ class CRD(Method):
         momentum: float = 0.5,
         negatives: str = "other_classes",
         mode: str = "shared",
+        bank_init: str = "random",
         num_examples: int | None = None,
         labels: Sequence[int] | np.ndarray | None = None,
         seed: int | None = None,
@@ -262,6 +283,9 @@ class CRD(Method):
             raise ValueError(f"CRD negatives must be one of {NEGATIVES}, got {negatives!r}.")
         if mode not in MODES:
             raise ValueError(f"CRD mode must be one of {MODES}, got {mode!r}.")
+        if bank_init not in BANK_INITS:
+            raise ValueError(f"CRD bank_init must be one of {BANK_INITS}, got {bank_init!r}.")
+        self.bank_init = bank_init
         self.feat_dim = int(feat_dim)
         self.num_negatives = int(num_negatives)
         self.temperature = float(temperature)
@@ -320,7 +344,8 @@ class CRD(Method):
         self.embed_teacher = keras.layers.Dense(self.feat_dim, dtype="float32", name="embed_teacher")
         self.embed_teacher.build((None, dims["teacher"]))
         self.memory = ContrastMemory(
-            self.num_examples, self.feat_dim, self.momentum, seed=self.seed, name="memory"
+            self.num_examples, self.feat_dim, self.momentum, seed=self.seed, init=self.bank_init,
+            name="memory"
         )
         self.memory.build()
         if self._initial_labels is not None:
@@ -396,7 +421,9 @@ class CRD(Method):
         `valid`: optional `(B, K)` 0/1 mask of kept negatives; `log_z`: the
         logs of the two normalisers `(Z_student_anchor, Z_teacher_anchor)`,
         None or NaN entries meaning "estimate from these scores" (the first
-        batch: `Z = mean(exp(scores / T)) * N`).
+        batch: `Z = mean(exp(scores / T)) * N`). With `bank_init="empty"` a
+        zero row is an empty slot: a positive slot that is empty gives way to
+        the live pair and an empty negative is masked out.
 
         Returns `({"student": loss, "teacher": loss}, log_z_used)`.
         """
@@ -415,9 +442,15 @@ class CRD(Method):
 
         score_all = neg_index.shape.rank == 2 and _score_all_slots(n, k, v_s.shape[-1])
 
+        empty_slots = self.bank_init == "empty"
+
+        def filled(rows):  # a written row is a unit vector, an empty one is zero
+            return tf.reduce_sum(tf.square(as_float32(rows)), axis=-1) > 0.5
+
         def direction(anchor, partner, bank, log_z_given):
             table = _table(bank)
             pos_slots = None if index is None else tf.cast(index, "int32")
+            valid_here = valid
             if score_all:
                 # Per-sample negatives from one (B x N) score matrix: the same
                 # scores as a B x K x D gather, reading the bank once.
@@ -425,6 +458,8 @@ class CRD(Method):
                 neg = tf.gather(every, neg_index, batch_dims=1)
                 if pos_slots is not None:
                     pos = tf.gather(every, pos_slots[:, None], batch_dims=1)[:, 0]
+                if empty_slots:
+                    neg_filled = tf.gather(filled(table), neg_index)
             else:
                 keys = tf.stop_gradient(as_float32(tf.gather(table, neg_index)))
                 if neg_index.shape.rank == 1:
@@ -434,18 +469,26 @@ class CRD(Method):
                 if pos_slots is not None:
                     pos_key = tf.stop_gradient(as_float32(tf.gather(table, pos_slots)))
                     pos = tf.reduce_sum(anchor * pos_key, axis=-1)
+                if empty_slots:
+                    neg_filled = filled(keys)
+            live = tf.reduce_sum(anchor * tf.stop_gradient(partner), axis=-1)
             if pos_slots is None:
-                pos = tf.reduce_sum(anchor * tf.stop_gradient(partner), axis=-1)
+                pos = live
+            elif empty_slots:
+                pos = tf.where(filled(tf.gather(table, pos_slots)), pos, live)
+            if empty_slots:
+                kept = tf.broadcast_to(tf.cast(neg_filled, "float32"), tf.shape(neg))
+                valid_here = kept if valid is None else valid * kept
             pos = pos / self.temperature  # (B,)
             neg = neg / self.temperature
             # Z = mean(exp(scores / T)) * N over the positive and kept negatives.
             all_scores = tf.concat([pos[:, None], neg], axis=1)
-            if valid is None:
+            if valid_here is None:
                 log_mean = tf.reduce_logsumexp(all_scores) - math.log(
                     float(k + 1)
                 ) - tf.math.log(tf.cast(tf.shape(pos)[0], "float32"))
             else:
-                keep = tf.concat([tf.ones_like(pos[:, None]), valid], axis=1)
+                keep = tf.concat([tf.ones_like(pos[:, None]), valid_here], axis=1)
                 masked = tf.where(keep > 0, all_scores, tf.fill(tf.shape(all_scores), -np.inf))
                 log_mean = tf.reduce_logsumexp(masked) - tf.math.log(tf.reduce_sum(keep))
             log_z_est = tf.stop_gradient(_log_mean_exp_replicas(log_mean) + math.log(n))
@@ -455,11 +498,11 @@ class CRD(Method):
             # log(P / (P + c + eps)) and log(c / (P + c + eps)), in log space.
             log_d1 = log_p_pos - (log_c_eps + tf.nn.softplus(log_p_pos - log_c_eps))
             log_d0 = log_c - (log_c_eps + tf.nn.softplus(log_p_neg - log_c_eps))
-            if valid is None:
+            if valid_here is None:
                 neg_term = tf.reduce_sum(log_d0, axis=1)
             else:
-                kept = tf.reduce_sum(valid, axis=1)
-                neg_term = tf.reduce_sum(valid * log_d0, axis=1) * (k / tf.maximum(kept, 1.0))
+                kept = tf.reduce_sum(valid_here, axis=1)
+                neg_term = tf.reduce_sum(valid_here * log_d0, axis=1) * (k / tf.maximum(kept, 1.0))
             return -tf.reduce_mean(log_d1 + neg_term), log_z
 
         loss_s, log_z_s = direction(v_s, v_t, bank_t, log_z[0])
@@ -521,6 +564,7 @@ class CRD(Method):
             "momentum": self.momentum,
             "negatives": self.negatives,
             "mode": self.mode,
+            "bank_init": self.bank_init,
             "num_examples": self.num_examples,
             "seed": self.seed,
         }
