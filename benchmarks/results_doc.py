@@ -226,7 +226,7 @@ def diagnosis_text(d: dict | None, below: bool = False) -> str:
     by fitting its training data worse or by generalising worse."""
     if not d:
         return ""
-    text = (f"`{d['term']}` {d['first']:.3g} → {d['last']:.3g} (-{100 * d['last_epoch_fall']:.0f}% in the "
+    text = (f"`{d['term']}` {d['first']:.3g} → {d['last']:.3g} ({-100 * d['last_epoch_fall']:+.0f}% in the "
             "last epoch)")
     gap = d["train_accuracy_gap"]
     if gap is not None:
@@ -542,18 +542,38 @@ def readme_block(sections: list[dict], page: str, experiments: Sequence[dict] = 
     from kdkeras.vis import markdown_table
 
     lines = [f"Gain of each method over the student trained alone, paired by seed (mean ± std, "
-             f"percentage points; full tables, spreads and the runs behind them: [{page}]({page})).", ""]
+             f"percentage points; full tables, spreads and the runs behind them: [{page}]({page})). "
+             f"Rows and sections with fewer than {README_MIN_SEEDS} seeds (probes) are on the page only.", ""]
     for section in sections:
+        rows = [r for r in section["rows"] if r["n"] >= README_MIN_SEEDS]
+        if not rows or rows[0]["method"] != "baseline":
+            continue
         lines += [f"**{section_title(section)}** (teacher {_gain(section['teacher_margin'])} over the "
                   "student alone)", ""]
         rows = [[r["method"] + (" ⚠" if r["below_baseline"] else ""), r["n"], _pct(r["top1"]),
-                 _gain(r["gain_over_baseline"])] for r in section["rows"]]
+                 _gain(r["gain_over_baseline"])] for r in rows]
         lines += [markdown_table(["method", "seeds", "top-1 (%)", "gain (pp)"], rows, align="lrrr"), ""]
     if experiments:
         lines += ["The papers' experiments, over seeds (verdicts and plots on the page):", ""]
-        lines += [f"- {e['title']} ({len(e['seeds'])} seeds): the claim "
+        lines += [f"- {e['title']}{_distinguishing_setting(e, experiments)} ({len(e['seeds'])} seeds): the claim "
                   f"{'held' if e['held'] else 'did not hold in full'}." for e in experiments]
     return "\n".join(lines).rstrip() + "\n"
+
+
+#: the README's short tables leave out rows and sections with fewer seeds than this
+README_MIN_SEEDS = 2
+
+
+def _distinguishing_setting(experiment: dict, experiments: Sequence[dict]) -> str:
+    """`, key=value, ...` for the settings in which `experiment` differs from the
+    other sections of the same recipe ("" when it is the only one)."""
+    others = [e for e in experiments if e["experiment"] == experiment["experiment"] and e is not experiment]
+    if not others:
+        return ""
+    keys = sorted(k for k in experiment["setting"]
+                  if any(o["setting"].get(k) != experiment["setting"][k] for o in others))
+    keys = [k for k in keys if k != "rows"] or keys  # each row's weights only when nothing else differs
+    return "".join(f", {k}={experiment['setting'][k]}" for k in keys)
 
 
 def _jsonable(section: dict) -> dict:

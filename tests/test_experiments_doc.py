@@ -262,3 +262,30 @@ def test_a_missing_experiment_root_is_named_as_given(tmp_path):
         _results_doc().main([str(tmp_path / "table"), "--experiments", missing, "--output", str(tmp_path / "r.md"),
                              "--archive", str(tmp_path / "archive")])
     assert not (tmp_path / "archive").exists()  # refused before anything was copied
+
+
+def test_readme_block_leaves_probes_out_and_tells_experiments_apart(tmp_path):
+    """The README's short version: rows and sections with one seed stay on the page
+    only; two sections of one recipe are named by the settings they differ in."""
+    from tests.test_results_doc import write_run
+
+    runs = tmp_path / "table"
+    for seed in range(2):
+        write_run(runs, "kd", seed, 0.89 + 0.001 * seed, baseline=0.88 + 0.001 * seed)
+        write_run(runs, "at", seed, 0.885 + 0.001 * seed)
+    write_run(runs, "crd", 0, 0.87)  # a one-seed probe in a two-seed section
+    write_run(tmp_path / "long", "kd", 0, 0.90, baseline=0.905, epochs=15)  # a one-seed section
+    experiments = tmp_path / "experiments"
+    for folder, alpha in (("a09", 0.9), ("a05", 0.5)):
+        for seed in range(2):
+            write(experiments / folder, "reversed_kd", seed,
+                  rows_payload({"weak alone": [0.86, 0.87], "strong alone": [0.88, 0.885],
+                                "Re-KD": [0.87, 0.875], "normal KD": [0.87, 0.872]}, seed),
+                  {"weak": "resnet8", "strong": "resnet20", "kd_alpha": alpha})
+    readme = tmp_path / "block.md"
+    payload = _results_doc().main([str(runs), str(tmp_path / "long"), "--experiments", str(experiments),
+                                   "--output", str(tmp_path / "r.md"), f"--readme_output={readme}"])
+    block = readme.read_text()
+    assert len(payload["sections"]) == 2 and "| **crd** ⚠ | 1 |" in (tmp_path / "r.md").read_text()
+    assert "| at | 2 |" in block and "| crd" not in block and "15 epochs" not in block
+    assert "- Reversed KD, kd_alpha=0.9 (2 seeds)" in block and "- Reversed KD, kd_alpha=0.5 (2 seeds)" in block

@@ -185,6 +185,8 @@ def test_a_row_below_the_baseline_carries_what_its_histories_say(tmp_path):
     assert results_doc.diagnosis([{**fsp, "history": {"fsp": [0.4, 0.2], "accuracy": [0.7, 0.84]}}],
                                  {0: base})["init_stage_only"] is False
     assert "started from its init stage's weights" in results_doc.diagnosis_text(staged, below=True)
+    rising = results_doc.diagnosis([{**fsp, "history": {"fsp": [0.4, 0.5], "accuracy": [0.7, 0.84]}}], {0: base})
+    assert "(+25% in the last epoch)" in results_doc.diagnosis_text(rising)  # a term that rose says so
     assert "the term holds" not in results_doc.diagnosis_text(staged, below=True)
 
 
