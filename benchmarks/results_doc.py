@@ -144,9 +144,13 @@ def row_name(run: dict) -> str:
     if "_row" not in run:
         changed = changed_defaults(run)
         extra = ([run["method_args"]] if run["method_args"] else []) + [f"{k}={v}" for k, v in changed.items()]
-        note = "; earlier default" if changed else ""
+        note = f"; {EARLIER_DEFAULT}" if changed else ""
         run["_row"] = run["method"] + (f" ({', '.join(extra)}{note})" if extra else "")
     return run["_row"]
+
+
+#: the mark of a row whose recorded settings differ from this commit's defaults
+EARLIER_DEFAULT = "earlier default"
 
 
 def changed_defaults(run: dict) -> dict:
@@ -443,6 +447,11 @@ def section_markdown(section: dict) -> list[str]:
         checks.append("**Below the baseline** (mean paired gain < 0): " + "; ".join(
             f"`{r['method']}` (" + "; ".join(filter(None, [_loss_size(r), diagnosis_text(r.get("diagnosis"), below=True)])) + ")"
             for r in losers) + ".")
+    earlier = [r["method"] for r in section["rows"] if r["method"].endswith(f"; {EARLIER_DEFAULT})")]
+    if earlier:
+        checks.append("**Earlier defaults:** " + ", ".join(f"`{name}`" for name in earlier)
+                      + " ran with a default that has changed since; the method's section in "
+                      "[methods.md](methods.md) says why, with the measurement.")
     overfit = section.get("baseline_overfit") or {}
     if overfit.get("mean") is not None:
         checks.append(f"**The student alone's generalisation gap:** its last-epoch training accuracy is "

@@ -140,6 +140,8 @@ def test_each_row_states_the_hyper_parameters_it_ran_with(tmp_path):
     assert "beta=2" in dkd and "temperature=4.0" in dkd and "warmup_fraction=0.0833" in dkd
     assert "scaled to the run's length" in dkd and dkd.endswith("this commit's defaults)")
     assert f"- at (weight=250.0; earlier default): {at}" in page.read_text()
+    assert "**Earlier defaults:** `at (weight=250.0; earlier default)` ran with a default that has changed" \
+        in page.read_text()
 
 
 def test_a_row_below_the_baseline_carries_what_its_histories_say(tmp_path):
