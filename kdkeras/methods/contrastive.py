@@ -459,7 +459,9 @@ class CRD(Method):
                 if pos_slots is not None:
                     pos = tf.gather(every, pos_slots[:, None], batch_dims=1)[:, 0]
                 if empty_slots:
-                    neg_filled = tf.gather(filled(table), neg_index)
+                    slot_filled = filled(table)
+                    neg_filled = tf.gather(slot_filled, neg_index)
+                    pos_filled = None if pos_slots is None else tf.gather(slot_filled, pos_slots)
             else:
                 keys = tf.stop_gradient(as_float32(tf.gather(table, neg_index)))
                 if neg_index.shape.rank == 1:
@@ -471,14 +473,13 @@ class CRD(Method):
                     pos = tf.reduce_sum(anchor * pos_key, axis=-1)
                 if empty_slots:
                     neg_filled = filled(keys)
-            live = tf.reduce_sum(anchor * tf.stop_gradient(partner), axis=-1)
-            if pos_slots is None:
-                pos = live
-            elif empty_slots:
-                pos = tf.where(filled(tf.gather(table, pos_slots)), pos, live)
+                    pos_filled = None if pos_slots is None else filled(pos_key)
+            if pos_slots is None or empty_slots:
+                live = tf.reduce_sum(anchor * tf.stop_gradient(partner), axis=-1)
+                pos = live if pos_slots is None else tf.where(pos_filled, pos, live)
             if empty_slots:
-                kept = tf.broadcast_to(tf.cast(neg_filled, "float32"), tf.shape(neg))
-                valid_here = kept if valid is None else valid * kept
+                neg_kept = tf.broadcast_to(tf.cast(neg_filled, "float32"), tf.shape(neg))
+                valid_here = neg_kept if valid is None else valid * neg_kept
             pos = pos / self.temperature  # (B,)
             neg = neg / self.temperature
             # Z = mean(exp(scores / T)) * N over the positive and kept negatives.
