@@ -142,7 +142,7 @@ def row_name(run: dict) -> str:
     the recorded settings that differ from this commit's defaults (a run made
     before a default changed is its own row, never averaged with the new one)."""
     if "_row" not in run:
-        changed = changed_defaults(run)
+        changed = run["_changed_defaults"] = changed_defaults(run)
         extra = ([run["method_args"]] if run["method_args"] else []) + [f"{k}={v}" for k, v in changed.items()]
         note = f"; {EARLIER_DEFAULT}" if changed else ""
         run["_row"] = run["method"] + (f" ({', '.join(extra)}{note})" if extra else "")
@@ -298,6 +298,7 @@ def summarize_group(runs: list[dict]) -> dict:
             "below_baseline": below, "clear_loss": clear_loss, "beats_kd_clearly": beats_kd,
             "runs": [{"seed": s, "path": per_seed[s]["path"], "command": per_seed[s]["command"]} for s in seeds],
             "note": "reference" if name == REFERENCE else "",
+            "earlier_default": bool(per_seed[seeds[0]]["_changed_defaults"]),  # set by row_name above
             "settings": settings_text(per_seed[seeds[0]]),
             "diagnosis": diagnosis([per_seed[s] for s in seeds], by_seed_baseline_run),
         })
@@ -447,7 +448,7 @@ def section_markdown(section: dict) -> list[str]:
         checks.append("**Below the baseline** (mean paired gain < 0): " + "; ".join(
             f"`{r['method']}` (" + "; ".join(filter(None, [_loss_size(r), diagnosis_text(r.get("diagnosis"), below=True)])) + ")"
             for r in losers) + ".")
-    earlier = [r["method"] for r in section["rows"] if r["method"].endswith(f"; {EARLIER_DEFAULT})")]
+    earlier = [r["method"] for r in section["rows"] if r.get("earlier_default")]
     if earlier:
         checks.append("**Earlier defaults:** " + ", ".join(f"`{name}`" for name in earlier)
                       + " ran with a default that has changed since; the method's section in "
