@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # kdkeras.vis imports Tensor
 
 from kdkeras.analysis import experiments as ex  # noqa: E402
 from kdkeras.analysis.stats import format_mean_std, mean_std  # noqa: E402
-from kdkeras.experiment import WEAK_TEACHER_MARGIN  # noqa: E402
+from kdkeras.weak_teacher import WEAK_TEACHER_MARGIN  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

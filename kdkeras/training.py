@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kdkeras.files import write_json  # noqa: F401  (re-exported: one JSON writer)
 from kdkeras.keys import IMAGE, image_part
 
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -462,26 +463,6 @@ def load_model(path: str) -> keras.Model:
             "model.save('x.keras')); it may be truncated, or another format renamed. Accepted: a "
             ".keras file saved by Keras 3 (a SavedModel folder or .h5 needs its own loader).")
     return keras.models.load_model(path, compile=False)
-
-
-def write_json(path: str, payload: dict, atomic: bool = False) -> str:
-    """Write `payload` as indented JSON (NumPy scalars converted); `atomic` writes
-    a temporary file and renames it, so a crash never leaves half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-
-    def default(o):
-        if isinstance(o, (np.floating, np.integer)):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-    target, path = path, (path + ".partial" if atomic else path)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=2, default=default)
-    if atomic:
-        os.replace(path, target)
-    return target
 
 
 def seeded(seed: int | None) -> None:

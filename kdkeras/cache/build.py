@@ -34,6 +34,7 @@ from kdkeras.cache.store import (
     file_crc32,
     view_dir,
 )
+from kdkeras.files import write_json
 from kdkeras.keys import IMAGE, INDEX, LOGITS
 
 PROGRESS = "progress.json"
@@ -90,15 +91,6 @@ def _human(n: int) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
         n /= 1024
     return f"{n} B"
-
-
-def _write_json(path: str, payload: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def build_teacher_cache(
@@ -171,7 +163,7 @@ def build_teacher_cache(
         files, top1 = _build_view(partial, view, tap_model, dataset_for_view(view),
                                           entries, num_examples, storage, top_k, verbose)
         progress["views"][str(view)] = {"files": files, "teacher_top1": top1}
-        _write_json(os.path.join(partial, PROGRESS), progress)
+        write_json(os.path.join(partial, PROGRESS), progress, atomic=True)
     manifest = {
         "format": FORMAT, "num_examples": int(num_examples), "views": int(views),
         "fingerprint": fingerprint, "entries": column_specs(entries, storage, top_k),
@@ -179,7 +171,7 @@ def build_teacher_cache(
         "files": {rel: crc for v in progress["views"].values() for rel, crc in v["files"].items()},
         "teacher_top1": progress["views"]["0"]["teacher_top1"], "plan": plan,
     }
-    _write_json(os.path.join(partial, MANIFEST), manifest)
+    write_json(os.path.join(partial, MANIFEST), manifest, atomic=True)
     os.remove(os.path.join(partial, PROGRESS))
     if os.path.exists(path):
         os.rmdir(path)  # an empty folder given as the destination
@@ -216,7 +208,7 @@ def _load_progress(partial: str, fingerprint: dict) -> dict:
         shutil.rmtree(partial)
     os.makedirs(partial)
     progress = {"fingerprint": fingerprint, "views": {}}
-    _write_json(progress_path, progress)
+    write_json(progress_path, progress, atomic=True)
     return progress
 
 
