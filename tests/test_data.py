@@ -381,7 +381,7 @@ def test_a_tfds_limit_keeps_every_class_and_the_same_subset():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=40):
         source = sources.get_source("cifar10")
-        every = sources._tfds_labels(source, "train")
+        every = sources.tfds._tfds_labels(source, "train")
         assert len(every) == 40 and len(set(every.tolist())) == 10
         full, _ = _collect(data.load("cifar10", "train", batch_size=40, shuffle=False, augment=False))
         runs = [_collect(data.load("cifar10", "train", batch_size=4, limit=10, shuffle=False,
