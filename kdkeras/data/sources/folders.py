@@ -1,7 +1,10 @@
 """Image-folder sources (`folder:/path`): root/<split>/<class>/*.{jpg,png,...},
 or root/<class>/* whose last tenth of each class is held out as the test split.
 
-Every image is checked to be readable and complete when the folder is opened.
+A folder is checked when it is opened, so that a bad one fails at once with the
+file or folder named, never trains a silently wrong model: every image readable
+and complete, every class folder holding images, at least two classes, and no
+split with a class that the training split lacks.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from kdkeras.data.sources.base import FOLDER_PREFIX, DatasetInfo, DatasetNotFoun
 from kdkeras.data.sources.splits import hold_out, resolve_split, stratified_limit, warn_holdout
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+_LAYOUT = "root/<split>/<class>/*.{jpg,jpeg,png,bmp,gif} or root/<class>/*.{jpg,...}"
 
 
 def _native_hwc(path: str) -> tuple[int, int, int]:
@@ -75,8 +79,9 @@ class FolderSource:
     """An image folder laid out as root/<split>/<class>/*.{jpg,jpeg,png,bmp,gif}
     (or root/<class>/*, a test split held out of it).
 
-    Class ids come from the sorted union of class folder names over all splits,
-    so the same class has the same label in every split even if one split lacks it.
+    Class ids number the sorted class folder names, the same in every split: a
+    split other than 'train' may lack a class (its label stays the same) but
+    never has one that 'train' lacks.
     """
 
     def __init__(self, root: str):
@@ -146,14 +151,35 @@ class FolderSource:
 
 def _checked_classes(name: str, root: str, layout: dict[str, str],
                      images: dict[str, dict[str, list[str]]], unsplit: bool) -> list[str]:
-    """The sorted union of the class folder names over all splits of a folder
-    whose `images` map split -> class -> image paths."""
+    """The sorted class names of a folder whose `images` map split -> class ->
+    image paths; a ValueError naming the folder when a class folder holds no
+    images, when there are fewer than two classes, or when a split has a class
+    that 'train' lacks (it would be scored on a label never trained)."""
+    for split, per_class in images.items():
+        for class_name, paths in per_class.items():
+            if not paths:
+                where = "" if unsplit else f" (split {split!r})"
+                raise ValueError(
+                    f"Class folder {os.path.join(layout[split], class_name)!r}{where} of {name!r} holds "
+                    f"no images (*{', *'.join(IMAGE_EXTENSIONS)}): a class needs images to train and "
+                    "test on. Add its images or remove the folder.")
     class_names = sorted({c for per_class in images.values() for c in per_class})
-    if not any(paths for per_class in images.values() for paths in per_class.values()):
-        raise DatasetNotFoundError(
-            f"No images found in {root!r}; expected the layout "
-            f"root/<split>/<class>/*.{{jpg,jpeg,png,bmp,gif}}"
-        )
+    if not class_names:
+        raise DatasetNotFoundError(f"No images found in {root!r}; expected the layout {_LAYOUT}")
+    if len(class_names) < 2:
+        raise ValueError(
+            f"Image folder {root!r} (from {name!r}) has one class, {class_names[0]!r}: a classifier "
+            f"needs at least 2 classes, one folder of images each ({_LAYOUT}).")
+    train = set(images.get("train", class_names))
+    for split, per_class in images.items():
+        only_here = sorted(set(per_class) - train)
+        if only_here:
+            only_train = sorted(train - set(per_class))
+            raise ValueError(
+                f"The class folders of split {split!r} in {name!r} differ from those of 'train': "
+                f"only in {split!r}: {', '.join(only_here)}; only in 'train': "
+                f"{', '.join(only_train) or 'none'}. Labels number the class folder names, so each "
+                f"class of {split!r} must also be a class of 'train': rename or move the folders.")
     return class_names
 
 
