@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # annotations only: this module needs no TensorFlow
+if TYPE_CHECKING:  # for annotations only: the split logic itself is NumPy
     from kdkeras.data.sources.base import DatasetInfo
 
 #: share of the training split held out as the test split when a dataset has none
