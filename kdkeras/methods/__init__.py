@@ -1,7 +1,7 @@
 """Distillation methods, one class per method; `get("kd")` builds one by name.
 
 Families: `logits` (KD), `soft_labels` (LSR, VirtualTeacher, WSL, DKD), `hints` (FitNet, AT, NST, FSP, VID, FT, AB),
-`relations` (RKD, PKT, SP, CC), `contrastive` (CRD); `features` holds
+`relations` (RKD, PKT, SP, CC), `contrastive` (CRD, its memory banks in `memory_bank`); `features` holds
 `FeatureMethod` and the tensor helpers the hint and relational methods share,
 `connectors` the small trainable adapters they use. `base` defines the
 contract every method follows (`Method`, `StepContext`).
@@ -19,10 +19,11 @@ from kdkeras.methods.base import (
     parse_method_args,
     register_method,
 )
-from kdkeras.methods.contrastive import CRD, ContrastMemory
+from kdkeras.methods.contrastive import CRD
 from kdkeras.methods.features import FeatureMethod
 from kdkeras.methods.hints import AB, AT, FSP, FT, NST, VID, FitNet
 from kdkeras.methods.logits import KD
+from kdkeras.methods.memory_bank import ContrastMemory
 from kdkeras.methods.relations import CC, PKT, RKD, SP
 from kdkeras.methods.soft_labels import DKD, LSR, WSL, VirtualTeacher
 
