@@ -34,9 +34,15 @@ print("loaded:", heavy)
 """
 
 
+def _env(**extra):
+    """This environment with this checkout first on the import path."""
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def test_analysis_and_the_results_page_load_no_tensorflow():
     proc = subprocess.run([sys.executable, "-c", TF_FREE], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT, "MPLBACKEND": "Agg"})
+                          cwd=ROOT, env=_env(MPLBACKEND="Agg"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "loaded: []" in proc.stdout, proc.stdout
 
@@ -44,7 +50,7 @@ def test_analysis_and_the_results_page_load_no_tensorflow():
 def test_the_issue_one_liner_passes():
     code = "import kdkeras.analysis, sys; assert 'tensorflow' not in sys.modules"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+                          cwd=ROOT, env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
