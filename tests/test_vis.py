@@ -36,7 +36,7 @@ def _cells(fig):
     """What each plot cell of `fig` draws (colour bars left out), read from its artists."""
     cells = []
     for ax in fig.axes:
-        if hasattr(ax, "_colorbar"):
+        if ax.get_label() == "<colorbar>":
             continue
         cells.append({
             "title": ax.get_title(), "ylabel": ax.get_ylabel(),
