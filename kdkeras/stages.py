@@ -161,7 +161,7 @@ def run_stages(
             with open(os.path.join(folder, "done.json"), "w") as f:
                 json.dump({"stage": stage.name, "epochs": stage.epochs, "history": history,
                            "seconds": seconds}, f, default=float)
-    _trainable(student, True)
+    student.trainable = True
     for stage in stages:
         for layer in [*stage.methods, *stage.frozen]:
             _trainable(layer, True)
@@ -172,7 +172,7 @@ def _set_trainable(student: keras.Model, stage: Stage) -> None:
     """The student and the stage's methods trainable as the stage says, then its
     frozen layers frozen (last: setting a layer's `trainable` resets its
     sublayers', and a frozen layer may share parts with a method)."""
-    _trainable(student, stage.train_student)
+    student.trainable = stage.train_student
     frozen = {id(layer) for layer in stage.frozen}
     for method in stage.methods:
         _trainable(method, id(method) not in frozen)
@@ -183,7 +183,8 @@ def _set_trainable(student: keras.Model, stage: Stage) -> None:
 def _trainable(layer: keras.layers.Layer, value: bool) -> None:
     """`layer.trainable = value`, sublayers included, even when the layer's own
     flag already holds `value` (TensorFlow's attribute tracking skips such an
-    assignment, which would leave a shared part frozen by another method)."""
+    assignment, which would leave a part it shares with a layer an earlier
+    stage froze frozen)."""
     keras.layers.Layer.trainable.fset(layer, value)
 
 
