@@ -277,6 +277,8 @@ def test_run_length_defaults_come_from_the_method_class(monkeypatch):
     args, added = experiment.run_length_args("kd+dkd", "kd.temperature=2")
     assert added == {"dkd": {"warmup_fraction": 0.5}} and args["kd"] == {"temperature": 2}
     assert experiment.run_length_args("kd", "")[1] == {"kd": {"temperature": 3.0}}
+    # names that are no method (bias_variance's "ce") are left to the caller
+    assert experiment.run_length_args("ce+dkd", "")[1] == {"dkd": {"warmup_fraction": 0.5}}
 
 
 # -- the teacher cache of a run --------------------------------------------------------------

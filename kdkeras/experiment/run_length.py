@@ -21,8 +21,9 @@ def run_length_args(method: str, method_args: str | dict | None) -> tuple[dict, 
     args = (methods_lib.parse_method_args(method_args) if not isinstance(method_args, dict)
             else {k: dict(v) for k, v in method_args.items()})
     names = dict.fromkeys(n.strip().lower() for n in str(method).split("+") if n.strip())
+    known = set(methods_lib.method_names())  # other names ("ce" of bias_variance) are the caller's
     added = {}
-    for name in names:
+    for name in (n for n in names if n in known):
         defaults, unless = _declared(name)
         own = args.get(name, {})
         if defaults and not any(key in own for key in unless):
