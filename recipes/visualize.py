@@ -49,10 +49,7 @@ def run(fv: flags.FlagValues):
     if fv.baseline:
         models["baseline"] = training.load_model(fv.baseline)
     models["student"] = training.load_model(fv.student)
-    config = experiment.RunConfig(
-        dataset=fv.dataset, data_dir=fv.data_dir, test_limit=fv.test_limit, train_limit=1,
-        batch_size=fv.batch_size, image_size=fv.image_size,
-        channels=int(fv.channels) if fv.channels else None, seed=fv.seed, output_dir=fv.output_dir)
+    config = recipe_utils.run_config(fv, train_limit=1)  # the data flags and --output_dir; no training
     h, w, c = models["student"].input_shape[1:]
     shape = (config.image_size or h, config.image_size or w, config.channels or c)
     data = experiment.setup_data(config, shape)

@@ -140,7 +140,7 @@ def test_the_distill_recipe_saves_nothing_after_a_nan(tmp_path, monkeypatch):
         train = data.train.map(lambda x, y: (tf.tensor_scatter_nd_update(x, [[0, 0, 0, 0]], [nan]), y))
         return dataclasses.replace(data, train=train)
 
-    monkeypatch.setattr(experiment, "setup_data", poisoned)
+    monkeypatch.setattr(experiment.run, "setup_data", poisoned)
     with pytest.raises(training.NonFiniteLossError, match="epoch 1, batch 1"):
         run_recipe("distill", "--teacher=none", "--method=lsr", f"--output_dir={tmp_path}", *TINY)
     assert not (tmp_path / "student.keras").exists() and not (tmp_path / "metrics.json").exists()

@@ -177,3 +177,128 @@ def test_noisy_labels_flip_the_seeded_fraction():
     assert noisy == rng.integers(0, 10, n).tolist()
     with pytest.raises(ValueError, match="1.5"):
         data_lib.noisy_labels(_indexed(n), n, 10, 1.5, seed)
+
+
+# -- settings declared once ------------------------------------------------------------------
+def _flagged():
+    from kdkeras.settings import flag_fields
+
+    return {f.name: (cls, f, meta) for cls in (experiment.RunConfig, experiment.DistillSpec)
+            for f, meta in flag_fields(cls)}
+
+
+def test_every_flagged_setting_is_a_flag_with_its_help_and_bound():
+    from kdkeras.settings import flag_kind
+
+    values = flags.FlagValues()
+    _define_all(values)
+    declared = _flagged()
+    assert set(values) == set(declared)  # each flag from one field, each flagged field a flag
+    assert not {"momentum", "verbose", "input_shape", "teacher_args", "saved_dir"} & set(values)
+    bounded = 0
+    for name, (cls, field, meta) in declared.items():
+        assert values[name].help.endswith(meta.help), name  # (an enum's help starts with its choices)
+        if meta.lower_bound is None:
+            continue
+        below = meta.lower_bound - (0.5 if flag_kind(cls, field) == "float" else 1)
+        with pytest.raises(flags.IllegalFlagValueError, match=name):
+            _parse(_define_all, f"--{name}={below:g}")
+        _parse(_define_all, f"--{name}={meta.lower_bound:g}")  # the bound itself is accepted
+        bounded += 1
+    assert bounded >= 10
+
+
+def test_flag_text_becomes_the_fields_value_and_the_cache_settings_keep_their_flag_names():
+    v = _parse(_define_all, "--channels=1", "--augment=on", "--teacher_cache=c", "--teacher_cache_views=2",
+               "--teacher_cache_storage=topk", "--teacher_cache_top_k=3", "--teacher_cache_max_gb=0.5",
+               "--rebuild_teacher_cache", "--teacher_cache_methods=kd,at")
+    config, spec = recipe_utils.run_config(v), recipe_utils.distill_spec(v)
+    assert (config.channels, config.augment) == (1, True)
+    assert (spec.teacher_cache, spec.teacher_cache_views, spec.teacher_cache_storage, spec.teacher_cache_top_k,
+            spec.teacher_cache_max_gb, spec.rebuild_teacher_cache, spec.teacher_cache_methods) == (
+        "c", 2, "topk", 3, 0.5, True, "kd,at")
+    assert recipe_utils.distill_spec(_parse(_define_all)).teacher_cache_methods == ""
+
+
+def test_an_unknown_override_is_refused_by_name():
+    v = _parse(_define_all, "--teacher_cache_views=3")
+    with pytest.raises(TypeError, match=r"DistillSpec setting\(s\) \['cache_views'\].*teacher_cache_views"):
+        recipe_utils.distill_spec(v, cache_views=2)
+    with pytest.raises(TypeError, match=r"\['epoch'\]"):
+        recipe_utils.run_config(v, epoch=2)
+    assert recipe_utils.distill_spec(v).teacher_cache_views == 3
+    assert recipe_utils.distill_spec(v, teacher_cache_views=2).teacher_cache_views == 2  # an override wins
+
+
+def test_a_recipe_with_only_some_shared_flags_gets_the_rest_from_the_defaults():
+    def define(fv):  # as recipes/visualize.py: the data flags and its own --output_dir
+        recipe_utils.define_data_flags(fv)
+        flags.DEFINE_string("output_dir", "runs/visual", "Where the report goes.", flag_values=fv)
+
+    config = recipe_utils.run_config(_parse(define, "--channels=3", "--seed=4"), train_limit=1)
+    assert (config.channels, config.seed, config.train_limit, config.output_dir) == (3, 4, 1, "runs/visual")
+    assert config.epochs == experiment.RunConfig().epochs and config.lr == experiment.RunConfig().lr
+    values = flags.FlagValues()
+    recipe_utils.define_method_flags(values)  # as recipes/qat_distill.py
+    values(["qat", "--method=kd+at"])
+    spec = recipe_utils.distill_spec(values)
+    assert spec.method == "kd+at" and spec.student == experiment.DistillSpec().student
+
+
+def test_the_resume_fingerprint_leaves_out_exactly_the_fields_marked_so():
+    import dataclasses
+
+    config, spec = experiment.RunConfig(), experiment.DistillSpec()
+    every = {f.name for part in (config, spec) for f in dataclasses.fields(part)}
+    left_out = {"output_dir", "verbose", "tensorboard", "run_eagerly", "overwrite", "strategy", "deterministic",
+                "sync_batchnorm", "baseline", "saved_dir", "teacher_cache_max_gb", "rebuild_teacher_cache",
+                "teacher_cache_methods"}
+    settings = experiment.run_settings(config, spec, {"model": "resnet8"})
+    assert set(settings) == (every - left_out) | {"model"}
+    for name, value in (("rebuild_teacher_cache", True), ("teacher_cache_methods", "at"), ("baseline", True)):
+        assert experiment.run_settings(config, dataclasses.replace(spec, **{name: value})) == \
+            experiment.run_settings(config, spec)
+    changed = experiment.run_settings(config, dataclasses.replace(spec, teacher_cache_views=2))
+    assert changed["teacher_cache_views"] == 2
+
+
+# -- run-length defaults --------------------------------------------------------------------
+def test_run_length_defaults_come_from_the_method_class(monkeypatch):
+    from kdkeras.methods import DKD, KD
+
+    assert experiment.run_length_args("dkd", "")[1] == {"dkd": {"warmup_fraction": pytest.approx(1 / 12)}}
+    monkeypatch.setattr(DKD, "run_length_defaults", {"warmup_fraction": 0.5})
+    assert experiment.run_length_args("kd+dkd", "")[1] == {"dkd": {"warmup_fraction": 0.5}}
+    assert experiment.run_length_note("dkd", {"warmup_fraction": 0.5}, 5) == (
+        "dkd: scaled to the run's length (5 epochs): {'warmup_fraction': 0.5} "
+        "(set dkd.warmup_epochs or warmup_fraction to fix it instead)")
+    # any class that declares one gets it, left unset when the user gives one of its arguments
+    monkeypatch.setattr(KD, "run_length_defaults", {"temperature": 3.0})
+    args, added = experiment.run_length_args("kd+dkd", "kd.temperature=2")
+    assert added == {"dkd": {"warmup_fraction": 0.5}} and args["kd"] == {"temperature": 2}
+    assert experiment.run_length_args("kd", "")[1] == {"kd": {"temperature": 3.0}}
+    # names that are no method (bias_variance's "ce") are left to the caller
+    assert experiment.run_length_args("ce+dkd", "")[1] == {"dkd": {"warmup_fraction": 0.5}}
+
+
+# -- the teacher cache of a run --------------------------------------------------------------
+def test_a_run_cache_leaves_the_methods_alone_and_serves_a_method_its_build_did_not_name(folder, tmp_path):
+    from kdkeras.methods import AT, NST
+
+    config = _config(folder, tmp_path)
+    data = experiment.setup_data(config, with_index=True)
+    teacher = tiny_cnn(width=6, num_classes=CLASSES, input_shape=(8, 8, 3), name="teacher")
+    at = AT()
+    cache = experiment.teacher_cache_for(str(tmp_path / "cache" / "train"), teacher, [at], data,
+                                         data.info.train_split)
+    assert at.teacher_layers is None  # the run layer resolves taps for the cache, never on the method
+    assert cache.method_taps == {"at": at.default_taps(teacher, "teacher")}
+    # NST taps the same layers: the AT cache serves it (named for it in the run's view of the cache)
+    nst = NST()
+    spec = experiment.DistillSpec(teacher="t", teacher_cache=str(tmp_path / "cache"))
+    cached = experiment.with_teacher_cache(
+        spec, config, experiment.Teacher(teacher, None, "t", input_shape=(8, 8, 3)), [nst], data)
+    assert nst.teacher_layers is None and cached.train_cache.method_taps["nst"] == cache.method_taps["at"]
+    student = tiny_cnn(width=3, num_classes=CLASSES, input_shape=(8, 8, 3), name="student")
+    out = experiment.distill(None, student, [nst], cached.data, config, teacher_cache=cached.train_cache)
+    assert np.isfinite(out["history"]["nst"]).all()

@@ -48,7 +48,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one_and_reports_every_epoch(tmp_p
     run_recipe("distill", *TWO_EPOCHS, f"--output_dir={tmp_path / 'again'}")
     callbacks_for = training.callbacks_for
     with monkeypatch.context() as patch:
-        patch.setattr(training, "callbacks_for", lambda *a, **k: callbacks_for(*a, **k) + [Crash(1)])
+        patch.setattr(training.fitting, "callbacks_for", lambda *a, **k: callbacks_for(*a, **k) + [Crash(1)])
         with pytest.raises(KeyboardInterrupt):
             run_recipe("distill", *TWO_EPOCHS, f"--output_dir={tmp_path / 'b'}")
     assert (tmp_path / "b" / "backup").exists() and not (tmp_path / "b" / "metrics.json").exists()
@@ -76,13 +76,13 @@ def test_a_crash_in_the_baseline_keeps_the_finished_distillation(tmp_path, monke
         return fit(*a, tag=tag, **k)
 
     with monkeypatch.context() as patch:
-        patch.setattr(experiment, "fit", crash_in_baseline)
+        patch.setattr(experiment.run, "fit", crash_in_baseline)
         with pytest.raises(KeyboardInterrupt):
             run_recipe("distill", *args)
     done = json.loads((tmp_path / "distill_done.json").read_text())
     first = _weights(tmp_path / "student.keras")
     with monkeypatch.context() as patch:
-        patch.setattr(experiment, "distill", lambda *a, **k: pytest.fail("the distillation ran again"))
+        patch.setattr(experiment.run, "distill", lambda *a, **k: pytest.fail("the distillation ran again"))
         run = run_recipe("distill", *args)
     assert run.metrics["student_top1"] == done["top1"] and "baseline_top1" in run.metrics
     for w0, w1 in zip(first, run.student.get_weights()):
@@ -123,7 +123,7 @@ def test_an_interrupted_backup_never_loads_as_valid(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated crash between the renames")
         os.replace(src, dst)
 
-    monkeypatch.setattr(training.os, "rename", failing_rename)
+    monkeypatch.setattr(os, "rename", failing_rename)
     with pytest.raises(KeyboardInterrupt):
         callback._save_model()
     monkeypatch.undo()

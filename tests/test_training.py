@@ -1,4 +1,4 @@
-"""Unit tests of kdkeras/training.py: schedules, optimisers, strategies,
+"""Unit tests of kdkeras/training/: schedules, optimisers, strategies,
 dataset helpers, evaluation, JSON output, model loading, seeding and fitting."""
 
 import json

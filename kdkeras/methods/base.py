@@ -16,7 +16,8 @@ names a method:
 * `default_taps` / `gradient_keys`: what the networks must output;
 * `init_stages()`, `in_main_stage`: the stages its paper trains before the
   main one (FT, AB, FSP), as `InitStage` data that `kdkeras.stages` runs;
-* `default_weight`, `default_student_loss_weight`: its published weights.
+* `default_weight`, `default_student_loss_weight`: its published weights;
+* `run_length_defaults`: epoch-counted arguments the recipes scale with the run.
 """
 
 from __future__ import annotations
@@ -159,6 +160,12 @@ class Method(keras.layers.Layer):
     #: False for methods that read only the teacher's tapped features: when no
     #: method reads its logits, training runs the teacher only up to its last tap
     uses_teacher_logits: bool = True
+    #: arguments the run layer sets from the run's length instead of an epoch count
+    #: fixed for the paper's schedule ({argument: value}; DKD's warm-up as a fraction
+    #: of the run), unless the user's method arguments give one of `run_length_unless`
+    #: (default: the keys of `run_length_defaults`)
+    run_length_defaults: dict = {}
+    run_length_unless: tuple = ()
     #: keys of the sub-terms `compute_loss` returns as a dict (logged each)
     log_keys: tuple = ()
     #: taps (or `keys.INPUT_TAP`) whose CE-loss gradient the method reads, as

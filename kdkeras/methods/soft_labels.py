@@ -237,6 +237,11 @@ class DKD(Method):
 
     default_weight = 1.0
     log_keys = ("tckd", "nckd")
+    #: the recipes' warm-up: the published 20 of 240 epochs as a twelfth of any run (the
+    #: class's own 20 epochs would leave a 5-epoch run at a quarter of the term), unless
+    #: the user fixes warmup_epochs or warmup_fraction
+    run_length_defaults = {"warmup_fraction": 20 / 240}
+    run_length_unless = ("warmup_epochs", "warmup_fraction")
 
     def __init__(
         self,

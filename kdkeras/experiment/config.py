@@ -1,0 +1,151 @@
+"""The two configs of a run, each setting declared once: `RunConfig` (data, budget,
+output folder) and `DistillSpec` (teacher, student, methods, teacher cache).
+
+Each field is a `kdkeras.settings.setting`: its help and bounds make the recipes'
+flag of the same name (`recipe_utils`), `parse` turns the flag's text into the
+field's value, and `fingerprint=False` leaves it out of the settings a resumed run
+must share (`run_settings`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from kdkeras import training
+from kdkeras.cache.layout import STORAGES
+from kdkeras.methods.base import parse_kwargs
+from kdkeras.settings import setting
+
+#: teacher specs that mean "no teacher" (teacher-free methods)
+NO_TEACHER = ("", "none")
+#: --augment's text -> RunConfig.augment
+AUGMENT = {"auto": None, "on": True, "off": False}
+
+
+def _channels(text: str | None) -> int | None:
+    return None if text is None else int(text)
+
+
+def _joined(names: list | None) -> str:
+    return ",".join(names or [])
+
+
+@dataclass
+class RunConfig(training.TrainConfig):
+    """Data, training budget and output folder shared by every run of a recipe:
+    the optimiser and schedule settings of `TrainConfig` (epochs, lr, optimizer,
+    schedule, weight_decay, momentum, strategy, tensorboard, verbose,
+    run_eagerly, sync_batchnorm) plus the data and where results go.
+
+    `augment=None` takes the data set's default (on, except (fashion_)mnist);
+    `image_size`/`channels` of `None` keep the data's own unless a model fixes
+    the input.
+    """
+
+    dataset: str = setting(
+        "fashion_mnist", group="data",
+        help="A tensorflow-datasets name (cifar100, ...), 'fashion_mnist' (offline from Debian's "
+             "dataset-fashion-mnist when tfds cannot download) or folder:/path (root/split/class/*.jpg|png, "
+             "or root/class/*.jpg|png).")
+    data_dir: str | None = setting(None, help="tfds data_dir (or the IDX folder for fashion_mnist).", group="data")
+    train_limit: int | None = setting(None, help="Use only the first N training examples (quick runs).",
+                                      group="data", lower_bound=1)
+    test_limit: int | None = setting(None, help="Use only the first N test examples.", group="data",
+                                     lower_bound=1)
+    batch_size: int = setting(64, help="Global batch size (split across replicas).", group="data",
+                              lower_bound=1)
+    image_size: int | None = setting(
+        None, help="Resize images to this square size (default: the data's, or the teacher's input).",
+        group="data", lower_bound=1)
+    channels: int | None = setting(None, help="Convert images to 1 or 3 channels (default: the data's).",
+                                   group="data", choices=("1", "3"), parse=_channels)
+    augment: bool | None = setting(
+        None, group="data", choices=tuple(AUGMENT), flag_default="auto", parse=AUGMENT.__getitem__,
+        help="Pad-4 random crop + flip on the training split; auto = on except for (fashion_)mnist.")
+    seed: int = setting(0, help="Random seed (weights, shuffling, augmentation).", group="data")
+    output_dir: str = setting("runs/out", help="Where models, metrics and reports are written.", group="train",
+                              fingerprint=False)
+    overwrite: bool = setting(
+        False, group="train", fingerprint=False,
+        help="Start fresh in a reused --output_dir: drop the backups and finished stages an earlier run left "
+             "there (without it, a resume with other settings is refused).")
+    deterministic: bool = setting(
+        False, group="train", fingerprint=False,
+        help="Deterministic TensorFlow kernels (tf.config.experimental.enable_op_determinism): the same "
+             "command and seed give the same weights on GPU too, at some speed. CPU runs are deterministic "
+             "without it.")
+
+    def train_config(self, epochs: int | None = None) -> training.TrainConfig:
+        """The optimiser/schedule settings for a run of `epochs` (default: this config's)."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(training.TrainConfig)}
+        return training.TrainConfig(**{**shared, "epochs": self.epochs if epochs is None else int(epochs)})
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class DistillSpec:
+    """Who teaches whom, how: the part of a distillation run beyond data and budget.
+
+    `teacher`: a `.keras` path, a zoo name (trained for `teacher_epochs`, or
+    found in `saved_dir`), or "none". `method`: a registry name or a `+` mix,
+    `method_args` per-method overrides (`"kd.temperature=2"` or a dict).
+    `input_shape` (H, W, C) fixes both networks' input (the teacher is
+    adapted to it); by default a saved teacher's input is used.
+    """
+
+    teacher: str | None = setting(None, help="Path to a .keras teacher, a zoo name to train first, or 'none'.",
+                                  group="distill")
+    student: str = setting("resnet8", help="Zoo name of the student.", group="distill")
+    student_args: dict = setting(
+        default_factory=dict, group="distill", kind="string", flag_default="", parse=parse_kwargs,
+        help="Zoo kwargs for the student, e.g. 'width_multiplier=0.5,dropout=0.1'.")
+    method: str = setting("kd", help="Method name or '+' combination, e.g. kd, kd+at, crd.", group="method")
+    method_args: str | dict = setting("", help="Per-method overrides: 'kd.temperature=2,at.weight=500'.",
+                                      group="method", kind="string")
+    student_loss_weight: float | None = setting(
+        None, group="method", lower_bound=0.0,
+        help="Weight of the student's cross-entropy; default: the methods' own (KD 0.1, LSR 0, others 1; a "
+             "mix takes the smallest).")
+    teacher_epochs: int = setting(10, help="Epochs when --teacher is a zoo name trained here.", group="distill",
+                                  lower_bound=1)
+    teacher_args: dict = setting(default_factory=dict, help="Zoo kwargs of a teacher trained here.")
+    init_epochs: int | None = setting(
+        None, group="distill", lower_bound=1,
+        help="Epochs of the initialisation stage of FT/AB/FSP (default: a quarter of --epochs, at least 1).")
+    baseline: bool = setting(
+        False, group="distill", fingerprint=False,
+        help="Also train the student alone on the same budget and initial weights (baseline_top1).")
+    bn_momentum: float | None = setting(None, help="Momentum of every BatchNorm of both networks (None: "
+                                                   "the models' own).")
+    input_shape: tuple | None = setting(None, help="(H, W, C) of both networks (None: a saved teacher's).")
+    saved_dir: str | None = setting(None, help="Folder of trained zoo teachers, <dataset>_<name>/model.keras.",
+                                    fingerprint=False)
+    teacher_cache: str | None = setting(
+        None, group="cache",
+        help="Folder of a teacher-output cache: built when missing (the teacher runs once per example and "
+             "view), reused when it matches the teacher, data and taps, refused when stale. Training then "
+             "runs no teacher.")
+    teacher_cache_views: int | None = setting(
+        None, group="cache", lower_bound=1,
+        help="Views (epochs' batches) cached per example (default: --epochs, exact; 1 is cheaper for "
+             "un-augmented data, and within float rounding of the online teacher); fewer than the epochs "
+             "cycle.")
+    teacher_cache_storage: str = setting(
+        "float32", group="cache", choices=STORAGES,
+        help="float32, float16, or topk (logits only: the k largest, the rest's mass spread evenly; taps "
+             "stay float32).")
+    teacher_cache_top_k: int | None = setting(None, help="k of --teacher_cache_storage=topk.", group="cache",
+                                              lower_bound=1)
+    teacher_cache_max_gb: float | None = setting(
+        None, help="Refuse to build a cache larger than this (GiB).", group="cache", lower_bound=0.0,
+        fingerprint=False)
+    rebuild_teacher_cache: bool = setting(
+        False, help="Replace a stale teacher cache instead of refusing it.", group="cache", fingerprint=False)
+    teacher_cache_methods: str = setting(
+        "", group="cache", kind="list", flag_default=[], parse=_joined, fingerprint=False,
+        help="More methods whose teacher taps the cache also holds (e.g. at,fitnet,rkd): the first run of a "
+             "sweep builds one cache that every later run of it reads.")

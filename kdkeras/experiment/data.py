@@ -1,0 +1,107 @@
+"""The data of a run: train and test pipelines at one input size (a saved teacher's
+input wins over --image_size/--channels, said aloud), the training split replayed
+epoch by epoch so that a resume or a teacher cache rebuilds any epoch exactly."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from kdkeras import data as data_lib
+from kdkeras import training
+from kdkeras.experiment.config import RunConfig
+
+
+@dataclass
+class DataSetup:
+    """The train/test pipelines and what models need to know about them."""
+
+    info: data_lib.DatasetInfo
+    train: Any
+    test: Any
+    input_shape: tuple
+    num_train: int
+    config: RunConfig
+    #: the epoch clock of the replayed training pipeline (None for other data)
+    clock: data_lib.ReplayClock | None = None
+
+    def callbacks(self) -> list:
+        """What `fit` needs to keep the training pipeline's epochs in step (resumes)."""
+        return [self.clock.callback()] if self.clock is not None else []
+
+    @property
+    def train_augment(self) -> bool:
+        """Whether the training split is augmented."""
+        c = self.config
+        return data_lib.default_augment(self.info, self.info.train_split) if c.augment is None else c.augment
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    def load(self, split: str | None = None, **overrides: Any):
+        """Another pipeline of this data at the same size and channels (e.g. the
+        training split un-augmented for int8 calibration, or with its index)."""
+        c = self.config
+        kwargs = dict(
+            batch_size=c.batch_size, image_size=self.input_shape[:2], channels=self.input_shape[2],
+            data_dir=c.data_dir, seed=c.seed, augment=c.augment, limit=c.train_limit,
+        )
+        kwargs.update(overrides)
+        return data_lib.load(c.dataset, split or self.info.train_split, **kwargs)
+
+
+def setup_data(
+    config: RunConfig,
+    input_shape: Sequence[int] | None = None,
+    with_index: bool = False,
+    shuffle_train: bool = True,
+) -> DataSetup:
+    """Train/test pipelines for `config`; an `input_shape` (H, W, C), e.g. a
+    loaded teacher's, wins over the data's own size and channels."""
+    info = data_lib.info(config.dataset, data_dir=config.data_dir)
+    h, w, c = info.image_shape
+    if config.image_size:
+        h = w = config.image_size
+    if config.channels:
+        c = config.channels
+    if input_shape is not None:
+        _warn_overridden(config, input_shape)
+        h, w, c = input_shape
+    if h is None or w is None:
+        raise ValueError(
+            f"Images of {config.dataset!r} vary in size; set image_size (--image_size=N) to resize them."
+        )
+    common = dict(
+        batch_size=config.batch_size, image_size=(h, w), channels=c,
+        data_dir=config.data_dir, seed=config.seed,
+    )
+    # Replayed epochs: shuffle order and crops are functions of (seed, epoch, index),
+    # so a resumed run or a teacher cache rebuilds any epoch exactly.
+    clock = data_lib.ReplayClock()
+    train = data_lib.load(
+        config.dataset, info.train_split, augment=config.augment, limit=config.train_limit,
+        with_index=with_index, shuffle=shuffle_train, replay=clock, **common,
+    )
+    test = data_lib.load(config.dataset, info.test_split, limit=config.test_limit, **common)
+    num_train = info.splits.get(info.train_split) or training.steps_in(train) * config.batch_size
+    if config.train_limit:
+        num_train = min(num_train, config.train_limit)
+    return DataSetup(info, train, test, (h, w, c), int(num_train), config, clock)
+
+
+def _warn_overridden(config: RunConfig, input_shape: Sequence[int]) -> None:
+    """Say so when image_size/channels asked for are replaced by a model's input."""
+    h, w, c = input_shape
+    asked = []
+    if config.image_size and (config.image_size, config.image_size) != (h, w):
+        asked.append(f"image_size={config.image_size}")
+    if config.channels and config.channels != c:
+        asked.append(f"channels={config.channels}")
+    if asked:
+        warnings.warn(
+            f"{' and '.join(asked)} ignored: the model (a saved teacher) fixes the input to "
+            f"{h}x{w}x{c}, so the data is read at {h}x{w} with {c} channel(s). Drop the flag, or give "
+            "a teacher built for that input.", stacklevel=3)
+        print(f"WARNING: {' and '.join(asked)} ignored; the teacher's input {h}x{w}x{c} is used.")

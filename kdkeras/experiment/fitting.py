@@ -1,0 +1,95 @@
+"""Training within a run: `fit` (a logits model or a Distiller, its test top-1
+measured) and `distill` (the methods' CE weight, their init stages when they have any)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+
+from kdkeras import cache as cache_lib
+from kdkeras import methods as methods_lib
+from kdkeras import training
+from kdkeras.distiller import Distiller
+from kdkeras.experiment.config import RunConfig
+from kdkeras.experiment.data import DataSetup
+from kdkeras.stages import default_stages, needs_init_stage, run_stages
+
+
+def fit(model: keras.Model, train_ds, test_ds, config: training.TrainConfig,
+        output_dir: str | None = None, tag: str = "run", callbacks: Sequence = ()) -> dict:
+    """Compile and fit a logits model or a Distiller; return the trained network's
+    `history`, `train_seconds` and test `top1`."""
+    distiller = training.is_distiller(model)  # a Distiller reads the index; a plain model does not
+    history, seconds = training.compile_and_fit(
+        model, train_ds if distiller else training.drop_index(train_ds),
+        test_ds if distiller else training.drop_index(test_ds),
+        config, output_dir, tag=tag, callbacks=callbacks,
+    )
+    network = model.student if distiller else model
+    return {"history": history, "train_seconds": seconds,
+            "top1": training.evaluate_top1(network, test_ds)}
+
+
+def distill(
+    teacher: keras.Model | None,
+    student: keras.Model,
+    methods: Sequence[methods_lib.Method],
+    data: DataSetup,
+    config: RunConfig,
+    *,
+    student_loss_weight: float | None = None,
+    init_epochs: int | None = None,
+    tag: str = "distill",
+    strategy=None,
+    teacher_cache: cache_lib.TeacherCache | None = None,
+) -> dict:
+    """Distil `student` from `teacher` through `methods` on `data`.
+
+    `student_loss_weight=None` takes the methods' own default (KD 0.1, LSR 0,
+    ...). Methods with an initialisation stage (FT, AB, FSP) get it first, for
+    `init_epochs` (default a quarter of the epochs, at least 1), each stage
+    saved under `output_dir/stages` and skipped when rerun. With a
+    `teacher_cache` (and `data` read with it) `teacher` may be None. Returns `history`
+    (with `stages` when staged), `train_seconds`, `top1` and the
+    `student_loss_weight` used.
+    """
+    strategy = strategy or training.get_strategy("default")
+    methods = list(methods)
+    weight = (methods_lib.default_student_loss_weight(methods)
+              if student_loss_weight is None else float(student_loss_weight))
+    train_config = config.train_config()
+    if init_epochs is not None and (isinstance(init_epochs, bool) or not isinstance(init_epochs, int)
+                                    or init_epochs < 1):
+        raise ValueError(f"init_epochs must be None (a quarter of the epochs) or an int >= 1, "
+                         f"got {init_epochs!r}.")
+    if not needs_init_stage(methods):
+        with strategy.scope():
+            distiller = Distiller(teacher, student, methods, student_loss_weight=weight,
+                                  teacher_cache=teacher_cache)
+            out = fit(distiller, data.train, data.test, train_config, config.output_dir, tag=tag,
+                      callbacks=data.callbacks())
+        return {**out, "student_loss_weight": weight}
+    init_epochs = init_epochs or max(1, config.epochs // 4)
+    stages = default_stages(methods, init_epochs, config.epochs, weight)
+    steps = training.steps_in(data.train)
+
+    def optimizer_fn(stage):
+        return training.make_optimizer(
+            train_config.optimizer, train_config.lr, steps * max(stage.epochs, 1),
+            train_config.schedule, train_config.momentum, train_config.weight_decay,
+        )
+
+    with strategy.scope():
+        histories = run_stages(
+            teacher, student, stages, data.train, data.test, optimizer_fn, config.output_dir,
+            verbose=config.verbose, compile_kwargs={"run_eagerly": config.run_eagerly},
+            callbacks=data.callbacks() + [training.StopOnNonFiniteLoss()], teacher_cache=teacher_cache,
+            sync_batchnorm=train_config.sync_batchnorm,
+        )
+    seconds = histories.total_seconds  # every stage, over every process (a resumed run counts both)
+    history = histories["main"]
+    history["stages"] = {k: v for k, v in histories.items() if k != "main"}
+    return {"history": history, "train_seconds": seconds,
+            "top1": training.evaluate_top1(student, data.test), "student_loss_weight": weight,
+            "init_epochs": init_epochs}

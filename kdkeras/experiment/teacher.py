@@ -1,0 +1,106 @@
+"""Models of a run: zoo models built for the data and seeded, and the teacher
+loaded (adapted to the data's input) or trained here."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import keras
+
+from kdkeras import models as models_lib
+from kdkeras import training
+from kdkeras.experiment.config import NO_TEACHER
+from kdkeras.experiment.data import DataSetup
+from kdkeras.experiment.fitting import fit
+
+
+def is_model_path(spec: str) -> bool:
+    """True when `spec` names a saved model file rather than a zoo name."""
+    return spec.endswith(".keras") or os.path.sep in spec or os.path.exists(spec)
+
+
+def model_input_shape(path: str) -> tuple:
+    """The (H, W, C) input of a saved model."""
+    return tuple(training.load_model(path).input_shape[1:])
+
+
+def build_model(
+    name: str, data: DataSetup, seed: int | None = None, bn_momentum: float | None = None,
+    **kwargs: Any,
+) -> keras.Model:
+    """A zoo model for the data's input and classes, seeded (equal seeds give equal
+    initial weights, for fair baselines); `bn_momentum` set on every BatchNorm."""
+    training.seeded(seed)
+    model = models_lib.get(name, data.input_shape, data.num_classes, **kwargs)
+    return models_lib.set_bn_momentum(model, bn_momentum)
+
+
+@dataclass
+class Teacher:
+    """A loaded or freshly trained teacher: the model, its test top-1 and its file."""
+
+    model: keras.Model | None
+    #: None until known (a cached run reads it from its test-split cache)
+    top1: float | None
+    source: str
+    trained_epochs: int | None = None
+    params: int | None = None
+    input_shape: tuple | None = None
+
+    def require_model(self) -> keras.Model:
+        """The teacher model, loaded again from its file when a teacher cache let it go."""
+        if self.model is None:
+            model = training.load_model(self.source)
+            self.model = models_lib.adapt_input(model, self.input_shape) if self.input_shape else model
+        return self.model
+
+
+def get_teacher(
+    spec: str | None,
+    data: DataSetup,
+    *,
+    epochs: int = 10,
+    seed: int | None = None,
+    build_kwargs: dict | None = None,
+    bn_momentum: float | None = None,
+    saved_dir: str | None = None,
+    strategy=None,
+    evaluate: bool = True,
+) -> Teacher | None:
+    """Load or train the teacher named by `spec`; `None` for "none".
+
+    `spec` is a saved `.keras` path (fed the data's images, resized and
+    channel-converted inside the model when its input differs) or a zoo name:
+    with `saved_dir`, `saved_dir/<dataset>_<name>/model.keras` is used when it
+    exists; otherwise the zoo model is trained for `epochs` and saved as
+    `output_dir/teacher.keras`. `evaluate=False` leaves its top-1 unknown (None),
+    e.g. for a run whose teacher cache already records it.
+    """
+    if spec is None or spec.strip().lower() in NO_TEACHER:
+        return None
+    config = data.config
+    strategy = strategy or training.get_strategy("default")
+    saved = os.path.join(saved_dir, f"{config.dataset}_{spec}", "model.keras") if saved_dir else None
+    if saved and os.path.exists(saved):
+        spec = saved
+    trained_epochs = None
+    with strategy.scope():
+        if is_model_path(spec):
+            print(f"Loading teacher {spec}")
+            teacher = models_lib.adapt_input(training.load_model(spec), data.input_shape)
+            source = spec
+        else:
+            seed = config.seed + 1000 if seed is None else seed
+            teacher = build_model(spec, data, seed=seed, bn_momentum=bn_momentum, **(build_kwargs or {}))
+            print(f"Training teacher {spec} ({teacher.count_params():,} params) for {epochs} epochs")
+            fit(teacher, data.train, data.test, config.train_config(epochs), config.output_dir,
+                tag="teacher", callbacks=data.callbacks())
+            source = os.path.join(config.output_dir, "teacher.keras")
+            teacher.save(source)
+            trained_epochs = epochs
+    top1 = None
+    if evaluate:
+        top1 = training.evaluate_top1(teacher, data.test)
+        print(f"teacher top1={top1:.4f}")
+    return Teacher(teacher, top1, source, trained_epochs, teacher.count_params(), tuple(data.input_shape))
