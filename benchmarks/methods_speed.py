@@ -88,11 +88,7 @@ STUDENT_LOSS_WEIGHT = 0.5  # of the FitNet-vs-Keras group (Keras' weight must be
 
 def all_method_names() -> list[str]:
     """Every registered method once (aliases dropped), KD aside, plus the extra modes."""
-    by_class = {}
-    for name in kdkeras.methods.method_names():
-        cls = type(kdkeras.methods.from_spec(name, num_examples=1)[0])
-        by_class.setdefault(cls, getattr(cls, "_registered_name", None) or name)
-    return [n for n in by_class.values() if n != "kd"] + list(MODES)
+    return [n for n in kdkeras.methods.registered_methods() if n != "kd"] + list(MODES)
 
 
 def build(name: str, seed: int) -> keras.Model:
@@ -175,7 +171,8 @@ def keras_variants(batch):
         weight=1.0 - STUDENT_LOSS_WEIGHT)
     ours = compiled(kdkeras.Distiller(teacher, build(FLAGS.feature_student, 4), [fitnet],
                                       STUDENT_LOSS_WEIGHT))
-    (t_layer,), (s_layer,) = fitnet.teacher_layers, fitnet.student_layers
+    taps = ours.plan.entry(fitnet)
+    (t_layer,), (s_layer,) = taps.teacher, taps.student
     t_shape = teacher.get_layer(t_layer).output.shape
     student = build(FLAGS.feature_student, 4)
     s_shape = student.get_layer(s_layer).output.shape

@@ -41,6 +41,7 @@ from kdkeras import models as models_lib
 from kdkeras import training
 from kdkeras.distiller import Distiller
 from kdkeras.stages import default_stages, needs_init_stage, run_stages
+from kdkeras.tap_plan import plan_taps
 from kdkeras.weak_teacher import (  # noqa: F401  (part of the run layer's API)
     MOSTLY_DISTILLED_CE_WEIGHT, WEAK_TEACHER_MARGIN, teacher_margin, weak_teacher_warning,
 )
@@ -627,7 +628,8 @@ def run_distillation(config: RunConfig, spec: DistillSpec, command: str | None =
         "lr": config.lr,
         "seed": config.seed,
         "student_loss_weight": weight,
-        "method_settings": methods_lib.method_settings(methods),
+        "method_settings": methods_lib.method_settings(
+            methods, plan_taps(methods, teacher.model if teacher else None, student, train_cache)),
         "train_seconds": result["train_seconds"],
         "history": result["history"],
         "command": command or command_line(),

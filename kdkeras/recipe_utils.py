@@ -16,7 +16,7 @@ from absl import app, flags
 from kdkeras import training
 from kdkeras.cache.layout import STORAGES
 from kdkeras.experiment import DistillSpec, RunConfig
-from kdkeras.methods.base import parse_kwargs
+from kdkeras.methods.registry import parse_kwargs
 
 AUGMENT = {"auto": None, "on": True, "off": False}
 

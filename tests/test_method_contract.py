@@ -15,6 +15,7 @@ import kdkeras
 from kdkeras import distiller as distiller_lib
 from kdkeras import keys
 from kdkeras import stages as stages_lib
+from kdkeras import tap_plan as tap_plan_lib
 from kdkeras.methods import (
     KD,
     Method,
@@ -24,7 +25,7 @@ from kdkeras.methods import (
     method_names,
     parse_method_args,
 )
-from kdkeras.methods import base as methods_base
+from kdkeras.methods import registry as methods_registry
 from kdkeras.stages import default_stages, needs_init_stage, run_stages
 from tests.helpers import tiny_cnn, tiny_data
 
@@ -135,11 +136,11 @@ def test_init_stages_merge_by_name_and_part_only_stages_run_first():
 
 
 def test_stages_and_distiller_name_no_method():
-    """`stages.py` and `distiller.py` (code, not prose) use no method class,
-    registered name or method-specific stage value."""
-    banned = {cls.__name__ for cls in methods_base._REGISTRY.values()}
+    """`stages.py`, `distiller.py` and `tap_plan.py` (code, not prose) use no method
+    class, registered name or method-specific stage value."""
+    banned = {cls.__name__ for cls in methods_registry._REGISTRY.values()}
     banned |= set(method_names()) | {"paraphraser", "transfer", "has_init_stage"}
-    for module in (stages_lib, distiller_lib):
+    for module in (stages_lib, distiller_lib, tap_plan_lib):
         tree = ast.parse(inspect.getsource(module))
         docstrings = {
             id(node.body[0].value) for node in ast.walk(tree)
@@ -221,24 +222,10 @@ class ContextProbe(Method):
         }
 
 
-class LegacyProbe(Method):
-    """Test-only, weight 0: a method written before `StepContext`."""
-
-    default_weight = 0.0
-    log_keys = ("training", "has_index")
-    requires_teacher = False
-
-    def compute_loss(self, teacher, student, y, index=None, training=False):
-        return {
-            "training": ops.convert_to_tensor(float(training)),
-            "has_index": ops.convert_to_tensor(float(index is not None)),
-        }
-
-
 def test_step_context_gives_the_fitted_epoch_run_length_and_flags():
-    probe, legacy = ContextProbe(), LegacyProbe()
+    probe = ContextProbe()
     assert not hasattr(probe, "epoch")  # nothing injected into the method
-    d = kdkeras.Distiller(None, tiny_cnn(width=4, name="student"), [probe, legacy])
+    d = kdkeras.Distiller(None, tiny_cnn(width=4, name="student"), [probe])
     d.compile(optimizer="sgd")
     x, y = tiny_data(16)
     inputs = {keys.IMAGE: x, keys.INDEX: np.arange(16)}
@@ -247,8 +234,6 @@ def test_step_context_gives_the_fitted_epoch_run_length_and_flags():
     assert hist["context_probe_epochs"] == [3.0, 3.0, 3.0]
     assert hist["context_probe_training"] == [1.0] * 3 and hist["val_context_probe_training"] == [0.0] * 3
     assert hist["context_probe_has_index"] == [1.0] * 3 and hist["val_context_probe_has_index"] == [0.0] * 3
-    assert hist["legacy_probe_training"] == [1.0] * 3 and hist["val_legacy_probe_training"] == [0.0] * 3
-    assert hist["legacy_probe_has_index"] == [1.0] * 3 and hist["val_legacy_probe_has_index"] == [0.0] * 3
     hist = d.fit(inputs, y, batch_size=8, epochs=5, initial_epoch=3, verbose=0).history
     assert hist["context_probe_epoch"] == [3.0, 4.0] and hist["context_probe_epochs"] == [5.0, 5.0]
 
@@ -275,7 +260,7 @@ def test_default_student_loss_weight(spec, want):
 
 def test_every_method_declares_a_student_loss_weight():
     for name in method_names():
-        value = methods_base._REGISTRY[name].default_student_loss_weight
+        value = methods_registry.method_class(name).default_student_loss_weight
         assert isinstance(value, float) and 0.0 <= value <= 1.0, name
 
 

@@ -4,7 +4,8 @@ Families: `logits` (KD), `soft_labels` (LSR, VirtualTeacher, WSL, DKD), `hints` 
 `relations` (RKD, PKT, SP, CC), `contrastive` (CRD); `features` holds
 `FeatureMethod` and the tensor helpers the hint and relational methods share,
 `connectors` the small trainable adapters they use. `base` defines the
-contract every method follows (`Method`, `StepContext`).
+contract every method follows (`Method`, `StepContext`); `registry` the names
+methods are built by (`get`, `from_spec`, `registered_methods`).
 """
 
 from kdkeras.methods import connectors
@@ -12,23 +13,29 @@ from kdkeras.methods.base import (
     Method,
     StepContext,
     default_student_loss_weight,
-    from_spec,
-    get,
-    method_names,
     method_settings,
-    parse_method_args,
-    register_method,
 )
 from kdkeras.methods.contrastive import CRD, ContrastMemory
 from kdkeras.methods.features import FeatureMethod
 from kdkeras.methods.hints import AB, AT, FSP, FT, NST, VID, FitNet
 from kdkeras.methods.logits import KD
+from kdkeras.methods.registry import (
+    from_spec,
+    get,
+    method_class,
+    method_names,
+    parse_kwargs,
+    parse_method_args,
+    register_method,
+    registered_methods,
+)
 from kdkeras.methods.relations import CC, PKT, RKD, SP
 from kdkeras.methods.soft_labels import DKD, LSR, WSL, VirtualTeacher
 
 __all__ = [
     "Method", "StepContext", "FeatureMethod", "default_student_loss_weight",
-    "from_spec", "get", "method_names", "method_settings", "parse_method_args", "register_method",
+    "from_spec", "get", "method_class", "method_names", "method_settings", "parse_kwargs",
+    "parse_method_args", "register_method", "registered_methods",
     "KD", "LSR", "VirtualTeacher", "WSL", "DKD", "FitNet", "AT", "NST", "FSP", "VID", "FT", "AB", "RKD", "PKT", "SP", "CC",
     "CRD", "ContrastMemory", "connectors",
 ]

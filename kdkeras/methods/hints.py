@@ -14,7 +14,7 @@ from keras import ops
 
 from kdkeras import tap_detection
 from kdkeras.keys import INPUT_TAP, grad_key
-from kdkeras.methods.base import StepContext, as_float32, is_training, register_method
+from kdkeras.methods.base import StepContext, as_float32, is_training
 from kdkeras.methods.connectors import (
     Connector1x1,
     ConvRegressor,
@@ -33,6 +33,7 @@ from kdkeras.methods.features import (  # noqa: F401  (flatten, pool_to: re-expo
     pool_to,
     spatial_attention,
 )
+from kdkeras.methods.registry import register_method
 from kdkeras.stage import Stage
 
 # -- methods --------------------------------------------------------------------------
@@ -110,19 +111,18 @@ class AT(FeatureMethod):
                 dict.fromkeys((self.teacher_layers or []) + (self.student_layers or []))
             ) or (INPUT_TAP,)
 
-    def resolve_taps(self, teacher, student):
-        if self.mode == "gradient":
-            self.teacher_layers = self.teacher_layers or []
-            self.student_layers = self.student_layers or []
-            return list(self.teacher_layers), list(self.student_layers)
-        return super().resolve_taps(teacher, student)
-
     def default_taps(self, model, role):
-        return tap_detection.stage_outputs(model)
+        # gradient mode taps nothing unless told: its default is the input's gradient
+        return [] if self.mode == "gradient" else tap_detection.stage_outputs(model)
+
+    def match_taps(self, teacher_layers, student_layers):
+        if self.mode == "gradient":  # the given maps (equal shapes), or none for the input
+            return list(teacher_layers), list(student_layers)
+        return super().match_taps(teacher_layers, student_layers)
 
     def build_parts(self, teacher_shapes, student_shapes):
         if self.mode == "gradient":
-            for t, s in zip(self.teacher_layers, self.student_layers):
+            for t, s in zip(*self.tap_names()):
                 if tuple(teacher_shapes[t][1:]) != tuple(student_shapes[s][1:]):
                     raise ValueError(
                         f"AT(mode='gradient') compares gradients element-wise: teacher map "
@@ -133,9 +133,10 @@ class AT(FeatureMethod):
         self.check_4d(teacher_shapes, student_shapes)
 
     def _gradient_pairs(self):
-        if not self.teacher_layers:
+        """The (teacher, student) maps whose gradients are compared: those given, else the input."""
+        if self.teacher_layers is None and self._built_taps is None:
             return [(INPUT_TAP, INPUT_TAP)]
-        return list(zip(self.teacher_layers, self.student_layers))
+        return list(zip(*self.tap_names())) or [(INPUT_TAP, INPUT_TAP)]
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         total = 0.0
@@ -233,15 +234,13 @@ class FSP(_InitStageTerm):
 
     def build_parts(self, teacher_shapes, student_shapes):
         self.check_4d(teacher_shapes, student_shapes)
-        if len(self.teacher_layers) < 2:
+        teacher, student = self.tap_names()
+        if len(teacher) < 2:
             raise ValueError(
                 "FSP compares consecutive taps, so it needs at least two; got "
-                f"teacher {self.teacher_layers} and student {self.student_layers}."
+                f"teacher {teacher} and student {student}."
             )
-        for (t, s), (ts, ss) in zip(
-            zip(self.teacher_layers, self.student_layers),
-            self.shape_pairs(teacher_shapes, student_shapes),
-        ):
+        for (t, s), (ts, ss) in zip(zip(teacher, student), self.shape_pairs(teacher_shapes, student_shapes)):
             if ts[-1] != ss[-1]:
                 raise ValueError(
                     f"FSP needs equal channel counts for matched taps: teacher {t!r} "
@@ -392,7 +391,7 @@ class FT(FeatureMethod):
     def paraphraser_reconstruction_loss(self, teacher, training=False):
         """`mean((paraphraser(f_t) - f_t)^2)`, summed over taps: the init stage's term."""
         total = 0.0
-        for name, p in zip(self.teacher_layers, self.paraphrasers):
+        for name, p in zip(self.tap_names()[0], self.paraphrasers):
             t = as_float32(teacher[name])
             total = total + ops.mean(ops.square(as_float32(p(t, training=training)) - t))
         return total
