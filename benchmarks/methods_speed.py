@@ -86,11 +86,6 @@ MODES = {"at_gradient": ("at", {"mode": "gradient"})}
 STUDENT_LOSS_WEIGHT = 0.5  # of the FitNet-vs-Keras group (Keras' weight must be in [0, 1])
 
 
-def all_method_names() -> list[str]:
-    """Every registered method once (aliases dropped), KD aside, plus the extra modes."""
-    return [n for n in kdkeras.methods.registered_methods() if n != "kd"] + list(MODES)
-
-
 def build(name: str, seed: int) -> keras.Model:
     keras.utils.set_random_seed(seed)
     shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
@@ -136,7 +131,8 @@ def method_variants(batch):
     kd = kdkeras.methods.KD(temperature=4.0, weight=0.9)
     variants = {"kd": step_fn(compiled(kdkeras.Distiller(teacher, build(FLAGS.student, 2), [kd], 0.1)), x, y)}
     skipped, notes = {}, {}
-    names = FLAGS.methods or all_method_names()
+    # every registered method once (aliases dropped), plus the extra modes
+    names = FLAGS.methods or kdkeras.methods.registered_methods() + list(MODES)
     for name in names:
         if name == "kd":
             continue

@@ -75,9 +75,10 @@ class TapPlan:
 
     @property
     def method_taps(self) -> dict[str, list[str]]:
-        """{term: teacher layers} of the methods that read the teacher: what a
-        teacher cache records, so that a cached run finds each method's taps."""
-        return {e.term: list(e.teacher) for m, e in zip(self.methods, self.entries) if m.requires_teacher}
+        """{method name: teacher layers} of the methods that read the teacher: what a
+        teacher cache records, so that a cached run finds the taps of a method of
+        that name (by its name, not its term: a cache serves several runs' methods)."""
+        return {m.name: list(e.teacher) for m, e in zip(self.methods, self.entries) if m.requires_teacher}
 
     def build_shapes(self, method) -> tuple[TapShapes, TapShapes]:
         """(teacher shapes, student shapes) for `method.build_from_taps`."""
@@ -120,7 +121,7 @@ def plan_taps(methods: Sequence, teacher, student=None, cache=None) -> TapPlan:
             (every layer it may read).
         cache: a `kdkeras.cache.TeacherCache` the teacher's outputs come from
             when `teacher` is None: methods without declared teacher layers take
-            those it was built for (its `method_taps`, by term name).
+            those it was built for (its `method_taps`, by method name).
 
     Raises a ValueError naming the closest layer names for an unknown layer,
     what a cache holds when it lacks a method's taps, and the methods a cache
@@ -130,7 +131,7 @@ def plan_taps(methods: Sequence, teacher, student=None, cache=None) -> TapPlan:
     cached = teacher is None and cache is not None
     entries = []
     for method, term in zip(methods, unique_terms(m.name for m in methods)):
-        t = _teacher_layers(method, term, teacher, cache if cached else None)
+        t = _teacher_layers(method, teacher, cache if cached else None)
         s = []
         if student is not None:
             s = method.student_layers
@@ -149,7 +150,7 @@ def plan_taps(methods: Sequence, teacher, student=None, cache=None) -> TapPlan:
                    tuple(dict.fromkeys(student_outputs)), grads)
 
 
-def _teacher_layers(method, term: str, teacher, cache) -> list[str]:
+def _teacher_layers(method, teacher, cache) -> list[str]:
     """The teacher layers `method` reads before pairing: declared, else its default
     on `teacher`, else (a cached teacher) those the cache was built for."""
     if cache is None or not method.requires_teacher:
@@ -163,16 +164,16 @@ def _teacher_layers(method, term: str, teacher, cache) -> list[str]:
     if layers is None and not method.has_default_taps:
         layers = []  # a logits method: the cache always holds the logits
     if layers is None:
-        if term not in cache.method_taps:
+        if method.name not in cache.method_taps:
             raise ValueError(
-                f"The teacher cache {cache.path!r} was built without method {term!r} "
+                f"The teacher cache {cache.path!r} was built without method {method.name!r} "
                 f"(it has {sorted(cache.method_taps)}): give it teacher_layers= from "
                 f"{sorted(k for k in cache.entries if k != LOGITS)} or rebuild the cache with it.")
-        layers = cache.method_taps[term]
+        layers = cache.method_taps[method.name]
     missing = [name for name in layers if name not in cache.entries]
     if missing:
         raise ValueError(
-            f"Method {term!r} taps teacher layers {missing}, which the teacher cache "
+            f"Method {method.name!r} taps teacher layers {missing}, which the teacher cache "
             f"{cache.path!r} does not hold (it has {sorted(cache.entries)}).")
     return list(layers)
 

@@ -119,6 +119,9 @@ def test_a_cached_run_takes_its_taps_and_shapes_from_the_cache():
     assert dict(entry.teacher_shapes) == {"logits": (None, 3), "relu1": (None, 8, 8, 6), "relu2": (None, 4, 4, 6)}
     assert plan.teacher_outputs == ()  # no teacher model to run
     assert at.teacher_layers is None
+    # looked up by method name: a second AT (term at_2) reads what the cache has for "at"
+    twice = plan_taps([AT(), AT()], None, student, cache)
+    assert twice.terms == ("at", "at_2") and twice.entries[1].teacher == ("relu1", "relu2")
     # a logits method needs nothing the cache was built for
     assert plan_taps([KD(name="other")], None, student, FakeCache({"logits": (3,)})).entries[0].teacher == ()
     with pytest.raises(ValueError, match=r"built without method 'at' \(it has \['kd'\]\).*\['relu1'\]"):
@@ -136,6 +139,8 @@ def test_the_cache_builder_plans_without_a_student():
     assert per_method == {"kd": [], "at": ["relu1", "relu2", "relu3"], "fitnet": ["relu2"],
                           "crd": ["embedding"], "fsp": ["relu1", "relu2", "relu3"]}
     assert taps == ["relu1", "relu2", "relu3", "embedding"]
+    # a sweep's methods and the run's, one list: recorded by method name, not term
+    assert set(teacher_taps(teacher, [KD(), AT(), KD()])[1]) == {"kd", "at"}
     plan = plan_taps(methods, teacher)
     assert plan.student_outputs == () and all(e.student == () for e in plan.entries)
     assert all(m.teacher_layers is None for m in methods)

@@ -53,7 +53,7 @@ def weights_fingerprint(model: keras.Model) -> str:
 
 def teacher_taps(teacher: keras.Model, methods: Sequence) -> tuple[list[str], dict[str, list[str]]]:
     """The teacher layers `methods` read, by their tap plan on `teacher` (defaults
-    resolved, before pairing with a student): in total, and per term name as the
+    resolved, before pairing with a student): in total, and per method name as the
     cache records them. Methods that read gradients cannot be cached."""
     check_cacheable(methods)
     per_method = plan_taps(methods, teacher).method_taps
