@@ -1,14 +1,15 @@
 """kdkeras: knowledge distillation for Keras 3 on TensorFlow.
 
-`Distiller` trains a student from a frozen teacher through `methods`;
-`models` is the zoo, `data` the input pipelines, `export` the TFLite/LiteRT
-path and `vis` the explanations and plots. Subpackages that pull in heavy
-optional libraries are imported on first use.
+`Distiller` trains a student from a frozen teacher through `methods`, each
+reading the layers `tap_plan.plan_taps` resolves; `models` is the zoo, `data`
+the input pipelines, `export` the TFLite/LiteRT path and `vis` the
+explanations and plots. Subpackages that pull in heavy optional libraries are
+imported on first use.
 """
 
 import importlib
 
-from kdkeras import keys, methods, taps
+from kdkeras import keys, methods, tap_plan, taps
 from kdkeras.distiller import Distiller
 from kdkeras.stages import Stage, run_stages
 
@@ -25,4 +26,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'kdkeras' has no attribute {name!r}")
 
 
-__all__ = ["Distiller", "Stage", "run_stages", "keys", "methods", "taps", *_LAZY]
+__all__ = ["Distiller", "Stage", "run_stages", "keys", "methods", "tap_plan", "taps", *_LAZY]

@@ -124,10 +124,13 @@ def plan_taps(methods: Sequence, teacher, student=None, cache=None) -> TapPlan:
             those it was built for (its `method_taps`, by method name).
 
     Raises a ValueError naming the closest layer names for an unknown layer,
-    what a cache holds when it lacks a method's taps, and the methods a cache
-    cannot serve.
+    what a cache holds when it lacks a method's taps, the methods a cache
+    cannot serve, and a method object given twice.
     """
     methods = tuple(methods)
+    if len({id(m) for m in methods}) != len(methods):
+        twice = sorted({m.name for m in methods if sum(x is m for x in methods) > 1})
+        raise ValueError(f"Methods {twice} are given twice as the same object: give one object per term.")
     cached = teacher is None and cache is not None
     entries = []
     for method, term in zip(methods, unique_terms(m.name for m in methods)):

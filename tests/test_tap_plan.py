@@ -156,6 +156,9 @@ def test_errors_name_the_bad_layer_and_what_is_accepted():
         kdkeras.Distiller(teacher, student, [AT(teacher_layers="embedding", student_layers="embedding")])
     with pytest.raises(ValueError, match="'fitnet' has no taps yet"):
         FitNet().tap_names()
+    kd = KD()
+    with pytest.raises(ValueError, match=r"\['kd'\] are given twice as the same object"):
+        plan_taps([kd, AT(), kd], teacher, student)
 
 
 def test_a_method_built_for_one_plan_refuses_another():
