@@ -147,7 +147,7 @@ def method_variants(batch):
         inputs = {"image": x, "index": index} if method.requires_index else x
         variants[name] = step_fn(distiller, inputs, y)
         if getattr(method, "has_init_stage", False):
-            timed = "transfer" if getattr(method, "stage", None) == "transfer" else "init-stage"
+            timed = "transfer" if method.in_main_stage else "init-stage"
             notes[name] = f"has an init stage (target n/a); timed: its {timed} step"
         elif name in MODES:
             notes[name] = "second-order gradients (target n/a)"

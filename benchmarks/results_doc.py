@@ -30,7 +30,7 @@ import shlex
 import sys
 from typing import Any, Iterable, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # kdkeras.vis imports TensorFlow
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # run_settings builds methods (Keras, TensorFlow)
 
 from kdkeras.analysis import experiments as ex  # noqa: E402
 from kdkeras.analysis.stats import format_mean_std, mean_std  # noqa: E402

@@ -1,29 +1,38 @@
 """kdkeras: knowledge distillation for Keras 3 on TensorFlow.
 
 `Distiller` trains a student from a frozen teacher through `methods`, each
-reading the layers `tap_plan.plan_taps` resolves; `models` is the zoo, `data`
-the input pipelines, `export` the TFLite/LiteRT path and `vis` the
-explanations and plots. Subpackages that pull in heavy optional libraries are
-imported on first use.
+reading the layers `tap_plan.plan_taps` resolves;
+`models` is the zoo, `data` the input pipelines, `export` the TFLite/LiteRT
+path and `vis` the explanations and plots. Every public name is imported on
+first use, so `import kdkeras` (and TF-free parts such as `kdkeras.analysis`)
+does not load TensorFlow.
 """
 
-import importlib
+from __future__ import annotations
 
-from kdkeras import keys, methods, tap_plan, taps
-from kdkeras.distiller import Distiller
-from kdkeras.stages import Stage, run_stages
+from typing import TYPE_CHECKING
+
+from kdkeras.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
-_LAZY = ("models", "data", "export", "vis", "training", "analysis", "stages", "cache", "experiment", "quantize")
+_SUBPACKAGES = ("keys", "methods", "tap_plan", "taps", "models", "data", "export", "vis", "training", "analysis",
+                "stages", "cache", "experiment", "quantize")
 
+#: public name -> (module, attribute); attribute None: the module itself
+_EXPORTS = {
+    "Distiller": ("kdkeras.distiller", "Distiller"),
+    "Stage": ("kdkeras.stages", "Stage"),
+    "run_stages": ("kdkeras.stages", "run_stages"),
+    **{name: (f"kdkeras.{name}", None) for name in _SUBPACKAGES},
+}
 
-def __getattr__(name):
-    if name in _LAZY:
-        module = importlib.import_module(f"kdkeras.{name}")
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module 'kdkeras' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
+__all__ = list(_EXPORTS)
 
-__all__ = ["Distiller", "Stage", "run_stages", "keys", "methods", "tap_plan", "taps", *_LAZY]
+if TYPE_CHECKING:  # what static tools see; at run time each name is imported on first use
+    from kdkeras import analysis, cache, data, experiment, export, keys, methods, models, quantize  # noqa: F401
+    from kdkeras import stages, tap_plan, taps, training, vis  # noqa: F401
+    from kdkeras.distiller import Distiller  # noqa: F401
+    from kdkeras.stages import Stage, run_stages  # noqa: F401

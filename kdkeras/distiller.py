@@ -241,7 +241,7 @@ class Distiller(keras.Model):
                 term = sum(term.values())
             term = ops.cast(term, "float32")
             logs[name] = term
-            total = total + method.current_weight * _replica_scale(term)
+            total = total + method.weight * _replica_scale(term)
         if self.student.losses:
             total = total + _replica_scale(ops.sum(self.student.losses))
         for method in methods:

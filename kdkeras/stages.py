@@ -3,11 +3,13 @@ epochs and trainable parts, and resume at the right stage after a crash.
 
 Some methods need a stage before the main one: FT pretrains its paraphraser on
 the teacher's map, AB initialises the student through its connectors, FSP
-matches flow matrices first. Each says so through `Method.init_stages`, so
-`default_stages` asks the methods and names none. A `Stage` names what
-trains; `run_stages` runs them with one `Distiller` each (sharing the student
-and the method objects, so parts trained in one stage carry over), saves each
-finished stage's weights, and skips finished stages when it is run again.
+matches flow matrices first. Each declares it as data (`Method.init_stages`:
+`InitStage`s holding the method objects to train, `in_main_stage`), so
+`default_stages` reads the declarations and names no method. A `Stage` names
+what trains; `run_stages` runs them with one `Distiller` each (sharing the
+student and the method objects, so parts trained in one stage carry over),
+saves each finished stage's weights, and skips finished stages when it is run
+again. The Distiller knows nothing of stages.
 
     stages = [
         kdkeras.Stage("init", [ab], epochs=5, student_loss_weight=0.0),
@@ -21,16 +23,45 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import keras
 
 from kdkeras.distiller import Distiller
-from kdkeras.methods.base import Method
-from kdkeras.stage import Stage
+from kdkeras.methods.base import InitStage, Method
 from kdkeras.training import HistoryKeeper, SafeBackupAndRestore, batchnorm_synced
 
 __all__ = ["Stage", "StageHistories", "run_stages", "needs_init_stage", "default_stages"]
+
+
+@dataclass
+class Stage:
+    """One training stage.
+
+    Args:
+        name: folder name of the stage's checkpoint (unique within a run).
+        methods: the methods whose terms are trained in this stage.
+        epochs: epochs of this stage.
+        student_loss_weight: weight of the student's own CE in this stage
+            (0 for a pure initialisation stage).
+        train_student: False to train only the methods' parts (e.g. FT's
+            paraphraser, which learns from the teacher alone).
+        frozen: layers (methods, or layers holding parts they share) whose
+            weights this stage reads but does not train, e.g. FT's paraphraser
+            term in the main stage, where FT reads its paraphrasers.
+    """
+
+    name: str
+    methods: Sequence[Method]
+    epochs: int
+    student_loss_weight: float = 1.0
+    train_student: bool = True
+    frozen: Sequence[keras.layers.Layer] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        if self.epochs < 0:
+            raise ValueError(f"Stage {self.name!r}: epochs must be >= 0, got {self.epochs}.")
 
 
 class StageHistories(dict):
@@ -87,15 +118,7 @@ def run_stages(
             teacher, student, list(stage.methods), student_loss_weight=stage.student_loss_weight,
             name=f"stage_{stage.name}", teacher_cache=teacher_cache,
         )
-        student.trainable = stage.train_student
-        for method in stage.methods:
-            method.trainable = method not in stage.frozen
-        for method in stage.frozen:
-            method.trainable = False
-        # After the flags: setting a layer's `trainable` resets its sublayers',
-        # so a setup that freezes part of a method (FT's paraphraser) runs last.
-        if stage.setup is not None:
-            stage.setup()
+        _set_trainable(student, stage)
         if not distiller.trainable_variables:
             raise ValueError(
                 f"Stage {stage.name!r} has nothing to train: the student is frozen and its "
@@ -140,14 +163,34 @@ def run_stages(
                            "seconds": seconds}, f, default=float)
     student.trainable = True
     for stage in stages:
-        for method in stage.methods:
-            method.trainable = True
+        for layer in [*stage.methods, *stage.frozen]:
+            _trainable(layer, True)
     return histories
+
+
+def _set_trainable(student: keras.Model, stage: Stage) -> None:
+    """The student and the stage's methods trainable as the stage says, then its
+    frozen layers frozen (last: setting a layer's `trainable` resets its
+    sublayers', and a frozen layer may share parts with a method)."""
+    student.trainable = stage.train_student
+    frozen = {id(layer) for layer in stage.frozen}
+    for method in stage.methods:
+        _trainable(method, id(method) not in frozen)
+    for layer in stage.frozen:
+        _trainable(layer, False)
+
+
+def _trainable(layer: keras.layers.Layer, value: bool) -> None:
+    """`layer.trainable = value`, sublayers included, even when the layer's own
+    flag already holds `value` (TensorFlow's attribute tracking skips such an
+    assignment, which would leave a part it shares with a layer an earlier
+    stage froze frozen)."""
+    keras.layers.Layer.trainable.fset(layer, value)
 
 
 def needs_init_stage(methods: Sequence[Method]) -> bool:
     """True when a method's paper trains something in a stage before the main one."""
-    return any(m.init_stages(0) for m in methods)
+    return any(m.init_stages() for m in methods)
 
 
 def default_stages(
@@ -155,25 +198,32 @@ def default_stages(
 ) -> list[Stage]:
     """The methods' own init stages (`Method.init_stages`), then the main stage.
 
-    Init stages that train only the methods' parts (the student frozen, e.g.
-    FT's paraphraser) come first, then those that train the student (AB and
-    FSP alone, no CE); init stages of one name from several methods merge into
-    one. The main stage holds the methods that stay in it (`in_main_stage`),
-    with CE at `student_loss_weight`, and calls each one's `setup_main` first.
+    Each init stage runs `init_epochs`. Init stages that train only the
+    methods' parts (the student frozen, e.g. FT's paraphraser) come first, then
+    those that train the student (AB and FSP alone, no CE); init stages of one
+    name from several methods merge into one. The main stage holds the methods
+    that stay in it (`in_main_stage`), with CE at `student_loss_weight`, and
+    keeps what the init stages' methods trained frozen (FT reads the
+    paraphrasers its init stage trained).
     """
     merged: dict[str, Stage] = {}
     for method in methods:
-        for stage in method.init_stages(init_epochs):
+        for declared in method.init_stages():
+            stage = _init_stage(declared, init_epochs)
             merged[stage.name] = _merge(merged[stage.name], stage) if stage.name in merged else stage
     inits = sorted(merged.values(), key=lambda stage: stage.train_student)
+    pretrained = list({id(m): m for stage in inits for m in stage.methods}.values())
     main = [m for m in methods if m.in_main_stage]
-
-    def setup_main():
-        for method in main:
-            method.setup_main()
-
     return [*inits, Stage("main", main, epochs, student_loss_weight=student_loss_weight,
-                          setup=setup_main)]
+                          frozen=pretrained)]
+
+
+def _init_stage(declared: InitStage, epochs: int) -> Stage:
+    """The stage a method's `InitStage` declaration asks for, `epochs` long."""
+    if not isinstance(declared, InitStage):
+        raise TypeError(f"Method.init_stages must return InitStage objects, got {declared!r}.")
+    return Stage(declared.name, list(declared.methods), epochs, declared.student_loss_weight,
+                 declared.train_student)
 
 
 def _merge(a: Stage, b: Stage) -> Stage:
@@ -184,12 +234,4 @@ def _merge(a: Stage, b: Stage) -> Stage:
             f"Two init stages named {a.name!r} differ in {settings}: "
             f"{[getattr(a, k) for k in settings]} vs {[getattr(b, k) for k in settings]}."
         )
-    setups = [f for f in (a.setup, b.setup) if f is not None]
-
-    def setup():
-        for f in setups:
-            f()
-
-    return Stage(a.name, [*a.methods, *b.methods], a.epochs, a.student_loss_weight,
-                 a.train_student, frozen=[*a.frozen, *b.frozen],
-                 setup=setup if setups else None)
+    return Stage(a.name, [*a.methods, *b.methods], a.epochs, a.student_loss_weight, a.train_student)

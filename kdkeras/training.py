@@ -453,7 +453,7 @@ def drop_index(dataset):
 
 def load_model(path: str) -> keras.Model:
     """Load a `.keras` model saved by kdkeras (its custom objects registered)."""
-    import kdkeras  # noqa: F401  (registers custom layers and methods)
+    from kdkeras import distiller, methods  # noqa: F401  (registers the Distiller and the methods)
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"No model file at {path!r}.")

@@ -190,8 +190,8 @@ def test_an_unprepared_tfds_dataset_offline_fails_at_once(monkeypatch):
         download_and_prepare=no_download)
     fake = types.SimpleNamespace(builder=lambda name, data_dir=None: builder,
                                  features=types.SimpleNamespace(Image=Image, ClassLabel=ClassLabel))
-    monkeypatch.setattr(sources, "_import_tfds", lambda: fake)
-    monkeypatch.setattr(sources, "network_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(sources.tfds, "_import_tfds", lambda: fake)
+    monkeypatch.setattr(sources.tfds, "network_reachable", lambda *a, **k: False)
     with pytest.raises(sources.DatasetUnavailableError, match=r"'some_set' is not prepared.*unreachable"):
         sources.TfdsSource("some_set")
 

@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import re
 
 import numpy as np
 import pytest
@@ -143,6 +144,64 @@ def test_folder_missing_path_is_clear(tmp_path):
         data.info(f"folder:{tmp_path / 'nope'}")
 
 
+# ------------------------------------------------- folders refused when opened
+def _folder(root, class_folders):
+    """Tiny PNGs under `root`: `class_folders` maps a class folder (relative) to its
+    number of images, 0 for a folder with none (a text file in it, not an image)."""
+    for rel, n in class_folders.items():
+        (root / rel).mkdir(parents=True, exist_ok=True)
+        (root / rel / "notes.txt").write_text("not an image")
+        for i in range(n):
+            _write_png(root / rel / f"{i}.png", 12 * i)
+    return f"folder:{root}"
+
+
+def _refused_on_opening(name, match, limit):
+    """The folder fails for its description and for a split, limited or not."""
+    for call in (lambda: data.info(name), lambda: data.load(name, "train", limit=limit),
+                 lambda: data.num_examples(name, "test", limit=limit)):
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
+@pytest.mark.parametrize("limit", [None, 2])
+@pytest.mark.parametrize("layout", ["split", "unsplit"])
+def test_a_folder_with_one_class_is_refused(tmp_path, layout, limit):
+    name = _folder(tmp_path, {"train/cat": 4, "test/cat": 2} if layout == "split" else {"cat": 20})
+    _refused_on_opening(name, rf"{re.escape(repr(str(tmp_path)))} .*one class, 'cat'.*at least 2 classes", limit)
+
+
+@pytest.mark.parametrize("limit", [None, 2])
+@pytest.mark.parametrize("layout, empty", [("unsplit", "dog"), ("split", "train/dog"), ("split", "test/dog")])
+def test_a_class_folder_without_images_is_refused(tmp_path, layout, empty, limit):
+    if layout == "split":
+        folders = {"train/cat": 3, "train/dog": 3, "train/emu": 3, "test/cat": 1, "test/dog": 1, "test/emu": 1}
+    else:
+        folders = {"cat": 10, "dog": 10, "emu": 10}
+    name = _folder(tmp_path, {**folders, empty: 0})
+    where = rf" \(split '{empty.split('/')[0]}'\)" if layout == "split" else ""
+    _refused_on_opening(name, re.escape(repr(str(tmp_path / empty))) + where + " of .*holds no images", limit)
+
+
+@pytest.mark.parametrize("limit", [None, 2])
+@pytest.mark.parametrize("test_classes, message", [
+    ("abz", "only in 'test': z; only in 'train': c"),
+    ("abcz", "only in 'test': z; only in 'train': none"),
+])
+def test_a_test_split_with_a_class_training_lacks_is_refused(tmp_path, test_classes, message, limit):
+    folders = {f"train/{c}": 2 for c in "abc"} | {f"test/{c}": 1 for c in test_classes}
+    name = _folder(tmp_path, folders)
+    _refused_on_opening(name, r"class folders of split 'test' .*differ from those of 'train': " + message, limit)
+
+
+def test_every_split_is_held_to_the_training_classes(tmp_path):
+    name = _folder(tmp_path, {"train/a": 2, "train/b": 2, "train/c": 2, "test/a": 1, "test/b": 1})
+    assert data.info(name).class_names == ["a", "b", "c"]  # a split may lack a class
+    _folder(tmp_path, {"val/a": 1, "val/y": 1})
+    with pytest.raises(ValueError, match="split 'val' .*only in 'val': y; only in 'train': b, c"):
+        data.info(name)
+
+
 # --------------------------------------------------------------------- tfds source
 @pytest.fixture
 def mock_cifar10():
@@ -231,11 +290,12 @@ def _folder_with_gradients(root, n=6, size=(10, 10)):
     rng = np.random.default_rng(1)
     for i in range(n):
         pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-        path = root / "train" / "c" / f"{i}.png"
+        cls = "cd"[i % 2]  # two classes: a one-class folder is refused
+        path = root / "train" / cls / f"{i}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(tf.io.encode_png(pixels).numpy())
-        (root / "test" / "c").mkdir(parents=True, exist_ok=True)
-        (root / "test" / "c" / f"{i}.png").write_bytes(path.read_bytes())
+        (root / "test" / cls).mkdir(parents=True, exist_ok=True)
+        (root / "test" / cls / f"{i}.png").write_bytes(path.read_bytes())
     return f"folder:{root}"
 
 
@@ -381,7 +441,7 @@ def test_a_tfds_limit_keeps_every_class_and_the_same_subset():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=40):
         source = sources.get_source("cifar10")
-        every = sources._tfds_labels(source, "train")
+        every = sources.tfds._tfds_labels(source, "train")
         assert len(every) == 40 and len(set(every.tolist())) == 10
         full, _ = _collect(data.load("cifar10", "train", batch_size=40, shuffle=False, augment=False))
         runs = [_collect(data.load("cifar10", "train", batch_size=4, limit=10, shuffle=False,

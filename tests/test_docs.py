@@ -1,11 +1,13 @@
 """The documentation runs and stays inside the repository: docstring examples
-(doctests) pass, the README's Python example works, its Layout names every
-module, and no link leaves the repository."""
+(doctests) pass, the README's doctest blocks and Python example work, its
+Layout names every module, and no link leaves the repository."""
 
 import doctest
 import importlib
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -35,6 +37,31 @@ def _with_examples():
 def test_docstring_examples_run(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS, verbose=False)
     assert result.attempted > 0 and result.failed == 0, result
+
+
+def _readme_doctest_blocks():
+    """The README's ```pycon blocks: Python console sessions that run as doctests."""
+    return re.findall(r"```pycon\n(.*?)```", open(os.path.join(ROOT, "README.md")).read(), re.S)
+
+
+def test_readme_doctest_blocks_run(tmp_path):
+    """The README's console sessions (its 'Writing a method' example: a new method
+    trained a step, checked against NumPy, saved and loaded) run as one doctest, in
+    a fresh interpreter (the example registers a method name) inside `tmp_path`
+    (it writes a .keras file)."""
+    blocks = _readme_doctest_blocks()
+    assert blocks and "register_method" in blocks[0]
+    (tmp_path / "readme.txt").write_text("\n".join(blocks))
+    code = ("import doctest, sys\n"
+            "result = doctest.testfile('readme.txt', module_relative=False, optionflags=doctest.ELLIPSIS)\n"
+            "print(result)\n"
+            "sys.exit(1 if result.failed or not result.attempted else 0)\n")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "failed=0" in proc.stdout and (tmp_path / "logit_l2.keras").is_file()
 
 
 def test_readme_layout_names_every_module():

@@ -4,6 +4,8 @@ epoch-dependent term trains through `Distiller`, `default_stages` and
 
 import ast
 import inspect
+import os
+import re
 
 import keras
 import numpy as np
@@ -18,6 +20,7 @@ from kdkeras import stages as stages_lib
 from kdkeras import tap_plan as tap_plan_lib
 from kdkeras.methods import (
     KD,
+    InitStage,
     Method,
     StepContext,
     default_student_loss_weight,
@@ -45,27 +48,38 @@ def _all_differ(a, b):
 # -- a method with its own init stage -------------------------------------------------------
 
 
-class PretrainedConnector(Method):
-    """Test-only: a Dense connector from the student's embedding to the teacher's,
-    pretrained alone (student frozen, no CE) in its own init stage, then kept
-    frozen in the main stage while the student trains through it."""
+class ConnectorFit(Method):
+    """Test-only init-stage term: fits a Dense connector from the student's
+    embedding to the teacher's, `mean((connector(s) - t)^2)`."""
 
     def build_parts(self, teacher_shapes, student_shapes):
         self.connector = keras.layers.Dense(teacher_shapes["embedding"][-1], name="connector")
         self.connector.build(student_shapes["embedding"])
 
-    def init_stages(self, init_epochs):
-        return [kdkeras.Stage("connector_init", [self], init_epochs, student_loss_weight=0.0,
-                              train_student=False, setup=self._unfreeze)]
-
-    def _unfreeze(self):
-        self.connector.trainable = True
-
-    def setup_main(self):
-        self.connector.trainable = False
-
     def compute_loss(self, teacher, student, y, context=None):
         return ops.mean((self.connector(student["embedding"]) - teacher["embedding"]) ** 2)
+
+
+class PretrainedConnector(Method):
+    """Test-only: its init stage trains a term of its own (`fit`, the student
+    frozen, no CE); then it reads the connector that term trained, frozen, and
+    trains the student through it: `mean(|connector(s) - t|)`."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        fit = ConnectorFit(teacher_layers=self.teacher_layers, student_layers=self.student_layers,
+                           name=f"{self.name}_fit")
+        object.__setattr__(self, "fit", fit)  # shares its part, not a sublayer
+
+    def init_stages(self):
+        return [InitStage("connector_init", (self.fit,), train_student=False)]
+
+    def build_parts(self, teacher_shapes, student_shapes):
+        self.fit.build_from_taps(teacher_shapes, student_shapes)  # built already after its stage
+        self.connector = self.fit.connector
+
+    def compute_loss(self, teacher, student, y, context=None):
+        return ops.mean(ops.abs(self.connector(student["embedding"]) - teacher["embedding"]))
 
 
 class InitOnly(Method):
@@ -74,14 +88,14 @@ class InitOnly(Method):
 
     in_main_stage = False
 
-    def init_stages(self, init_epochs):
-        return [kdkeras.Stage("init", [self], init_epochs, student_loss_weight=0.0)]
+    def init_stages(self):
+        return [InitStage("init", (self,))]
 
     def compute_loss(self, teacher, student, y, context=None):
         return ops.mean((student[keys.LOGITS] - teacher[keys.LOGITS]) ** 2)
 
 
-def test_own_init_stage_trains_its_part_alone_then_the_student_through_it(tmp_path):
+def test_own_init_stage_term_trains_the_shared_part_alone_then_the_student_through_it(tmp_path):
     teacher, student = tiny_cnn(width=8, name="teacher"), tiny_cnn(width=4, name="student")
     conn = PretrainedConnector(teacher_layers=["embedding"], student_layers=["embedding"])
     kd = KD()
@@ -90,8 +104,10 @@ def test_own_init_stage_trains_its_part_alone_then_the_student_through_it(tmp_pa
     stages = default_stages([kd, conn], init_epochs=2, epochs=1, student_loss_weight=0.1)
     assert [s.name for s in stages] == ["connector_init", "main"]
     init, main = stages
-    assert init.methods == [conn] and init.epochs == 2 and not init.train_student
-    assert main.methods == [kd, conn] and main.student_loss_weight == 0.1
+    assert init.methods == [conn.fit] and init.epochs == 2 and not init.train_student
+    assert init.student_loss_weight == 0.0
+    assert main.methods == [kd, conn] and main.student_loss_weight == 0.1 and main.epochs == 1
+    assert list(main.frozen) == [conn.fit]
 
     x, y = tiny_data(32)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
@@ -99,15 +115,16 @@ def test_own_init_stage_trains_its_part_alone_then_the_student_through_it(tmp_pa
 
     class Spy(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            seen[self.model.name + "_begin"] = _weights(conn.weights)
+            seen[self.model.name + "_begin"] = _weights(conn.fit.weights)
 
         def on_train_end(self, logs=None):
-            seen[self.model.name] = (_weights(student.trainable_weights), _weights(conn.weights))
+            seen[self.model.name] = (_weights(student.trainable_weights), _weights(conn.fit.weights))
 
     s0, t0 = _weights(student.trainable_weights), _weights(teacher.weights)
     hist = run_stages(teacher, student, stages, ds, output_dir=str(tmp_path), callbacks=[Spy()],
                       optimizer_fn=lambda s: keras.optimizers.Adam(1e-2), verbose=0)
     assert len(hist["connector_init"]["loss"]) == 2 and "kd" not in hist["connector_init"]
+    assert "pretrained_connector_fit" in hist["connector_init"]
     assert {"kd", "pretrained_connector"} <= set(hist["main"])
     s_init, c_init = seen["stage_connector_init"]
     s_main, c_main = seen["stage_main"]
@@ -115,6 +132,7 @@ def test_own_init_stage_trains_its_part_alone_then_the_student_through_it(tmp_pa
     assert _same(s0, s_init)  # while the student was frozen
     assert _all_differ(s_init, s_main)  # and trained in the main stage
     assert c_init and _same(c_init, c_main)  # the connector was frozen in the main stage
+    assert conn.connector is conn.fit.connector  # one part, two method objects
     assert _same(t0, teacher.weights)
 
 
@@ -123,39 +141,107 @@ def test_init_stages_merge_by_name_and_part_only_stages_run_first():
     conn = PretrainedConnector(name="conn")
     stages = default_stages([a, conn, b, KD()], init_epochs=3, epochs=4, student_loss_weight=0.5)
     assert [s.name for s in stages] == ["connector_init", "init", "main"]
+    assert stages[0].methods == [conn.fit] and stages[0].epochs == 3 and not stages[0].train_student
     assert stages[1].methods == [a, b] and stages[1].epochs == 3
     assert stages[1].student_loss_weight == 0.0 and stages[1].train_student
     assert [m.name for m in stages[2].methods] == ["conn", "kd"]  # InitOnly left out
+    assert stages[2].epochs == 4 and stages[2].student_loss_weight == 0.5
+    assert [m.name for m in stages[2].frozen] == ["conn_fit", "a", "b"]
 
     class Clash(InitOnly):
-        def init_stages(self, init_epochs):
-            return [kdkeras.Stage("init", [self], init_epochs + 1)]
+        def init_stages(self):
+            return [InitStage("init", (self,), student_loss_weight=0.5)]
 
     with pytest.raises(ValueError, match="'init' differ"):
         default_stages([a, Clash()], init_epochs=1, epochs=1, student_loss_weight=1.0)
 
 
-def test_stages_and_distiller_name_no_method():
+def test_an_init_stage_declared_as_anything_but_init_stage_data_is_refused():
+    class Undeclared(InitOnly):
+        def init_stages(self):
+            return [kdkeras.Stage("init", [self], 1)]
+
+    with pytest.raises(TypeError, match=r"init_stages must return InitStage objects, got Stage\(name='init'"):
+        default_stages([Undeclared()], init_epochs=1, epochs=1, student_loss_weight=1.0)
+
+
+def _names_used(module) -> set[str]:
+    """Names, attributes and string constants (docstrings left out) in a module's code."""
+    tree = ast.parse(inspect.getsource(module))
+    docstrings = {
+        id(node.body[0].value) for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
+        and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+    }
+    used = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            used.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            used.add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            used.add(node.value)
+    return used
+
+
+def test_stages_and_distiller_name_no_method_and_the_distiller_no_stage():
     """`stages.py`, `distiller.py` and `tap_plan.py` (code, not prose) use no method
-    class, registered name or method-specific stage value."""
+    class, registered name or method-specific stage name; the Distiller nothing of staging."""
     banned = {cls.__name__ for cls in methods_registry._REGISTRY.values()}
-    banned |= set(method_names()) | {"paraphraser", "transfer", "has_init_stage"}
+    banned |= set(method_names()) | {"FTParaphraser", "paraphraser_term", "ft_paraphraser", "has_init_stage"}
     for module in (stages_lib, distiller_lib, tap_plan_lib):
-        tree = ast.parse(inspect.getsource(module))
-        docstrings = {
-            id(node.body[0].value) for node in ast.walk(tree)
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
-            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
-        }
-        used = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Name):
-                used.add(node.id)
-            elif isinstance(node, ast.Attribute):
-                used.add(node.attr)
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
-                used.add(node.value)
+        used = _names_used(module)
         assert not used & banned, (module.__name__, used & banned)
+    staging = {"init_stages", "in_main_stage", "InitStage", "Stage", "stages", "frozen", "current_weight"}
+    assert not _names_used(distiller_lib) & staging
+    assert {"init_stages", "in_main_stage", "InitStage"} <= _names_used(stages_lib)  # it reads the declarations
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Each kdkeras module's kdkeras modules imported at import time (module level,
+    `TYPE_CHECKING` blocks included; a submodule's parent packages left out)."""
+    root = os.path.dirname(kdkeras.__file__)
+    paths = {}
+    for folder, _, files in os.walk(root):
+        for f in files:
+            if f.endswith(".py"):
+                rel = os.path.relpath(os.path.join(folder, f), os.path.dirname(root))[:-3]
+                paths[re.sub(r"\.__init__$", "", rel.replace(os.sep, "."))] = os.path.join(folder, f)
+    graph = {}
+    for name, path in paths.items():
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        nodes = [n for top in tree.body for n in ([top] + (top.body if isinstance(top, ast.If) else []))]
+        deps = set()
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                subs = {f"{node.module}.{a.name}" for a in node.names} & set(paths)
+                deps |= subs or {node.module}
+        graph[name] = {d for d in deps if d in paths and d != name and not name.startswith(d + ".")}
+    return graph
+
+
+def test_no_import_circle_in_kdkeras():
+    graph = _module_imports()
+    assert "kdkeras.methods.base" in graph and "kdkeras.stage" not in graph
+    assert "kdkeras.distiller" in graph["kdkeras.stages"]  # the graph sees what stages.py imports
+    state, path = {}, []
+
+    def visit(module):
+        state[module] = "open"
+        path.append(module)
+        for dep in sorted(graph[module]):
+            assert state.get(dep) != "open", " -> ".join(path[path.index(dep):] + [dep])
+            if dep not in state:
+                visit(dep)
+        path.pop()
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
 
 
 # -- a method that reads a gradient tap -----------------------------------------------------
@@ -255,13 +341,44 @@ def test_compute_loss_outside_a_distiller_has_no_context():
 def test_default_student_loss_weight(spec, want):
     methods = from_spec(spec) if spec else []
     assert default_student_loss_weight(methods) == want
-    assert kdkeras.methods.default_student_loss_weight is default_student_loss_weight
 
 
-def test_every_method_declares_a_student_loss_weight():
-    for name in method_names():
-        value = methods_registry.method_class(name).default_student_loss_weight
-        assert isinstance(value, float) and 0.0 <= value <= 1.0, name
+def test_a_new_methods_declared_ce_weight_takes_part_in_the_mix():
+    class HalfCE(Method):
+        default_student_loss_weight = 0.05
+
+        def compute_loss(self, teacher, student, y, context=None):
+            return ops.zeros(())
+
+    assert default_student_loss_weight([HalfCE()]) == 0.05
+    assert default_student_loss_weight([KD(), HalfCE()]) == 0.05
+    assert default_student_loss_weight(from_spec("at") + [HalfCE()]) == 0.05
+
+
+def _documented_methods() -> dict[str, list[str]]:
+    """docs/methods.md's table at a glance: each registered name -> its row's cells."""
+    path = os.path.join(os.path.dirname(os.path.dirname(kdkeras.__file__)), "docs", "methods.md")
+    with open(path) as f:
+        text = f.read()
+    table = text[text.index("| name | class |"):].split("\n\n")[0].splitlines()[2:]
+    rows = {}
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        for name in re.findall(r"`(\w+)`", cells[0]):
+            rows[name] = cells
+    return rows
+
+
+def test_each_methods_declared_weights_and_init_stage_are_the_documented_ones():
+    rows = _documented_methods()
+    registered = {n for n in method_names() if not n.startswith("test_")}
+    assert set(rows) == registered
+    for name, (_, cls, _, weight, ce, _, init) in rows.items():
+        method = methods_registry.method_class(name)
+        assert f"`{method.__name__}`" == cls, name
+        assert method.default_weight == float(weight), (name, method.default_weight, weight)
+        assert method.default_student_loss_weight == float(ce), (name, method.default_student_loss_weight, ce)
+        assert method.has_init_stage == (init == "yes"), name
 
 
 def test_from_spec_builds_methods_with_their_arguments():

@@ -262,6 +262,14 @@ def test_banks_survive_save_and_load(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
+def test_registered_names_that_saved_distillers_refer_to_stay():
+    """A saved Distiller names its layers by registered name: moving a class to
+    another module must keep them, or files saved before no longer load."""
+    assert keras.saving.get_registered_name(CRD) == "kdkeras>CRD"
+    assert keras.saving.get_registered_name(ContrastMemory) == "kdkeras>ContrastMemory"
+    assert keras.saving.get_registered_object("kdkeras>ContrastMemory") is kdkeras.methods.ContrastMemory
+
+
 def test_short_fit_lowers_the_crd_term():
     x, y = tiny_data(32, num_classes=3)
     crd = CRD(num_examples=32, num_negatives=64, feat_dim=16, negatives="uniform", weight=1.0)

@@ -7,7 +7,8 @@ import tensorflow as tf
 
 import kdkeras
 from kdkeras.methods import KD, StepContext
-from kdkeras.methods.hints import AB, AT, FSP, FT, NST, VID, FitNet
+from kdkeras.methods.hints import AT, NST, VID, FitNet
+from kdkeras.methods.staged import AB, FSP, FT
 from tests.helpers import CallCounter, tiny_cnn, tiny_data
 
 RNG = np.random.default_rng(7)
@@ -250,19 +251,22 @@ def test_ft_matches_numpy_and_reconstruction_loss():
     for layer in p.decoder:
         rec = np_conv_layer(rec, layer) if isinstance(layer, keras.layers.Conv2D) else np_lrelu(rec)
     want_rec = np.mean((rec - t["t"]) ** 2)
-    np.testing.assert_allclose(float(m.paraphraser_reconstruction_loss(t)), want_rec, rtol=1e-5)
-    m.stage = "paraphraser"
-    np.testing.assert_allclose(loss_of(m, t, s), want_rec, rtol=1e-5)
+    para = m.paraphraser_term  # the init stage's term: the same paraphraser, weight 1
+    assert para.paraphrasers[0] is p and para.weight == 1.0 and para.name == m.name
+    np.testing.assert_allclose(loss_of(para, t, s), want_rec, rtol=1e-5)
 
 
-def test_ft_stage_switches_trainable_parts():
+def test_ft_init_stage_trains_the_paraphraser_ft_reads_frozen():
     m = built(FT(), {"t": (4, 4, 6)}, {"s": (8, 8, 4)})
+    para = m.paraphraser_term
     assert {id(v) for v in m.trainable_weights} == {id(v) for v in m.translators[0].trainable_weights}
-    m.stage = "paraphraser"
-    assert {id(v) for v in m.trainable_weights} == {id(v) for v in m.paraphrasers[0].trainable_weights}
-    with pytest.raises(ValueError, match="'warmup'.*paraphraser.*transfer"):
-        m.stage = "warmup"
-    assert FT.from_config(m.get_config()).stage == "paraphraser"
+    [stage] = m.init_stages()
+    assert stage.name == "ft_paraphraser" and stage.methods == (para,) and m.init_stages()[0].methods[0] is para
+    assert not stage.train_student and stage.student_loss_weight == 0.0 and m.in_main_stage
+    # the term holds the paraphraser's weights (which its stage trains), not the translator's
+    assert {id(v) for v in para.weights} == {id(v) for v in m.paraphrasers[0].weights} != set()
+    config = m.get_config()
+    assert "stage" not in config and FT.from_config(config).factor_rate == 0.5
 
 
 def test_ab_matches_numpy():
@@ -288,8 +292,9 @@ def test_defaults_names_configs_and_at_modes():
         clone = cls.from_config(cls(weight=3.0, teacher_layers=["a"], student_layers="b").get_config())
         assert clone.weight == 3.0 and clone.teacher_layers == ["a"] and clone.student_layers == ["b"]
     assert AT().mode == "activation" and FT().factor_rate == 0.5 and AB().margin == 1.0
-    assert VID().init_variance == 5.0 and FT().stage == "transfer"
+    assert VID().init_variance == 5.0
     assert FT.has_init_stage and AB.has_init_stage and FSP.has_init_stage
+    assert FT.in_main_stage and not AB.in_main_stage and not FSP.in_main_stage
     with pytest.raises(ValueError, match=r"'bogus'.*\['activation', 'gradient'\]"):
         AT(mode="bogus")
 

@@ -7,6 +7,7 @@ scaled to the run (no training anywhere)."""
 import importlib.util
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -392,3 +393,24 @@ def test_a_run_made_under_an_earlier_default_is_its_own_row(tmp_path):
     assert rows["fsp"]["n"] == rows[old_name]["n"] == 2
     assert rows[old_name]["top1"]["mean"] == pytest.approx(0.8405)
     assert rows["fsp"]["top1"]["mean"] == pytest.approx(0.8655)
+
+
+def test_the_committed_page_regenerates_from_its_archive(tmp_path):
+    """docs/results.md is what its own command makes from docs/results_runs (here written
+    to tmp_path, so the command and the checkout the runs were made in are set aside)."""
+    committed = open(os.path.join(ROOT, "docs", "results.md"), encoding="utf-8").read()
+    first, rest = committed.split("\n", 3)[2], committed.split("\n", 3)[3]
+    command = first.split("`")[1].split()
+    assert command[:2] == ["python", "benchmarks/results_doc.py"], first
+    argv = [a if os.path.isabs(a) or not a.startswith("docs/") else os.path.join(ROOT, a) for a in command[2:]
+            if not a.startswith(("--output=", "--readme_output=", "--archive="))]
+    page = tmp_path / "results.md"
+    results_doc.main([*argv, f"--output={page}", f"--readme_output={tmp_path / 'readme.md'}"])
+    made = page.read_text(encoding="utf-8").split("\n", 3)[3]
+    # the archived runs record distill.py by the absolute path of the checkout they ran in
+    made = re.sub(r"`python /\S+/recipes/", "`python recipes/", made)
+    committed_rest = re.sub(r"`python /\S+/recipes/", "`python recipes/", rest)
+    made = made.replace(ROOT + os.sep, "")
+    assert made == committed_rest
+    assert sorted(os.listdir(tmp_path / "results_plots")) == sorted(
+        os.listdir(os.path.join(ROOT, "docs", "results_plots")))

@@ -126,13 +126,54 @@ def test_default_stages_follow_the_papers():
     stages = default_stages([ft, ab, kd], init_epochs=2, epochs=5, student_loss_weight=0.1)
     assert [s.name for s in stages] == ["ft_paraphraser", "init", "main"]
     para, init, main = stages
-    assert para.methods == [ft] and not para.train_student and para.student_loss_weight == 0.0
-    assert init.methods == [ab] and init.train_student and init.epochs == 2
+    assert para.methods == [ft.paraphraser_term] and not para.train_student
+    assert para.student_loss_weight == 0.0 and para.epochs == 2
+    assert init.methods == [ab] and init.train_student and init.epochs == 2 and init.student_loss_weight == 0.0
     assert main.methods == [ft, kd] and main.epochs == 5 and main.student_loss_weight == 0.1
-    para.setup()
-    assert ft.stage == "paraphraser"
-    main.setup()
-    assert ft.stage == "transfer"
+    assert {id(m) for m in main.frozen} == {id(ft.paraphraser_term), id(ab)}  # what the init stages trained
+
+
+def test_ft_paraphraser_trains_in_its_stage_then_stays_fixed_while_the_translator_trains(tmp_path):
+    from kdkeras.methods import FT
+    from kdkeras.stages import default_stages
+
+    teacher, student = tiny_cnn(width=8, name="teacher"), tiny_cnn(width=4, name="student")
+    ft = FT(teacher_layers=["relu2"], student_layers=["relu2"])
+    x, y = tiny_data(16)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    seen = {}
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen[self.model.name + "_begin"] = self._parts()
+
+        def on_train_end(self, logs=None):
+            seen[self.model.name] = self._parts()
+
+        def _parts(self):
+            translators = [w for t in ft.translators for w in t.trainable_weights]
+            return _weights(ft.paraphraser_term.weights), _weights(translators), _weights(student.trainable_weights)
+
+    stages = default_stages([ft], init_epochs=1, epochs=1, student_loss_weight=1.0)
+    hist = run_stages(teacher, student, stages, ds, optimizer_fn=lambda s: keras.optimizers.Adam(1e-2),
+                      output_dir=str(tmp_path), callbacks=[Spy()], verbose=0)
+    assert set(hist["ft_paraphraser"]) >= {"ft", "loss"}  # the term logged under FT's name
+    p0, _, s0 = seen["stage_ft_paraphraser_begin"]
+    p1, _, s1 = seen["stage_ft_paraphraser"]
+    assert p0 and _all_changed(p0, p1) and _same(s0, s1)  # the paraphraser trained, the student not
+    p2, t2, s2 = seen["stage_main_begin"]
+    p3, t3, s3 = seen["stage_main"]
+    assert _same(p1, p2) and _same(p2, p3)  # FT read it frozen
+    assert t2 and _all_changed(t2, t3) and _all_changed(s2, s3)  # and trained its translator and the student
+    assert all(v.trainable for v in ft.paraphrasers[0].weights)  # flags restored for the caller
+
+
+def _same(a, b):
+    return all(np.array_equal(u, v) for u, v in zip(a, b))
+
+
+def _all_changed(a, b):
+    return all(not np.array_equal(u, v) for u, v in zip(a, b))
 
 
 class _CrashIn(keras.callbacks.Callback):
@@ -147,16 +188,28 @@ class _CrashIn(keras.callbacks.Callback):
             raise KeyboardInterrupt(f"simulated crash in {self.stage}, epoch {epoch}")
 
 
-class _SlowFirstEpoch(keras.callbacks.Callback):
-    """Sleep `seconds` at the end of each stage's first epoch (before its time is recorded)."""
+class _Clock:
+    """`time.perf_counter` as the runs read it, pushed forward by `jump` seconds
+    at the end of each stage's first epoch (`_JumpFirstEpoch`), not slept."""
 
-    def __init__(self, seconds):
+    def __init__(self):
+        self.real, self.offset = time.perf_counter, 0.0
+
+    def __call__(self):
+        return self.real() + self.offset
+
+
+class _JumpFirstEpoch(keras.callbacks.Callback):
+    """Push `clock` forward by `seconds` at the end of each stage's first epoch,
+    before its time is recorded (the callbacks given run before the recorder)."""
+
+    def __init__(self, clock, seconds):
         super().__init__()
-        self.seconds = seconds
+        self.clock, self.seconds = clock, seconds
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch == 0:
-            time.sleep(self.seconds)
+            self.clock.offset += self.seconds
 
 
 def _ft_run(output_dir, callbacks=()):
@@ -182,16 +235,19 @@ def uninterrupted_ft_run(tmp_path_factory):
     return _ft_run(tmp_path_factory.mktemp("ft_whole"))
 
 
-#: seconds the crashed process sleeps in each stage's first epoch
-SLEEP = 2.0
+#: seconds the crashed process's clock jumps in each stage's first epoch
+JUMP = 1000.0
 
 
 @pytest.mark.parametrize("stage, at", [("ft_paraphraser", 1), ("main", 1)])
-def test_a_run_resumed_mid_stage_reports_each_stages_whole_history(tmp_path, uninterrupted_ft_run, stage, at):
+def test_a_run_resumed_mid_stage_reports_each_stages_whole_history(tmp_path, uninterrupted_ft_run, stage,
+                                                                    at, monkeypatch):
     whole, weights = uninterrupted_ft_run
     assert set(whole) == {"ft_paraphraser", "main"}
+    clock = _Clock()
+    monkeypatch.setattr(time, "perf_counter", clock)  # what run_stages and its history recorder read
     with pytest.raises(KeyboardInterrupt):
-        _ft_run(tmp_path / "crashed", [_SlowFirstEpoch(SLEEP), _CrashIn(stage, at)])
+        _ft_run(tmp_path / "crashed", [_JumpFirstEpoch(clock, JUMP), _CrashIn(stage, at)])
     assert (tmp_path / "crashed" / "stages").exists()
     resumed, resumed_weights = _ft_run(tmp_path / "crashed")
     for name, epochs in (("ft_paraphraser", 2), ("main", 2)):
@@ -199,9 +255,11 @@ def test_a_run_resumed_mid_stage_reports_each_stages_whole_history(tmp_path, uni
         for key, values in whole[name].items():
             assert len(values) == epochs and len(resumed[name][key]) == epochs, (name, key)
             np.testing.assert_allclose(resumed[name][key], values, rtol=1e-5, err_msg=f"{name}.{key}")
-    # the crashed process's time counts: its stages' first epochs slept SLEEP s, the resumed one never
+    # the crashed process's time counts: its stages' first epochs took JUMP s more, the resumed one's none
     ran_before = ["ft_paraphraser"] + (["main"] if stage == "main" else [])
-    assert all(resumed.seconds[name] >= SLEEP for name in ran_before), resumed.seconds
+    for name in ("ft_paraphraser", "main"):
+        low = JUMP if name in ran_before else 0.0
+        assert low < resumed.seconds[name] < low + 120, (name, resumed.seconds)
     assert resumed.total_seconds == pytest.approx(sum(resumed.seconds.values()))
     for a, b in zip(weights, resumed_weights):  # the finished stage kept, the running one resumed
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)

@@ -145,7 +145,7 @@ def test_clear_errors():
 
 
 def test_methods_default_taps_on_zoo_pair(zoo):
-    from kdkeras.methods.hints import AB, AT, FitNet
+    from kdkeras.methods import AB, AT, FitNet
     from kdkeras.methods.relations import RKD, SP
 
     methods = [AT(), FitNet(), AB(), SP(), RKD()]

@@ -16,8 +16,8 @@ names a method:
 * `default_taps`, `match_taps` / `gradient_keys`: what the networks must
   output (queries of the tap plan, `kdkeras.tap_plan`, which no method's
   settings are changed by);
-* `init_stages(init_epochs)`, `in_main_stage`, `setup_main()`: the stages its
-  paper trains before the main one (FT, AB, FSP);
+* `init_stages()`, `in_main_stage`: the stages its paper trains before the
+  main one (FT, AB, FSP), as `InitStage` data that `kdkeras.stages` runs;
 * `default_weight`, `default_student_loss_weight`: its published weights.
 """
 
@@ -30,8 +30,6 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import keras
 from keras import ops
-
-from kdkeras.stage import Stage
 
 
 def _default_name(cls) -> str:
@@ -62,6 +60,27 @@ class StepContext:
     epochs: Any = None
 
 
+@dataclass(frozen=True)
+class InitStage:
+    """A stage a method's paper trains before the main one, as the method
+    declares it; `kdkeras.stages.default_stages` runs it for the run's init epochs.
+
+    Args:
+        name: the stage's name; init stages of one name from several methods
+            train as one.
+        methods: the method objects it trains: the declaring method, or terms
+            of its own sharing its trainable parts (FT's paraphraser term).
+            What they train is used frozen in the main stage.
+        train_student: False when only the methods' parts train (student frozen).
+        student_loss_weight: weight of the student's CE in the stage.
+    """
+
+    name: str
+    methods: tuple["Method", ...]
+    train_student: bool = True
+    student_loss_weight: float = 0.0
+
+
 def is_training(context: StepContext | None) -> bool:
     """The context's training flag; False outside a Distiller (no context)."""
     return context is not None and bool(context.training)
@@ -73,8 +92,8 @@ class Method(keras.layers.Layer):
     Subclasses set `default_weight` (and `default_student_loss_weight` where
     their recipe changes the CE weight), override `compute_loss`, and, where
     they tap features, `default_taps` and `build_parts`. A method whose paper
-    trains something before the main stage overrides `init_stages` (and
-    `setup_main`, `in_main_stage`).
+    trains something before the main stage overrides `init_stages` (and sets
+    `in_main_stage` False when its term trains only there).
 
     Args:
         weight: multiplier of the term in the total loss; `None` takes the
@@ -204,26 +223,16 @@ class Method(keras.layers.Layer):
             self._parts_built = True
         self.built = True
 
-    @property
-    def current_weight(self) -> float:
-        """The multiplier applied now; methods with stages may change it (FT's
-        paraphraser stage trains its reconstruction unweighted)."""
-        return self.weight
-
     # -- stages -----------------------------------------------------------------
-    def init_stages(self, init_epochs: int) -> list[Stage]:
+    def init_stages(self) -> list[InitStage]:
         """The stages the method's paper trains before the main one; none by default.
 
         `kdkeras.stages.default_stages` runs them before the main stage (stages
         that train only the methods' parts first, then those that train the
         student; stages of one name from several methods merge into one).
+        Return the same objects on every call: the stages train them.
         """
-        del init_epochs
         return []
-
-    def setup_main(self) -> None:
-        """Called before the main stage starts or is restored (FT switches back
-        to its transfer term); nothing by default."""
 
     # -- the term ---------------------------------------------------------------
     def compute_loss(

@@ -1,11 +1,13 @@
 """Feature-map (hint) methods: the student matches the teacher's inner maps.
 
-FitNet, AT, NST, FSP, VID, FT and AB, each exactly as the reference sheet
-states it (see docs/methods.md in this repository). Taps default to the detected stage outputs
+FitNet, AT, NST and VID, each exactly as the reference sheet states it (see
+docs/methods.md in this repository). Taps default to the detected stage outputs
 (`kdkeras.tap_detection`); teacher and student lists of different lengths are
 paired deepest-first (`pair_taps`), maps of different spatial sizes are
 average-pooled to the smaller size where the sheet says so, and different
-channel counts go through connectors built from the tapped shapes.
+channel counts go through connectors built from the tapped shapes. The hint
+methods whose paper trains an initialisation stage (FSP, FT, AB) are in
+`kdkeras.methods.staged`.
 """
 
 from __future__ import annotations
@@ -15,14 +17,7 @@ from keras import ops
 from kdkeras import tap_detection
 from kdkeras.keys import INPUT_TAP, grad_key
 from kdkeras.methods.base import StepContext, as_float32, is_training
-from kdkeras.methods.connectors import (
-    Connector1x1,
-    ConvRegressor,
-    Paraphraser,
-    Translator,
-    VIDRegressor,
-    factor_channels,
-)
+from kdkeras.methods.connectors import ConvRegressor, VIDRegressor
 from kdkeras.methods.features import (  # noqa: F401  (flatten, pool_to: re-exported)
     FeatureMethod,
     channel_vectors,
@@ -34,7 +29,6 @@ from kdkeras.methods.features import (  # noqa: F401  (flatten, pool_to: re-expo
     spatial_attention,
 )
 from kdkeras.methods.registry import register_method
-from kdkeras.stage import Stage
 
 # -- methods --------------------------------------------------------------------------
 
@@ -194,68 +188,6 @@ class NST(FeatureMethod):
         return total
 
 
-class _InitStageTerm(FeatureMethod):
-    """A method whose paper trains its term alone (no CE) in an initialisation
-    stage, then leaves it out of the main stage (AB, FSP)."""
-
-    in_main_stage = False
-
-    def init_stages(self, init_epochs: int) -> list[Stage]:
-        return [Stage("init", [self], init_epochs, student_loss_weight=0.0)]
-
-
-def fsp_matrix(a, b):
-    """`G[i, j] = mean over positions of a_i * b_j`, the larger map pooled to
-    the smaller; shape (B, C_a, C_b)."""
-    a, b = match_spatial(a, b)
-    a, b = channel_vectors(a), channel_vectors(b)
-    return ops.matmul(ops.transpose(a, (0, 2, 1)), b) / float(a.shape[1])
-
-
-@register_method("fsp")
-class FSP(_InitStageTerm):
-    """Yim et al. (2017), flow of solution procedure between consecutive stages.
-
-    `mean((G_s - G_t)^2)` for each consecutive pair of tapped maps, summed.
-    Matched taps must have equal channel counts. The paper trains with this
-    term alone in an initialisation stage, then with CE.
-
-    Weight 1: the reference code trains its init stage on the unweighted sum
-    (the 50 its scripts pass never reaches FSP). At 50 every conv kernel of a
-    resnet8 grew 2-7x in norm in one init epoch; behind BatchNorm that shrinks
-    the CE stage's effective step, and the student then fit its data worse
-    than the student alone (docs/results.md).
-    """
-
-    default_weight = 1.0
-
-    def default_taps(self, model, role):
-        return tap_detection.stage_outputs(model)
-
-    def build_parts(self, teacher_shapes, student_shapes):
-        self.check_4d(teacher_shapes, student_shapes)
-        teacher, student = self.tap_names()
-        if len(teacher) < 2:
-            raise ValueError(
-                "FSP compares consecutive taps, so it needs at least two; got "
-                f"teacher {teacher} and student {student}."
-            )
-        for (t, s), (ts, ss) in zip(zip(teacher, student), self.shape_pairs(teacher_shapes, student_shapes)):
-            if ts[-1] != ss[-1]:
-                raise ValueError(
-                    f"FSP needs equal channel counts for matched taps: teacher {t!r} "
-                    f"has {ts[-1]}, student {s!r} has {ss[-1]}. Tap layers of equal "
-                    "width (e.g. resnet56 -> resnet20) or use another method."
-                )
-
-    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
-        pairs = self.tap_pairs(teacher, student)
-        total = 0.0
-        for (t0, s0), (t1, s1) in zip(pairs[:-1], pairs[1:]):
-            total = total + ops.mean(ops.square(fsp_matrix(s0, s1) - fsp_matrix(t0, t1)))
-        return total
-
-
 @register_method("vid")
 class VID(FeatureMethod):
     """Ahn et al. (2019), variational information distillation.
@@ -302,166 +234,3 @@ class VID(FeatureMethod):
 
     def get_config(self):
         return {**super().get_config(), "init_variance": self.init_variance}
-
-
-@register_method("ft")
-class FT(FeatureMethod):
-    """Kim et al. (2018), factor transfer on the last stage.
-
-    The paraphraser (a conv autoencoder of the teacher's map, bottleneck
-    `factor_rate` of its channels) encodes the teacher's factor and the
-    translator the student's; with `phi(F) = l2_normalize(flatten(mean_c(F^2)))`
-    the term is `mean(abs(phi(F_s) - phi(F_t)))`, the larger factor pooled.
-
-    The paraphraser is first trained alone to reconstruct the teacher's map
-    (`stage="paraphraser"`: the term is `paraphraser_reconstruction_loss`, only
-    the paraphraser trains); the main stage (`stage="transfer"`, the default)
-    freezes it and trains the translator with the student. Set `stage` on the
-    same instance between stages (and compile again) to keep its weights.
-    """
-
-    default_weight = 200.0
-    #: the values of `stage`: the paraphraser's init stage, then the main one
-    stages = ("paraphraser", "transfer")
-
-    def __init__(self, factor_rate: float = 0.5, stage: str = "transfer", **kwargs):
-        super().__init__(**kwargs)
-        if not 0 < factor_rate <= 1:
-            raise ValueError(f"FT factor_rate must be in (0, 1], got {factor_rate!r}.")
-        self.factor_rate = float(factor_rate)
-        self.paraphrasers = []
-        self.translators = []
-        self._stage = None
-        self.stage = stage
-
-    @property
-    def stage(self) -> str:
-        return self._stage
-
-    @stage.setter
-    def stage(self, value: str) -> None:
-        if value not in self.stages:
-            raise ValueError(f"Unknown FT stage {value!r}. Accepted: {list(self.stages)}.")
-        self._stage = value
-        self._set_trainable()
-
-    def _set_trainable(self) -> None:
-        for p in self.paraphrasers:
-            p.trainable = self._stage == "paraphraser"
-        for t in self.translators:
-            t.trainable = self._stage == "transfer"
-
-    def init_stages(self, init_epochs: int) -> list[Stage]:
-        """The paraphraser stage: it learns to reconstruct the teacher's map
-        (term unweighted, no CE) while the student stays frozen."""
-        return [
-            Stage("ft_paraphraser", [self], init_epochs, student_loss_weight=0.0,
-                  train_student=False, setup=self._to_paraphraser)
-        ]
-
-    def _to_paraphraser(self) -> None:
-        self.stage = "paraphraser"
-
-    def setup_main(self) -> None:
-        """Back to the transfer term, through the frozen paraphraser."""
-        self.stage = "transfer"
-
-    def default_taps(self, model, role):
-        return tap_detection.stage_outputs(model)[-1:]
-
-    def build_parts(self, teacher_shapes, student_shapes):
-        self.check_4d(teacher_shapes, student_shapes)
-        paraphrasers, translators = [], []
-        for i, (t_shape, s_shape) in enumerate(self.shape_pairs(teacher_shapes, student_shapes)):
-            p = Paraphraser(t_shape[-1], self.factor_rate, name=f"paraphraser_{i}")
-            p.build(t_shape)
-            tr = Translator(factor_channels(t_shape[-1], self.factor_rate), name=f"translator_{i}")
-            tr.build(s_shape)
-            paraphrasers.append(p)
-            translators.append(tr)
-        self.paraphrasers, self.translators = paraphrasers, translators
-        self._set_trainable()
-
-    @property
-    def current_weight(self) -> float:
-        # The paraphraser learns its reconstruction as in the paper (weight 1);
-        # `weight` (200) is the factor-transfer term's.
-        return 1.0 if self._stage == "paraphraser" else self.weight
-
-    def paraphraser_reconstruction_loss(self, teacher, training=False):
-        """`mean((paraphraser(f_t) - f_t)^2)`, summed over taps: the init stage's term."""
-        total = 0.0
-        for name, p in zip(self.tap_names()[0], self.paraphrasers):
-            t = as_float32(teacher[name])
-            total = total + ops.mean(ops.square(as_float32(p(t, training=training)) - t))
-        return total
-
-    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
-        training = is_training(context)
-        if self._stage == "paraphraser":
-            return self.paraphraser_reconstruction_loss(teacher, training=training)
-        total = 0.0
-        parts = zip(self.tap_pairs(teacher, student), self.paraphrasers, self.translators)
-        for (t, s), p, tr in parts:
-            factor_t = as_float32(p.encode(t, training=False))
-            factor_s = as_float32(tr(s, training=training))
-            factor_t, factor_s = match_spatial(factor_t, factor_s)
-            total = total + ops.mean(
-                ops.abs(spatial_attention(factor_s) - spatial_attention(factor_t))
-            )
-        return total
-
-    def get_config(self):
-        return {**super().get_config(), "factor_rate": self.factor_rate, "stage": self._stage}
-
-
-@register_method("ab")
-class AB(_InitStageTerm):
-    """Heo et al. (2019), activation boundaries on pre-ReLU stage outputs.
-
-    With `s = connector(f_s)` (1x1 conv + BN to the teacher's channels) and
-    margin `m`, each tap gives
-    `sum((s + m)^2 [s > -m, f_t <= 0] + (s - m)^2 [s <= m, f_t > 0])`,
-    weighted `2^(i - n + 1)` (deepest tap 1), divided by the batch size and
-    multiplied by 3/1000. The paper trains with this term (and the
-    connectors) in an initialisation stage, then with CE (+KD) alone.
-    Maps of different sizes are average-pooled to the smaller.
-    """
-
-    default_weight = 1.0
-
-    def __init__(self, margin: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
-        self.margin = float(margin)
-        self.connectors = []
-
-    def default_taps(self, model, role):
-        return tap_detection.preact_stage_outputs(model)
-
-    def build_parts(self, teacher_shapes, student_shapes):
-        self.check_4d(teacher_shapes, student_shapes)
-        connectors = []
-        for t_shape, s_shape in self.shape_pairs(teacher_shapes, student_shapes):
-            size = common_size(t_shape, s_shape)
-            c = Connector1x1(t_shape[-1], name=f"connector_{len(connectors)}")
-            c.build((s_shape[0], *size, s_shape[-1]))
-            connectors.append(c)
-        self.connectors = connectors
-
-    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
-        m, training = self.margin, is_training(context)
-        pairs = self.tap_pairs(teacher, student)
-        n = len(pairs)
-        total = 0.0
-        for i, ((t, s), c) in enumerate(zip(pairs, self.connectors)):
-            t, s = match_spatial(t, s)
-            s = as_float32(c(s, training=training))
-            on = ops.cast(ops.logical_and(s > -m, t <= 0), "float32")
-            off = ops.cast(ops.logical_and(s <= m, t > 0), "float32")
-            loss = ops.sum(ops.square(s + m) * on + ops.square(s - m) * off)
-            total = total + (2.0 ** (i - n + 1)) * loss
-        batch = ops.cast(ops.shape(pairs[0][1])[0], "float32")
-        return total / batch * (3.0 / 1000.0)
-
-    def get_config(self):
-        return {**super().get_config(), "margin": self.margin}
