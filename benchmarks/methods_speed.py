@@ -86,15 +86,6 @@ MODES = {"at_gradient": ("at", {"mode": "gradient"})}
 STUDENT_LOSS_WEIGHT = 0.5  # of the FitNet-vs-Keras group (Keras' weight must be in [0, 1])
 
 
-def all_method_names() -> list[str]:
-    """Every registered method once (aliases dropped), KD aside, plus the extra modes."""
-    by_class = {}
-    for name in kdkeras.methods.method_names():
-        cls = type(kdkeras.methods.from_spec(name, num_examples=1)[0])
-        by_class.setdefault(cls, getattr(cls, "_registered_name", None) or name)
-    return [n for n in by_class.values() if n != "kd"] + list(MODES)
-
-
 def build(name: str, seed: int) -> keras.Model:
     keras.utils.set_random_seed(seed)
     shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
@@ -140,7 +131,8 @@ def method_variants(batch):
     kd = kdkeras.methods.KD(temperature=4.0, weight=0.9)
     variants = {"kd": step_fn(compiled(kdkeras.Distiller(teacher, build(FLAGS.student, 2), [kd], 0.1)), x, y)}
     skipped, notes = {}, {}
-    names = FLAGS.methods or all_method_names()
+    # every registered method once (aliases dropped), plus the extra modes
+    names = FLAGS.methods or kdkeras.methods.registered_methods() + list(MODES)
     for name in names:
         if name == "kd":
             continue
@@ -175,7 +167,8 @@ def keras_variants(batch):
         weight=1.0 - STUDENT_LOSS_WEIGHT)
     ours = compiled(kdkeras.Distiller(teacher, build(FLAGS.feature_student, 4), [fitnet],
                                       STUDENT_LOSS_WEIGHT))
-    (t_layer,), (s_layer,) = fitnet.teacher_layers, fitnet.student_layers
+    taps = ours.plan.entry(fitnet)
+    (t_layer,), (s_layer,) = taps.teacher, taps.student
     t_shape = teacher.get_layer(t_layer).output.shape
     student = build(FLAGS.feature_student, 4)
     s_shape = student.get_layer(s_layer).output.shape

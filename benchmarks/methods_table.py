@@ -89,20 +89,13 @@ def paths() -> tuple[str, str, str]:
     return output_dir, table, os.path.splitext(table)[0] + ".json"
 
 
-def registry_names() -> list[str]:
-    """Every registered method once (aliases such as tfkd_reg -> virtual_teacher dropped)."""
-    import kdkeras
-
-    by_class = {}
-    for name in kdkeras.methods.method_names():
-        cls = type(kdkeras.methods.from_spec(name, num_examples=1)[0])
-        by_class.setdefault(cls, getattr(cls, "_registered_name", None) or name)
-    return list(by_class.values())
-
-
 def method_list() -> list[str]:
     """KD (with the baseline) first, then the others in the order given."""
-    names = FLAGS.methods or registry_names()
+    names = FLAGS.methods
+    if not names:  # every registered method once (aliases such as tfkd_reg dropped)
+        from kdkeras.methods import registered_methods
+
+        names = registered_methods()
     names = [n.strip().lower() for n in names if n.strip()]
     return [REFERENCE] + [n for n in dict.fromkeys(names) if n != REFERENCE]
 

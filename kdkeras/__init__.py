@@ -1,6 +1,7 @@
 """kdkeras: knowledge distillation for Keras 3 on TensorFlow.
 
-`Distiller` trains a student from a frozen teacher through `methods`;
+`Distiller` trains a student from a frozen teacher through `methods`, each
+reading the layers `tap_plan.plan_taps` resolves;
 `models` is the zoo, `data` the input pipelines, `export` the TFLite/LiteRT
 path and `vis` the explanations and plots. Every public name is imported on
 first use, so `import kdkeras` (and TF-free parts such as `kdkeras.analysis`)
@@ -15,8 +16,8 @@ from kdkeras.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("keys", "methods", "taps", "models", "data", "export", "vis", "training", "analysis", "stages",
-                "cache", "experiment", "quantize")
+_SUBPACKAGES = ("keys", "methods", "tap_plan", "taps", "models", "data", "export", "vis", "training", "analysis",
+                "stages", "cache", "experiment", "quantize")
 
 #: public name -> (module, attribute); attribute None: the module itself
 _EXPORTS = {
@@ -32,6 +33,6 @@ __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # what static tools see; at run time each name is imported on first use
     from kdkeras import analysis, cache, data, experiment, export, keys, methods, models, quantize  # noqa: F401
-    from kdkeras import stages, taps, training, vis  # noqa: F401
+    from kdkeras import stages, tap_plan, taps, training, vis  # noqa: F401
     from kdkeras.distiller import Distiller  # noqa: F401
     from kdkeras.stages import Stage, run_stages  # noqa: F401

@@ -2,8 +2,8 @@
 
 One training step runs the teacher's tap model once (inference mode, outside
 the gradient tape), or reads its outputs from a teacher cache that came with
-the batch (`x["teacher"]`, see `kdkeras.cache`), and the student's tap model once, hands both dictionaries
-of named tensors to every method, and minimises
+the batch (`x["teacher"]`, see `kdkeras.cache`), and the student's tap model
+once, hands both dictionaries of named tensors to every method, and minimises
 
     student_loss_weight * compiled_loss(y, z_s) + sum_i weight_i * term_i
 
@@ -21,18 +21,13 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from kdkeras import checks
 from kdkeras import taps as taps_lib
-from kdkeras.keys import (
-    GRAD_PREFIX, IMAGE, INDEX, INPUT_TAP, LOGITS, TEACHER, grad_key, split_inputs,
-)
+from kdkeras.keys import INPUT_TAP, LOGITS, TEACHER, grad_key, split_inputs
 from kdkeras.methods.base import Method, StepContext, check_weight, sparse_labels
+from kdkeras.tap_plan import TapPlan, plan_taps
 
-# Aliases of `kdkeras.keys`, kept for code that imports them from here.
-IMAGE_KEY = IMAGE
-INDEX_KEY = INDEX
-__all__ = [
-    "Distiller", "split_inputs", "IMAGE_KEY", "INDEX_KEY", "GRAD_PREFIX", "INPUT_TAP",
-]
+__all__ = ["Distiller", "cached_teacher_outputs"]
 
 
 def _num_replicas() -> int:
@@ -59,7 +54,8 @@ class Distiller(keras.Model):
     Each step hands every method the tapped outputs of both networks and a
     `kdkeras.methods.StepContext` (training flag, dataset index, epoch), so a
     method needs nothing from the Distiller beyond its declared taps and
-    `gradient_keys`.
+    `gradient_keys`. Which layers each method reads, and its name in the logs,
+    come from `plan` (`kdkeras.tap_plan.plan_taps`); no method is changed.
 
     Args:
         teacher: a built Keras model returning logits, or `None` when every
@@ -74,7 +70,7 @@ class Distiller(keras.Model):
             with (`kdkeras.data.load(..., teacher_cache=cache)`): the teacher's
             outputs come with each batch, so `teacher` may be None (it is
             then never needed in memory). Methods whose teacher taps are not
-            given take the ones the cache was built for.
+            given read the ones the cache was built for.
 
     Example:
 
@@ -87,6 +83,9 @@ class Distiller(keras.Model):
     distiller.student.save("student.keras")
     ```
     """
+
+    #: each method's term name and the layers it reads (`kdkeras.tap_plan.plan_taps`)
+    plan: TapPlan
 
     def __init__(
         self,
@@ -106,12 +105,12 @@ class Distiller(keras.Model):
                     "Distiller methods must be kdkeras.methods.Method instances "
                     f"(e.g. kdkeras.methods.get('kd')); got {method!r}."
                 )
-        _check_models(teacher, student, methods, teacher_cache)
+        checks.check_models(teacher, student, methods, teacher_cache)
         object.__setattr__(self, "teacher_cache", teacher_cache)
         self.teacher = teacher
         self.student = student
         self.student_loss_weight = check_weight(student_loss_weight, "student_loss_weight")
-        self.methods = _unique_names(methods)
+        self.methods = methods
         if teacher is not None:
             teacher.trainable = False
         # The 0-based epoch and the run length of the current `fit`, read by
@@ -127,37 +126,19 @@ class Distiller(keras.Model):
 
     # -- construction ------------------------------------------------------------
     def _build_taps(self):
-        teacher_names, student_names = [], []
-        if self.teacher is None and self.teacher_cache is not None:
-            _taps_from_cache(self.methods, self.teacher_cache)
-        for method in self.methods:
-            t, s = method.resolve_taps(self.teacher, self.student)
-            teacher_names += t
-            student_names += s
-        # Gradients of each network's CE w.r.t. its input or taps (gradient-based attention).
-        keys = [k for m in self.methods for k in m.gradient_keys]
-        self._grad_keys = tuple(dict.fromkeys(keys))
-        teacher_names += [k for k in self._grad_keys if k != INPUT_TAP]
-        student_names += [k for k in self._grad_keys if k != INPUT_TAP]
-        # Tap models share the networks' layers; keep them out of Keras'
-        # tracking so weights are not listed (or saved) twice.
+        plan = plan_taps(self.methods, self.teacher, self.student, self.teacher_cache)
+        # The plan and the tap models share the networks' layers; keep them out
+        # of Keras' tracking so weights are not listed (or saved) twice.
+        object.__setattr__(self, "plan", plan)
+        object.__setattr__(self, "_grad_keys", plan.gradient_keys)
         object.__setattr__(
-            self,
-            "_teacher_tap",
-            taps_lib.build_tap_model(self.teacher, teacher_names)
-            if self.teacher is not None
-            else None,
+            self, "_teacher_tap",
+            taps_lib.build_tap_model(self.teacher, plan.teacher_outputs) if self.teacher is not None else None,
         )
-        object.__setattr__(
-            self, "_student_tap", taps_lib.build_tap_model(self.student, student_names)
-        )
+        object.__setattr__(self, "_student_tap", taps_lib.build_tap_model(self.student, plan.student_outputs))
         object.__setattr__(self, "_teacher_train_tap", self._cut_teacher_tap())
-        t_shapes = _output_shapes(self._teacher_tap)
-        if self._teacher_tap is None and self.teacher_cache is not None:
-            t_shapes = {k: (None,) + tuple(v) for k, v in self.teacher_cache.entries.items()}
-        s_shapes = _output_shapes(self._student_tap)
         for method in self.methods:
-            method.build_from_taps(t_shapes, s_shapes)
+            method.build_from_taps(*plan.build_shapes(method))
 
     def _cut_teacher_tap(self):
         """The teacher model `train_step` runs: when no method reads the teacher's
@@ -176,10 +157,10 @@ class Distiller(keras.Model):
         mean = keras.metrics.Mean
         self._student_loss_tracker = mean(name="student_loss")
         self._term_trackers = {}
-        for method in self.methods:
-            self._term_trackers[method.name] = mean(name=method.name)
+        for method, entry in zip(self.methods, self.plan.entries):
+            self._term_trackers[entry.term] = mean(name=entry.term)
             for key in method.log_keys:
-                name = f"{method.name}_{key}"
+                name = f"{entry.term}_{key}"
                 self._term_trackers[name] = mean(name=name)
         has_teacher = self.teacher is not None or self.teacher_cache is not None
         self._agreement_tracker = mean(name="agreement") if has_teacher else None
@@ -252,13 +233,14 @@ class Distiller(keras.Model):
             training=training, index=index, epoch=self.epoch, epochs=self._fit_epochs
         )
         for method in methods:
-            term = method.step_loss(teacher_out, student_out, labels, context)
+            name = self.plan.entry(method).term
+            term = method.compute_loss(teacher_out, student_out, labels, context)
             if isinstance(term, dict):
                 for key, value in term.items():
-                    logs[f"{method.name}_{key}"] = value
+                    logs[f"{name}_{key}"] = value
                 term = sum(term.values())
             term = ops.cast(term, "float32")
-            logs[method.name] = term
+            logs[name] = term
             total = total + method.weight * _replica_scale(term)
         if self.student.losses:
             total = total + _replica_scale(ops.sum(self.student.losses))
@@ -276,48 +258,10 @@ class Distiller(keras.Model):
         return out
 
     def _check_index(self, index):
-        if index is None and any(m.requires_index for m in self.methods):
-            names = [m.name for m in self.methods if m.requires_index]
-            raise ValueError(
-                f"Methods {names} need each sample's dataset index. Feed x as "
-                f"{{{IMAGE!r}: images, {INDEX!r}: indices}}, e.g. "
-                "kdkeras.data.load(..., with_index=True)."
-            )
+        checks.check_index(index, [self.plan.entry(m).term for m in self.methods if m.requires_index])
 
     def _checked_labels(self, y):
-        """`y` when it holds class ids in [0, classes) the compiled loss can read;
-        float labels (which train to accuracy 0), one-hot labels under the sparse
-        default loss, and ids out of range fail with what is accepted."""
-        if y is None:
-            return y
-        y = tf.convert_to_tensor(y)
-        sparse = isinstance(self.loss, keras.losses.SparseCategoricalCrossentropy)
-        one_hot = len(y.shape) >= 2 and y.shape[-1] not in (None, 1)
-        if one_hot and sparse:
-            raise ValueError(
-                f"Labels of shape {tuple(y.shape)} look one-hot, but the Distiller is compiled with the "
-                "sparse cross-entropy (the default), which takes class ids of shape (batch,). Give "
-                "integer labels (argmax of the one-hot rows) or compile(loss="
-                "keras.losses.CategoricalCrossentropy(from_logits=True)).")
-        if one_hot:
-            return y
-        if not y.dtype.is_integer:
-            raise ValueError(
-                f"Labels must be integer class ids in [0, {self._num_classes}), got dtype {y.dtype.name}: "
-                "float labels train to accuracy 0. Cast them, e.g. dataset.map(lambda x, y: "
-                "(x, tf.cast(y, tf.int32))).")
-        check = tf.debugging.assert_less(
-            tf.cast(y, "int64"), tf.constant(self._num_classes, "int64"),
-            message=f"Labels must be class ids in [0, {self._num_classes}) (the student's outputs); "
-                    "this batch has a label >= that. Check the data's classes against the models'.")
-        check_low = tf.debugging.assert_non_negative(
-            y, message=f"Labels must be class ids in [0, {self._num_classes}); this batch has a negative label.")
-        with tf.control_dependencies([check, check_low]):
-            return tf.identity(y)
-
-    @property
-    def _num_classes(self) -> int:
-        return int(_output_dim(self.student))
+        return checks.checked_labels(y, self.loss, int(checks.output_dim(self.student)))
 
     # -- steps ------------------------------------------------------------------------
     def train_step(self, data):
@@ -434,120 +378,3 @@ class _EpochCounter(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch.assign(epoch)
-
-
-def _unique_names(methods: list[Method]) -> list[Method]:
-    seen: dict[str, int] = {}
-    for method in methods:
-        count = seen.get(method.name, 0)
-        seen[method.name] = count + 1
-        if count:
-            method.name = f"{method.name}_{count + 1}"
-    return methods
-
-
-def _output_shapes(tap_model) -> dict[str, tuple]:
-    if tap_model is None:
-        return {}
-    return {k: tuple(v.shape) for k, v in tap_model.output.items()}
-
-
-def _taps_from_cache(methods, cache) -> None:
-    """Give each teacher-reading method without taps the ones the cache was built
-    for, and check that the cache holds every tap the methods read."""
-    from kdkeras.cache import check_cacheable
-
-    check_cacheable(methods)
-    for method in methods:
-        if not method.requires_teacher:
-            continue
-        if method.teacher_layers is None and type(method).default_taps is Method.default_taps:
-            method.teacher_layers = []  # a logits method: the cache always holds the logits
-        if method.teacher_layers is None:
-            if method.name not in cache.method_taps:
-                raise ValueError(
-                    f"The teacher cache {cache.path!r} was built without method {method.name!r} "
-                    f"(it has {sorted(cache.method_taps)}): give it teacher_layers= from "
-                    f"{sorted(k for k in cache.entries if k != LOGITS)} or rebuild the cache with it.")
-            method.teacher_layers = list(cache.method_taps[method.name])
-        missing = [t for t in method.teacher_layers if t not in cache.entries]
-        if missing:
-            raise ValueError(
-                f"Method {method.name!r} taps teacher layers {missing}, which the teacher cache "
-                f"{cache.path!r} does not hold (it has {sorted(cache.entries)}).")
-
-
-def _check_models(teacher, student, methods, teacher_cache=None):
-    if not isinstance(student, keras.Model):
-        raise TypeError(f"student must be a keras.Model, got {type(student).__name__}.")
-    if not student.built:
-        raise ValueError(f"Student {student.name!r} must be built (call it once or give it an Input).")
-    needs_teacher = [m.name for m in methods if m.requires_teacher]
-    if teacher is None:
-        if needs_teacher and teacher_cache is None:
-            raise ValueError(
-                f"Methods {needs_teacher} need a teacher, but teacher=None. Pass a "
-                "teacher model or use teacher-free methods (LSR, VirtualTeacher)."
-            )
-        return
-    if not isinstance(teacher, keras.Model):
-        raise TypeError(f"teacher must be a keras.Model or None, got {type(teacher).__name__}.")
-    if teacher is student:
-        raise ValueError(
-            f"The teacher and the student are the same model object ({student.name!r}): training the "
-            "student would move the frozen teacher too. For self-distillation give a copy, e.g. "
-            "keras.models.clone_model(model) with model.get_weights().")
-    for role, model in (("teacher", teacher), ("student", student)):
-        if _ends_in_softmax(model):
-            raise ValueError(
-                f"The {role} {model.name!r} ends in a softmax (layer {model.layers[-1].name!r}): "
-                "kdkeras methods read logits, and KD on probabilities trains a wrong student. "
-                "Rebuild it without the final softmax (e.g. Dense(classes) with no activation, or "
-                "keras.Model(model.input, model.layers[-1].input) when that layer is a Softmax).")
-    if not teacher.built:
-        raise ValueError(f"Teacher {teacher.name!r} must be built.")
-    t_in, s_in = _input_shape(teacher), _input_shape(student)
-    if t_in is not None and s_in is not None and t_in != s_in:
-        raise ValueError(
-            f"Teacher input shape {t_in} differs from student input shape {s_in}; "
-            "both networks see the same batch, so build them for the same input "
-            "(resize inside the model if one needs another size)."
-        )
-    t_out, s_out = _output_dim(teacher), _output_dim(student)
-    if t_out is not None and s_out is not None and t_out != s_out:
-        raise ValueError(
-            f"Teacher has {t_out} output classes but the student has {s_out}; "
-            "they must predict the same classes."
-        )
-
-
-def _ends_in_softmax(model) -> bool:
-    """True when the model's last layer is a softmax (activation or layer)."""
-    layers = getattr(model, "layers", None)
-    if not layers:
-        return False
-    last = layers[-1]
-    if isinstance(last, keras.layers.Softmax):
-        return True
-    activation = getattr(last, "activation", None)
-    return activation is keras.activations.softmax or getattr(activation, "__name__", "") == "softmax"
-
-
-def _input_shape(model):
-    try:
-        shape = model.input_shape
-    except (AttributeError, ValueError):
-        return None
-    if isinstance(shape, list):
-        shape = shape[0]
-    return tuple(shape[1:])
-
-
-def _output_dim(model):
-    try:
-        shape = model.output_shape
-    except (AttributeError, ValueError):
-        return None
-    if isinstance(shape, list):
-        shape = shape[0]
-    return shape[-1]

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from absl import app, flags
 
 from kdkeras.experiment.config import AUGMENT, DistillSpec, RunConfig  # noqa: F401  (AUGMENT: --augment's values)
-from kdkeras.methods.base import parse_kwargs  # noqa: F401  (the recipes' zoo kwargs parser)
+from kdkeras.methods.registry import parse_kwargs  # noqa: F401  (the recipes' zoo kwargs parser)
 from kdkeras.settings import SAME, field_default, flag_fields, flag_kind
 
 _DEFINE = {

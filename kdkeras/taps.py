@@ -28,7 +28,7 @@ from kdkeras.tap_detection import (
 )
 
 __all__ = [
-    "LOGITS", "all_layer_names", "find_layer", "build_tap_model", "build_tap_model_direct",
+    "LOGITS", "all_layer_names", "find_layer", "build_tap_model", "build_tap_model_direct", "tap_shapes",
     "model_with_dict_output", "embedding_layer", "pair_taps", "preact_stage_outputs",
     "stage_outputs",
 ]
@@ -77,21 +77,43 @@ def _single_output(model: keras.Model):
     return outputs[0]
 
 
+def _graph_of(model: keras.Model, names: list[str]) -> keras.Model | None:
+    """The functional graph whose layers `names` are tapped on (a built Sequential
+    model's functional twin, which shares its layers), or None for a subclassed
+    model, which can only give its logits."""
+    if isinstance(model, keras.Sequential) and getattr(model, "_functional", None) is not None:
+        return model._functional
+    if is_functional(model):
+        return model
+    if names:
+        raise ValueError(
+            f"Model {model.name!r} is not a functional (or Sequential) Keras model, "
+            f"so its layers {names} cannot be tapped. Build it with the functional API."
+        )
+    return None
+
+
+def tap_shapes(model: keras.Model, layer_names: Iterable[str] = ()) -> dict[str, tuple]:
+    """The shapes `build_tap_model(model, layer_names)` outputs (batch dim None), read
+    from the layers without building it; unknown names fail as there."""
+    names = [n for n in dict.fromkeys(layer_names) if n != LOGITS]
+    graph = _graph_of(model, names)
+    if graph is None:
+        return {k: tuple(v.shape) for k, v in model_with_dict_output(model).output.items()}
+    shapes = {LOGITS: tuple(_single_output(graph).shape)}
+    for name in names:
+        _, layer = find_layer(graph, name)
+        shapes[name] = tuple(_layer_output(layer, graph).shape)
+    return shapes
+
+
 def build_tap_model(model: keras.Model, layer_names: Iterable[str] = ()) -> keras.Model:
     """A model sharing `model`'s weights that returns `{"logits", *layer_names}`."""
-    names = list(dict.fromkeys(layer_names))
-    if isinstance(model, keras.Sequential) and getattr(model, "_functional", None) is not None:
-        # A built Sequential model keeps a functional twin that shares its layers.
-        return build_tap_model(model._functional, names)
-    if not is_functional(model):
-        if names:
-            raise ValueError(
-                f"Model {model.name!r} is not a functional (or Sequential) Keras model, "
-                f"so its layers {names} cannot be tapped. Build it with the functional API."
-            )
+    names = [n for n in dict.fromkeys(layer_names) if n != LOGITS]
+    graph = _graph_of(model, names)
+    if graph is None:
         return model_with_dict_output(model)
-    if LOGITS in names:
-        names.remove(LOGITS)
+    model = graph
     located = {name: find_layer(model, name) for name in names}
     if all(len(path) == 1 for path, _ in located.values()):
         outputs = {LOGITS: _single_output(model)}

@@ -13,7 +13,7 @@ from tests.helpers import CallCounter, counted_cnn, tiny_cnn, tiny_data
 class FeatureL2(Method):
     """A test-only feature method: mean squared difference of two equal taps."""
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
+    def compute_loss(self, teacher, student, y, context=None):
         t = teacher[self.teacher_layers[0]]
         s = student[self.student_layers[0]]
         return keras.ops.mean((t - s) ** 2)
@@ -76,7 +76,11 @@ def test_each_network_runs_once_per_step_with_several_methods():
     CallCounter.counts.clear()
     d.train_on_batch(x, y)
     assert CallCounter.counts == {"teacher_counter": 1, "student_counter": 1}
-    assert [m.name for m in d.methods] == ["kd", "kd_2", "f1", "f2"]
+    # two methods named kd log as kd and kd_2; the methods keep their own names
+    assert d.plan.terms == ("kd", "kd_2", "f1", "f2")
+    assert [m.name for m in d.methods] == ["kd", "kd", "f1", "f2"]
+    logs = d.evaluate(x, y, return_dict=True, verbose=0)
+    assert logs["kd"] != logs["kd_2"]  # T=4 and T=2: each term logged under its own name
 
 
 def test_save_load_round_trip(tmp_path):
@@ -92,16 +96,30 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_allclose(student.predict(x, verbose=0), d.student.predict(x, verbose=0), atol=1e-6)
     assert [m.name for m in loaded.methods] == ["kd", "test_feature_l2"]
     assert loaded.methods[0].temperature == 3.0
-    # the loaded distiller trains on
-    loaded.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    # the loaded distiller trains on, from the saved weights
+    before = [w.numpy().copy() for w in loaded.student.trainable_weights]
+    history = loaded.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0]) and "test_feature_l2" in history
+    assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before, loaded.student.trainable_weights))
 
 
 def test_dict_inputs_with_index_are_accepted():
-    d = make()
-    d.compile(optimizer="sgd")
     x, y = tiny_data(16)
-    d.fit({"image": x, "index": np.arange(16)}, y, batch_size=8, verbose=0)
-    assert d.predict({"image": x, "index": np.arange(16)}, verbose=0).shape == (16, 3)
+    keras.utils.set_random_seed(4)
+    plain, keyed = make(), make()
+    keyed.set_weights(plain.get_weights())
+    for d in (plain, keyed):
+        d.compile(optimizer=keras.optimizers.SGD(0.1))
+    before = [w.numpy().copy() for w in keyed.student.trainable_weights]
+    h_plain = plain.fit(x, y, batch_size=8, shuffle=False, verbose=0).history
+    h_keyed = keyed.fit({"image": x, "index": np.arange(16)}, y, batch_size=8, shuffle=False, verbose=0).history
+    # the dict's images train exactly as the plain array does, and the index changes nothing
+    np.testing.assert_allclose(h_keyed["loss"], h_plain["loss"], rtol=1e-6)
+    for a, b, w0 in zip(plain.student.trainable_weights, keyed.student.trainable_weights, before):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6)
+        assert not np.array_equal(w0, b.numpy())
+    out = keyed.predict({"image": x, "index": np.arange(16)}, verbose=0)
+    np.testing.assert_allclose(out, keyed.student(x, training=False).numpy(), atol=1e-6)
 
 
 def test_unknown_layer_lists_closest_names():
@@ -129,9 +147,16 @@ def test_nested_model_layers_can_be_tapped():
     out = tap(x)
     np.testing.assert_allclose(out["logits"], outer(x), atol=1e-6)
     assert tuple(out["relu1"].shape) == (4, 8, 8, 8)
-    d = kdkeras.Distiller(outer, tiny_cnn(width=8), [FeatureL2(teacher_layers=["relu1"], student_layers=["relu1"])])
+    student = tiny_cnn(width=8)
+    d = kdkeras.Distiller(outer, student, [FeatureL2(teacher_layers=["relu1"], student_layers=["relu1"])])
     d.compile(optimizer="sgd")
+    logs = d.evaluate(x, np.zeros(4, "int32"), return_dict=True, verbose=0)
+    # the term reads the nested teacher's relu1 (shared weights), not a copy
+    want = np.mean((out["relu1"].numpy() - d._student_tap(x)["relu1"].numpy()) ** 2)
+    np.testing.assert_allclose(logs["test_feature_l2"], want, rtol=1e-5)
+    before = [w.numpy().copy() for w in student.trainable_weights]
     d.fit(x, np.zeros(4, "int32"), verbose=0)
+    assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before, student.trainable_weights))
 
 
 def test_mixed_float16_step_is_finite_and_terms_are_float32():

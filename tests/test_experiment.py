@@ -11,7 +11,7 @@ from absl import flags
 import kdkeras
 from kdkeras import data as data_lib
 from kdkeras import experiment, recipe_utils, training
-from kdkeras.methods.base import parse_kwargs, parse_method_args
+from kdkeras.methods.registry import parse_kwargs, parse_method_args
 from tests.helpers import image_folder, tiny_cnn
 
 CLASSES = 3

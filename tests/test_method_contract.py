@@ -17,6 +17,7 @@ import kdkeras
 from kdkeras import distiller as distiller_lib
 from kdkeras import keys
 from kdkeras import stages as stages_lib
+from kdkeras import tap_plan as tap_plan_lib
 from kdkeras.methods import (
     KD,
     InitStage,
@@ -27,7 +28,7 @@ from kdkeras.methods import (
     method_names,
     parse_method_args,
 )
-from kdkeras.methods import base as methods_base
+from kdkeras.methods import registry as methods_registry
 from kdkeras.stages import default_stages, needs_init_stage, run_stages
 from tests.helpers import tiny_cnn, tiny_data
 
@@ -184,11 +185,11 @@ def _names_used(module) -> set[str]:
 
 
 def test_stages_and_distiller_name_no_method_and_the_distiller_no_stage():
-    """`stages.py` and `distiller.py` (code, not prose) use no method class,
-    registered name or method-specific stage name; the Distiller nothing of staging."""
-    banned = {cls.__name__ for cls in methods_base._REGISTRY.values()}
+    """`stages.py`, `distiller.py` and `tap_plan.py` (code, not prose) use no method
+    class, registered name or method-specific stage name; the Distiller nothing of staging."""
+    banned = {cls.__name__ for cls in methods_registry._REGISTRY.values()}
     banned |= set(method_names()) | {"FTParaphraser", "paraphraser_term", "ft_paraphraser", "has_init_stage"}
-    for module in (stages_lib, distiller_lib):
+    for module in (stages_lib, distiller_lib, tap_plan_lib):
         used = _names_used(module)
         assert not used & banned, (module.__name__, used & banned)
     staging = {"init_stages", "in_main_stage", "InitStage", "Stage", "stages", "frozen", "current_weight"}
@@ -307,24 +308,10 @@ class ContextProbe(Method):
         }
 
 
-class LegacyProbe(Method):
-    """Test-only, weight 0: a method written before `StepContext`."""
-
-    default_weight = 0.0
-    log_keys = ("training", "has_index")
-    requires_teacher = False
-
-    def compute_loss(self, teacher, student, y, index=None, training=False):
-        return {
-            "training": ops.convert_to_tensor(float(training)),
-            "has_index": ops.convert_to_tensor(float(index is not None)),
-        }
-
-
 def test_step_context_gives_the_fitted_epoch_run_length_and_flags():
-    probe, legacy = ContextProbe(), LegacyProbe()
+    probe = ContextProbe()
     assert not hasattr(probe, "epoch")  # nothing injected into the method
-    d = kdkeras.Distiller(None, tiny_cnn(width=4, name="student"), [probe, legacy])
+    d = kdkeras.Distiller(None, tiny_cnn(width=4, name="student"), [probe])
     d.compile(optimizer="sgd")
     x, y = tiny_data(16)
     inputs = {keys.IMAGE: x, keys.INDEX: np.arange(16)}
@@ -333,8 +320,6 @@ def test_step_context_gives_the_fitted_epoch_run_length_and_flags():
     assert hist["context_probe_epochs"] == [3.0, 3.0, 3.0]
     assert hist["context_probe_training"] == [1.0] * 3 and hist["val_context_probe_training"] == [0.0] * 3
     assert hist["context_probe_has_index"] == [1.0] * 3 and hist["val_context_probe_has_index"] == [0.0] * 3
-    assert hist["legacy_probe_training"] == [1.0] * 3 and hist["val_legacy_probe_training"] == [0.0] * 3
-    assert hist["legacy_probe_has_index"] == [1.0] * 3 and hist["val_legacy_probe_has_index"] == [0.0] * 3
     hist = d.fit(inputs, y, batch_size=8, epochs=5, initial_epoch=3, verbose=0).history
     assert hist["context_probe_epoch"] == [3.0, 4.0] and hist["context_probe_epochs"] == [5.0, 5.0]
 
@@ -389,7 +374,7 @@ def test_each_methods_declared_weights_and_init_stage_are_the_documented_ones():
     registered = {n for n in method_names() if not n.startswith("test_")}
     assert set(rows) == registered
     for name, (_, cls, _, weight, ce, _, init) in rows.items():
-        method = methods_base._REGISTRY[name]
+        method = methods_registry.method_class(name)
         assert f"`{method.__name__}`" == cls, name
         assert method.default_weight == float(weight), (name, method.default_weight, weight)
         assert method.default_student_loss_weight == float(ce), (name, method.default_student_loss_weight, ce)

@@ -8,7 +8,7 @@ import pytest
 
 import kdkeras
 from kdkeras.methods import KD
-from kdkeras.methods import base as methods_base
+from kdkeras.methods import registry as methods_registry
 from kdkeras.methods import contrastive
 from kdkeras.methods.contrastive import CRD, ContrastMemory, embedding_layer_name
 from tests.helpers import CallCounter, counted_cnn, tiny_cnn, tiny_data
@@ -283,7 +283,7 @@ def test_short_fit_lowers_the_crd_term():
 
 
 def test_kd_plus_crd_runs_each_network_once_per_step():
-    methods = kdkeras.methods.get("kd"), methods_base.get("crd", num_examples=8, num_negatives=4)
+    methods = kdkeras.methods.get("kd"), methods_registry.get("crd", num_examples=8, num_negatives=4)
     d = make(list(methods), counted=True)
     d.compile(optimizer="sgd", run_eagerly=True)
     x, y = tiny_data(8)

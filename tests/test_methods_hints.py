@@ -406,11 +406,11 @@ def check_short_fit(teacher, student, methods, steps=40, lr=1e-2, eval_names=())
 
 def test_short_fit_lowers_each_term_teacher_frozen_parts_trained():
     methods = [FitNet(), AT(), NST(), FSP(), VID(), FT(), AB()]
-    _, parts_before = check_short_fit(
+    d, parts_before = check_short_fit(
         deep_cnn(width=8), tiny_cnn(width=8, name="student", batchnorm=False), methods
     )
     ft = methods[5]
-    assert ft.teacher_layers == ["relu3"] and ft.student_layers == ["relu2"]
+    assert (d.plan.entry(ft).teacher, d.plan.entry(ft).student) == (("relu3",), ("relu2",))
     for b, v in zip(parts_before["ft"], ft.weights):
         if any(v is w for w in ft.paraphrasers[0].weights):  # frozen in the transfer stage
             np.testing.assert_array_equal(b, np.array(v))
@@ -419,10 +419,10 @@ def test_short_fit_lowers_each_term_teacher_frozen_parts_trained():
 def test_default_taps_are_paired_deepest_first():
     t, s = deep_cnn(), tiny_cnn(width=4, name="student")
     methods = [AT(), FitNet(), AB(), VID()]
-    kdkeras.Distiller(t, s, methods)
-    assert methods[0].teacher_layers == ["relu2", "relu3"] and methods[0].student_layers == ["relu1", "relu2"]
-    assert methods[1].teacher_layers == ["relu2"] and methods[1].student_layers == ["relu1"]
-    assert methods[2].teacher_layers == ["bn2", "bn3"] and methods[2].student_layers == ["bn1", "conv2"]
+    at, fitnet, ab, _ = (kdkeras.Distiller(t, s, methods).plan.entry(m) for m in methods)
+    assert at.teacher == ("relu2", "relu3") and at.student == ("relu1", "relu2")
+    assert fitnet.teacher == ("relu2",) and fitnet.student == ("relu1",)
+    assert ab.teacher == ("bn2", "bn3") and ab.student == ("bn1", "conv2")
     assert [tuple(r.log_scale.shape) for r in methods[3].regressors] == [(8,), (8,)]
 
 
@@ -443,8 +443,9 @@ def test_save_load_keeps_parts(tmp_path):
     x, y = tiny_data(16)
     d.save(tmp_path / "d.keras")
     loaded = keras.models.load_model(tmp_path / "d.keras")
+    assert loaded.plan.entries == d.plan.entries  # the same taps and shapes, planned again
     for m, lm in zip(d.methods, loaded.methods):
-        assert type(lm) is type(m) and lm.teacher_layers == m.teacher_layers
+        assert type(lm) is type(m) and lm.tap_names() == m.tap_names()
         assert len(lm.weights) == len(m.weights) > 0
         for v, lv in zip(m.weights, lm.weights):
             np.testing.assert_array_equal(np.array(v), np.array(lv), err_msg=v.path)

@@ -144,9 +144,10 @@ def test_gradients_reach_student_and_parts_never_teacher(name):
 
 def test_short_fit_lowers_each_term_teacher_frozen_parts_trained():
     methods = [RKD(), PKT(), SP(), CC()]
-    check_short_fit(deep_cnn(), tiny_cnn(width=4, name="student", batchnorm=False), methods, eval_names=("rkd", "cc"))
-    assert methods[0].teacher_layers == ["embedding"] and methods[2].teacher_layers == ["relu3"]
-    assert methods[2].student_layers == ["relu2"]
+    d, _ = check_short_fit(deep_cnn(), tiny_cnn(width=4, name="student", batchnorm=False), methods,
+                           eval_names=("rkd", "cc"))
+    rkd, _, sp, _ = (d.plan.entry(m) for m in methods)
+    assert rkd.teacher == ("embedding",) and sp.teacher == ("relu3",) and sp.student == ("relu2",)
 
 
 def test_with_kd_and_each_other_each_network_runs_once_per_step():

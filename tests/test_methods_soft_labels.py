@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import kdkeras
-from kdkeras.methods import base
+from kdkeras.methods import base, registry
 from kdkeras.methods.soft_labels import (
     DKD,
     LSR,
@@ -230,7 +230,7 @@ def test_teacher_free_methods_train_without_teacher():
 def test_registry_names_defaults_and_config_round_trip():
     for name, cls in [("lsr", LSR), ("virtual_teacher", VirtualTeacher), ("tfkd_reg", VirtualTeacher),
                       ("wsl", WSL), ("dkd", DKD)]:
-        assert isinstance(base.get(name), cls)
+        assert isinstance(registry.get(name), cls)
     assert LSR().epsilon == 0.1 and LSR().weight == 1.0
     vt = VirtualTeacher()
     assert (vt.correct_prob, vt.temperature) == (0.99, 20.0)

@@ -22,7 +22,7 @@ class ConnectorL2(Method):
         self.connector = keras.layers.Dense(teacher_shapes["embedding"][-1], name="connector")
         self.connector.build(student_shapes["embedding"])
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
+    def compute_loss(self, teacher, student, y, context=None):
         return keras.ops.mean((self.connector(student["embedding"]) - teacher["embedding"]) ** 2)
 
 
@@ -90,7 +90,7 @@ class InputGradL2(Method):
 
     gradient_keys = ("input",)
 
-    def compute_loss(self, teacher, student, y, index=None, training=False):
+    def compute_loss(self, teacher, student, y, context=None):
         return keras.ops.sum((teacher["grad:input"] - student["grad:input"]) ** 2)
 
 

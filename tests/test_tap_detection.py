@@ -149,14 +149,15 @@ def test_methods_default_taps_on_zoo_pair(zoo):
     from kdkeras.methods.relations import RKD, SP
 
     methods = [AT(), FitNet(), AB(), SP(), RKD()]
-    kdkeras.Distiller(zoo["vgg8"], zoo["resnet20"], methods)
-    at, fitnet, ab, sp, rkd = methods
-    assert at.teacher_layers == ["stage3_out", "stage4_out", "stage5_out"]
-    assert at.student_layers == ZOO["resnet20"][0]
-    assert ab.teacher_layers == ["stage3_preact", "stage4_preact", "stage5_preact"]
-    assert fitnet.teacher_layers == ["stage3_out"] and fitnet.student_layers == ["stage2_block3_out"]
-    assert tuple(fitnet.regressors[0].compute_output_shape((None, 16, 16, 32))) == (None, 8, 8, 256)
-    assert sp.teacher_layers == ["stage5_out"] and rkd.student_layers == ["embedding"]
+    plan = kdkeras.Distiller(zoo["vgg8"], zoo["resnet20"], methods).plan
+    at, fitnet, ab, sp, rkd = (plan.entry(m) for m in methods)
+    assert at.teacher == ("stage3_out", "stage4_out", "stage5_out")
+    assert list(at.student) == ZOO["resnet20"][0]
+    assert ab.teacher == ("stage3_preact", "stage4_preact", "stage5_preact")
+    assert fitnet.teacher == ("stage3_out",) and fitnet.student == ("stage2_block3_out",)
+    assert tuple(methods[1].regressors[0].compute_output_shape((None, 16, 16, 32))) == (None, 8, 8, 256)
+    assert sp.teacher == ("stage5_out",) and rkd.student == ("embedding",)
+    assert all(m.teacher_layers is None and m.student_layers is None for m in methods)  # none changed
 
 
 def test_squeeze_excitation_gates_are_not_stages():

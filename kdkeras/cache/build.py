@@ -36,6 +36,7 @@ from kdkeras.cache.store import (
 )
 from kdkeras.files import write_json
 from kdkeras.keys import IMAGE, INDEX, LOGITS
+from kdkeras.tap_plan import plan_taps, uncacheable_reason
 
 PROGRESS = "progress.json"
 
@@ -51,17 +52,11 @@ def weights_fingerprint(model: keras.Model) -> str:
 
 
 def teacher_taps(teacher: keras.Model, methods: Sequence) -> tuple[list[str], dict[str, list[str]]]:
-    """The teacher layers `methods` read (defaults resolved on `teacher`), in
-    total and per method name. Methods that read gradients cannot be cached."""
+    """The teacher layers `methods` read, by their tap plan on `teacher` (defaults
+    resolved, before pairing with a student): in total, and per method name as the
+    cache records them. Methods that read gradients cannot be cached."""
     check_cacheable(methods)
-    per_method: dict[str, list[str]] = {}
-    for method in methods:
-        if not method.requires_teacher:
-            continue
-        layers = method.teacher_layers
-        if layers is None:
-            layers = method.default_taps(teacher, "teacher")
-        per_method[method.name] = list(layers)
+    per_method = plan_taps(methods, teacher).method_taps
     union = list(dict.fromkeys(name for names in per_method.values() for name in names))
     return union, per_method
 
@@ -70,10 +65,9 @@ def check_cacheable(methods: Sequence) -> None:
     """Refuse methods that read the teacher's CE gradients: computed online in every
     step, they cannot come from a cache (a `CacheError`, a ValueError, naming them)."""
     for method in methods:
-        if method.gradient_keys:
-            raise CacheError(
-                f"Method {method.name!r} reads the teacher's CE gradients ({list(method.gradient_keys)}), "
-                "computed online in every step: it cannot train from a teacher cache. Run it with the teacher.")
+        reason = uncacheable_reason(method)
+        if reason:
+            raise CacheError(reason)
 
 
 def cache_plan(entries: dict[str, tuple], num_examples: int, views: int, storage: str,

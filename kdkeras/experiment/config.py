@@ -15,7 +15,7 @@ from typing import Any
 
 from kdkeras import training
 from kdkeras.cache.layout import STORAGES
-from kdkeras.methods.base import parse_kwargs
+from kdkeras.methods.registry import parse_kwargs
 from kdkeras.settings import setting
 
 #: teacher specs that mean "no teacher" (teacher-free methods)

@@ -22,6 +22,7 @@ from kdkeras.experiment.output import (
 )
 from kdkeras.experiment.run_length import run_length_args, run_length_note
 from kdkeras.experiment.teacher import Teacher, build_model, get_teacher, is_model_path, model_input_shape
+from kdkeras.tap_plan import plan_taps
 from kdkeras.weak_teacher import teacher_margin, weak_teacher_warning
 
 
@@ -165,7 +166,9 @@ def run_metrics(spec: DistillSpec, config: RunConfig, teacher: Teacher | None, s
         "lr": config.lr,
         "seed": config.seed,
         "student_loss_weight": student.student_loss_weight,
-        "method_settings": methods_lib.method_settings(student.methods),
+        "method_settings": methods_lib.method_settings(student.methods, plan_taps(
+            student.methods, teacher.model if teacher else None, student.model,
+            cached.train_cache if cached else None)),
         "train_seconds": result["train_seconds"],
         "history": result["history"],
         "command": command or command_line(),

@@ -5,7 +5,8 @@ Families: `logits` (KD), `soft_labels` (LSR, VirtualTeacher, WSL, DKD), `hints` 
 `relations` (RKD, PKT, SP, CC), `contrastive` (CRD, its memory banks in `memory_bank`); `features` holds
 `FeatureMethod` and the tensor helpers the hint and relational methods share,
 `connectors` the small trainable adapters they use. `base` defines the
-contract every method follows (`Method`, `StepContext`, `InitStage`).
+contract every method follows (`Method`, `StepContext`, `InitStage`);
+`registry` the names methods are built by (`get`, `from_spec`, `registered_methods`).
 """
 
 from kdkeras.methods import connectors
@@ -14,25 +15,31 @@ from kdkeras.methods.base import (
     Method,
     StepContext,
     default_student_loss_weight,
-    from_spec,
-    get,
-    method_names,
     method_settings,
-    parse_method_args,
-    register_method,
 )
 from kdkeras.methods.contrastive import CRD
 from kdkeras.methods.features import FeatureMethod
 from kdkeras.methods.hints import AT, NST, VID, FitNet
 from kdkeras.methods.logits import KD
 from kdkeras.methods.memory_bank import ContrastMemory
+from kdkeras.methods.registry import (
+    from_spec,
+    get,
+    method_class,
+    method_names,
+    parse_kwargs,
+    parse_method_args,
+    register_method,
+    registered_methods,
+)
 from kdkeras.methods.relations import CC, PKT, RKD, SP
 from kdkeras.methods.soft_labels import DKD, LSR, WSL, VirtualTeacher
 from kdkeras.methods.staged import AB, FSP, FT, FTParaphraser
 
 __all__ = [
     "Method", "StepContext", "InitStage", "FeatureMethod", "default_student_loss_weight",
-    "from_spec", "get", "method_names", "method_settings", "parse_method_args", "register_method",
+    "from_spec", "get", "method_class", "method_names", "method_settings", "parse_kwargs",
+    "parse_method_args", "register_method", "registered_methods",
     "KD", "LSR", "VirtualTeacher", "WSL", "DKD", "FitNet", "AT", "NST", "FSP", "VID", "FT", "FTParaphraser", "AB", "RKD", "PKT", "SP", "CC",
     "CRD", "ContrastMemory", "connectors",
 ]

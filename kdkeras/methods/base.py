@@ -13,7 +13,9 @@ What a method declares, so that neither the Distiller nor `kdkeras.stages`
 names a method:
 
 * `compute_loss(teacher, student, y, context)`: the term;
-* `default_taps` / `gradient_keys`: what the networks must output;
+* `default_taps`, `match_taps` / `gradient_keys`: what the networks must
+  output (queries of the tap plan, `kdkeras.tap_plan`, which no method's
+  settings are changed by);
 * `init_stages()`, `in_main_stage`: the stages its paper trains before the
   main one (FT, AB, FSP), as `InitStage` data that `kdkeras.stages` runs;
 * `default_weight`, `default_student_loss_weight`: its published weights;
@@ -22,7 +24,6 @@ names a method:
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from dataclasses import dataclass
@@ -30,41 +31,6 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import keras
 from keras import ops
-
-_REGISTRY: dict[str, type["Method"]] = {}
-
-
-def register_method(*names: str):
-    """Class decorator: make a method constructible by name and serializable."""
-
-    def decorate(cls):
-        cls = keras.saving.register_keras_serializable(package="kdkeras")(cls)
-        for name in names:
-            _REGISTRY[name.lower()] = cls
-        cls._registered_name = names[0].lower() if names else None
-        return cls
-
-    return decorate
-
-
-def method_names() -> list[str]:
-    """The lower-case names that `get` accepts."""
-    return sorted(_REGISTRY)
-
-
-def get(name: str, **kwargs: Any) -> "Method":
-    """Build a method from its lower-case name (`"kd"`, `"at"`, ...)."""
-    key = str(name).strip().lower()
-    if key not in _REGISTRY:
-        import difflib
-
-        close = difflib.get_close_matches(key, list(_REGISTRY), n=3)
-        hint = f" Did you mean {close}?" if close else ""
-        raise ValueError(
-            f"Unknown distillation method {name!r}. Accepted: "
-            f"{method_names()}.{hint}"
-        )
-    return _REGISTRY[key](**kwargs)
 
 
 def _default_name(cls) -> str:
@@ -152,7 +118,6 @@ class Method(keras.layers.Layer):
     in_main_stage: bool = True
     #: True when the class overrides `init_stages` (derived, never set by hand)
     has_init_stage: bool = False
-    _takes_context: bool = True
     #: False for teacher-free methods (label smoothing, virtual teacher)
     requires_teacher: bool = True
     #: True for methods that read the dataset index of each sample (CRD)
@@ -175,8 +140,6 @@ class Method(keras.layers.Layer):
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
         cls.has_init_stage = cls.init_stages is not Method.init_stages
-        # Methods written before `StepContext` take `index=` and `training=`.
-        cls._takes_context = "context" in inspect.signature(cls.compute_loss).parameters
 
     def __init__(
         self,
@@ -193,6 +156,7 @@ class Method(keras.layers.Layer):
         self.teacher_layers = _as_name_list(teacher_layers)
         self.student_layers = _as_name_list(student_layers)
         self._parts_built = False
+        self._built_taps = None
 
     # -- taps -----------------------------------------------------------------
     def default_taps(self, model: keras.Model, role: str) -> list[str]:
@@ -203,16 +167,35 @@ class Method(keras.layers.Layer):
         del model, role
         return []
 
-    def resolve_taps(
-        self, teacher: keras.Model | None, student: keras.Model
+    @property
+    def has_default_taps(self) -> bool:
+        """True when the method picks layers of its own (its class overrides
+        `default_taps`); False for a method that reads only the logits."""
+        return type(self).default_taps is not Method.default_taps
+
+    def match_taps(
+        self, teacher_layers: Sequence[str], student_layers: Sequence[str]
     ) -> tuple[list[str], list[str]]:
-        """Fix the tapped layer names for both networks (defaults filled in)."""
-        if self.teacher_layers is None:
-            self.teacher_layers = (
-                self.default_taps(teacher, "teacher") if teacher is not None else []
+        """The (teacher, student) layers the method reads, from both networks'
+        resolved ones; as given by default (`FeatureMethod` pairs them).
+
+        A query of the tap plan (`kdkeras.tap_plan.plan_taps`): it changes nothing.
+        """
+        return list(teacher_layers), list(student_layers)
+
+    def tap_names(self) -> tuple[list[str], list[str]]:
+        """(teacher layers, student layers) the method reads: those of the tap plan
+        its parts were built for (in a Distiller), else its declared
+        `teacher_layers` / `student_layers`."""
+        if self._built_taps is not None:
+            teacher, student = self._built_taps
+            return list(teacher), list(student)
+        if self.teacher_layers is None or self.student_layers is None:
+            raise ValueError(
+                f"Method {self.name!r} has no taps yet (teacher_layers={self.teacher_layers}, "
+                f"student_layers={self.student_layers}): give both, or build it in a Distiller, "
+                "whose tap plan (kdkeras.tap_plan.plan_taps) resolves its defaults on the networks."
             )
-        if self.student_layers is None:
-            self.student_layers = self.default_taps(student, "student")
         return list(self.teacher_layers), list(self.student_layers)
 
     # -- trainable parts ---------------------------------------------------------
@@ -223,11 +206,25 @@ class Method(keras.layers.Layer):
     ) -> None:
         """Create trainable parts from the tapped shapes (batch dim included).
 
-        Called once by the Distiller before training; the default has none.
+        Called once by the Distiller before training, with the logits' shape and
+        those of the layers the method reads (`tap_names()` names them, in order);
+        the default has none.
         """
         del teacher_shapes, student_shapes
 
     def build_from_taps(self, teacher_shapes, student_shapes) -> None:
+        """Build the parts once. Shapes from a tap plan (`kdkeras.tap_plan.TapShapes`)
+        carry the layers they were resolved for: the method keeps those with its
+        parts, and refuses a later plan that reads other layers."""
+        taps = getattr(teacher_shapes, "taps", None)
+        planned = None if taps is None else (tuple(taps.teacher), tuple(taps.student))
+        if self._parts_built and planned is not None and self._built_taps not in (None, planned):
+            raise ValueError(
+                f"Method {self.name!r} was built for taps {self._built_taps}, but this Distiller's "
+                f"networks give {planned}: its parts cannot serve both; use a new method object."
+            )
+        if planned is not None:
+            self._built_taps = planned
         if not self._parts_built:
             self.build_parts(teacher_shapes, student_shapes)
             self._parts_built = True
@@ -261,18 +258,8 @@ class Method(keras.layers.Layer):
         """
         raise NotImplementedError
 
-    def step_loss(self, teacher, student, y, context: StepContext):
-        """`compute_loss` as the Distiller calls it; a method written before
-        `StepContext` (`compute_loss(..., index=None, training=False)`) gets
-        the context's index and training flag instead."""
-        if self._takes_context:
-            return self.compute_loss(teacher, student, y, context)
-        return self.compute_loss(
-            teacher, student, y, index=context.index, training=context.training
-        )
-
     def call(self, teacher, student, y, context: StepContext | None = None):
-        return self.step_loss(teacher, student, y, context or StepContext())
+        return self.compute_loss(teacher, student, y, context or StepContext())
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -319,12 +306,23 @@ def default_student_loss_weight(methods: Iterable[Method]) -> float:
     return min((float(m.default_student_loss_weight) for m in methods), default=1.0)
 
 
-def method_settings(methods: Iterable[Method]) -> dict[str, dict[str, Any]]:
+def method_settings(methods: Iterable[Method], plan=None) -> dict[str, dict[str, Any]]:
     """Each method's hyper-parameters by name, as its `get_config` gives them
     (weight, taps, temperature, ...), without the Keras bookkeeping (name,
-    dtype): what a results table records next to the numbers they produced."""
-    return {m.name: {k: v for k, v in m.get_config().items() if k not in ("name", "dtype", "trainable")}
-            for m in methods}
+    dtype): what a results table records next to the numbers they produced.
+
+    With the run's tap plan (`kdkeras.tap_plan.plan_taps`), the names are its
+    term names and the taps those it resolved, not the declared `None`."""
+    settings = {}
+    for m in methods:
+        config = {k: v for k, v in m.get_config().items() if k not in ("name", "dtype", "trainable")}
+        name = m.name
+        if plan is not None:
+            entry = plan.entry(m)
+            name = entry.term
+            config.update(teacher_layers=list(entry.teacher), student_layers=list(entry.student))
+        settings[name] = config
+    return settings
 
 
 def sparse_labels(y):
@@ -342,100 +340,3 @@ def log_softmax_t(logits, temperature: float):
 def kl_div(log_p, log_q):
     """Per-sample `sum_k p_k (log p_k - log q_k)` from log-probabilities."""
     return ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1)
-
-
-def _parse_value(text: str):
-    """`"4"` -> 4, `"0.5"` -> 0.5, `"true"` -> True, else the string."""
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text.strip()
-
-
-def parse_kwargs(text: str | None, example: str = "'width_multiplier=0.5,dropout=0.1'") -> dict[str, Any]:
-    """`"width_multiplier=0.5,dropout=0.1"` -> `{"width_multiplier": 0.5, "dropout": 0.1}`
-    (numbers, true/false and none parsed; anything else kept as a string)."""
-    out: dict[str, Any] = {}
-    for item in filter(None, (p.strip() for p in (text or "").split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"Bad argument {item!r} in {text!r}: expected KEY=VALUE, e.g. {example}.")
-        out[key.strip()] = _parse_value(value)
-    return out
-
-
-def parse_method_args(text: str | None) -> dict[str, dict[str, Any]]:
-    """`"kd.temperature=2,at.weight=500"` -> `{"kd": {"temperature": 2}, "at": {"weight": 500}}`."""
-    out: dict[str, dict[str, Any]] = {}
-    example = "'kd.temperature=2' or 'at.weight=500'"
-    for key, value in parse_kwargs(text, example).items():
-        method, dot, arg = key.partition(".")
-        if not dot or not method or not arg:
-            raise ValueError(
-                f"Bad method argument {key + '=' + str(value)!r}: expected METHOD.ARG=VALUE, e.g. {example}."
-            )
-        out.setdefault(method.lower(), {})[arg] = value
-    return out
-
-
-def from_spec(spec: str, args: str | dict | None = None, **common: Any) -> list["Method"]:
-    """Methods from a `+` spec: `from_spec("kd+at", "at.weight=500")`.
-
-    `common` holds keyword arguments given to every method class that accepts
-    them (e.g. `num_examples` for memory-bank methods).
-    """
-    names = [n.strip().lower() for n in str(spec).split("+") if n.strip()]
-    if not names:
-        raise ValueError(f"Empty method spec {spec!r}; accepted names: {method_names()}.")
-    per_method = parse_method_args(args) if not isinstance(args, dict) else dict(args)
-    unknown = set(per_method) - set(names)
-    if unknown:
-        raise ValueError(
-            f"Method arguments given for {sorted(unknown)}, which are not in the spec "
-            f"{spec!r}; give arguments for {sorted(set(names))}."
-        )
-    methods = []
-    for name in names:
-        get(name)  # validates the name with a clear error
-        cls = _REGISTRY[name]
-        own = inspect.signature(cls.__init__).parameters
-        kwargs = {k: v for k, v in common.items() if k in own}
-        kwargs.update(per_method.get(name, {}))
-        accepted = _init_arguments(cls)
-        unknown = set(per_method.get(name, {})) - accepted - _init_arguments(keras.layers.Layer)
-        if unknown:
-            raise ValueError(
-                f"Unknown arguments {sorted(unknown)} for method {name!r}. Accepted "
-                f"arguments: {sorted(accepted)}."
-            )
-        try:
-            methods.append(cls(**kwargs))
-        except (TypeError, ValueError) as err:
-            raise ValueError(
-                f"Bad arguments {kwargs} for method {name!r}: {str(err).rstrip('.')}. Accepted "
-                f"arguments: {sorted(accepted)}."
-            ) from err
-    return methods
-
-
-def _init_arguments(cls: type) -> set[str]:
-    """Keyword arguments `cls(...)` names: its own and those of its bases up to
-    `Method` (or up to `cls` itself when it is not a method)."""
-    top = Method if issubclass(cls, Method) else cls
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if not issubclass(klass, top) or "__init__" not in klass.__dict__:
-            continue
-        params = inspect.signature(klass.__init__).parameters.values()
-        names |= {
-            p.name for p in params
-            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-        }
-    return names

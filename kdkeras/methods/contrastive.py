@@ -33,10 +33,10 @@ from kdkeras.methods.base import (
     StepContext,
     as_float32,
     is_training,
-    register_method,
     sparse_labels,
 )
 from kdkeras.methods.memory_bank import BANK_INITS, ContrastMemory, bank_table, draw_negatives, score_slots
+from kdkeras.methods.registry import register_method
 
 # The reference's epsilon in the NCE posterior `P / (P + K / N + eps)`.
 _NCE_EPS = 1e-7
@@ -196,15 +196,16 @@ class CRD(Method):
                 "kdkeras.data.info(name).splits[info.train_split]. The dataset's index "
                 "must lie in [0, num_examples)."
             )
-        if len(self.teacher_layers) != 1 or len(self.student_layers) != 1:
+        teacher_layers, student_layers = self.tap_names()
+        if len(teacher_layers) != 1 or len(student_layers) != 1:
             raise ValueError(
                 "CRD taps exactly one layer per network (the penultimate features); "
-                f"got teacher_layers={self.teacher_layers}, student_layers={self.student_layers}."
+                f"got teacher_layers={teacher_layers}, student_layers={student_layers}."
             )
         dims = {}
         for role, shapes, layer in (
-            ("student", student_shapes, self.student_layers[0]),
-            ("teacher", teacher_shapes, self.teacher_layers[0]),
+            ("student", student_shapes, student_layers[0]),
+            ("teacher", teacher_shapes, teacher_layers[0]),
         ):
             shape = shapes[layer][1:]
             if any(d is None for d in shape):
@@ -343,8 +344,9 @@ class CRD(Method):
             raise ValueError("CRD is not built: use it inside a kdkeras.Distiller.")
         training = is_training(context)
         index = None if context is None else context.index
-        v_s = self.embed(student[self.student_layers[0]], self.embed_student)
-        v_t = self.embed(teacher[self.teacher_layers[0]], self.embed_teacher)
+        (teacher_layer,), (student_layer,) = self.tap_names()
+        v_s = self.embed(student[student_layer], self.embed_student)
+        v_t = self.embed(teacher[teacher_layer], self.embed_teacher)
         y = sparse_labels(y)
         memory = self.memory
         pos_index = None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-import keras
 from keras import ops
 
 from kdkeras import tap_detection
@@ -83,33 +82,29 @@ class FeatureMethod(Method):
 
     uses_teacher_logits = False
 
-    def resolve_taps(
-        self, teacher: keras.Model | None, student: keras.Model
-    ) -> tuple[list[str], list[str]]:
-        t, s = super().resolve_taps(teacher, student)
+    def match_taps(self, teacher_layers, student_layers) -> tuple[list[str], list[str]]:
+        """Lists of different lengths paired deepest-first (`tap_detection.pair_taps`);
+        a method with no layer to tap is refused."""
+        t, s = list(teacher_layers), list(student_layers)
         if len(t) != len(s):
             t, s = tap_detection.pair_taps(t, s)
-            self.teacher_layers, self.student_layers = t, s
         if not t:
             raise ValueError(f"Method {self.name!r} has no layers to tap.")
         return t, s
 
     def tap_pairs(self, teacher: Mapping, student: Mapping) -> list[tuple]:
         """[(teacher map, student map)] in float32, one per tap pair."""
-        return [
-            (as_float32(teacher[t]), as_float32(student[s]))
-            for t, s in zip(self.teacher_layers, self.student_layers)
-        ]
+        return [(as_float32(teacher[t]), as_float32(student[s])) for t, s in zip(*self.tap_names())]
 
     def shape_pairs(self, teacher_shapes: Mapping, student_shapes: Mapping) -> list[tuple]:
         """[(teacher shape, student shape)], one per tap pair."""
         return [
             (tuple(teacher_shapes[t]), tuple(student_shapes[s]))
-            for t, s in zip(self.teacher_layers, self.student_layers)
+            for t, s in zip(*self.tap_names())
         ]
 
     def check_4d(self, teacher_shapes: Mapping, student_shapes: Mapping) -> None:
         """Raise a ValueError naming the first tap that is not an NHWC map."""
-        for t, s in zip(self.teacher_layers, self.student_layers):
+        for t, s in zip(*self.tap_names()):
             _check_4d(t, teacher_shapes[t], type(self).__name__)
             _check_4d(s, student_shapes[s], type(self).__name__)

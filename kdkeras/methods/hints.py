@@ -16,7 +16,7 @@ from keras import ops
 
 from kdkeras import tap_detection
 from kdkeras.keys import INPUT_TAP, grad_key
-from kdkeras.methods.base import StepContext, as_float32, is_training, register_method
+from kdkeras.methods.base import StepContext, as_float32, is_training
 from kdkeras.methods.connectors import ConvRegressor, VIDRegressor
 from kdkeras.methods.features import (  # noqa: F401  (flatten, pool_to: re-exported)
     FeatureMethod,
@@ -28,6 +28,7 @@ from kdkeras.methods.features import (  # noqa: F401  (flatten, pool_to: re-expo
     pool_to,
     spatial_attention,
 )
+from kdkeras.methods.registry import register_method
 
 # -- methods --------------------------------------------------------------------------
 
@@ -104,19 +105,18 @@ class AT(FeatureMethod):
                 dict.fromkeys((self.teacher_layers or []) + (self.student_layers or []))
             ) or (INPUT_TAP,)
 
-    def resolve_taps(self, teacher, student):
-        if self.mode == "gradient":
-            self.teacher_layers = self.teacher_layers or []
-            self.student_layers = self.student_layers or []
-            return list(self.teacher_layers), list(self.student_layers)
-        return super().resolve_taps(teacher, student)
-
     def default_taps(self, model, role):
-        return tap_detection.stage_outputs(model)
+        # gradient mode taps nothing unless told: its default is the input's gradient
+        return [] if self.mode == "gradient" else tap_detection.stage_outputs(model)
+
+    def match_taps(self, teacher_layers, student_layers):
+        if self.mode == "gradient":  # the given maps (equal shapes), or none for the input
+            return list(teacher_layers), list(student_layers)
+        return super().match_taps(teacher_layers, student_layers)
 
     def build_parts(self, teacher_shapes, student_shapes):
         if self.mode == "gradient":
-            for t, s in zip(self.teacher_layers, self.student_layers):
+            for t, s in zip(*self.tap_names()):
                 if tuple(teacher_shapes[t][1:]) != tuple(student_shapes[s][1:]):
                     raise ValueError(
                         f"AT(mode='gradient') compares gradients element-wise: teacher map "
@@ -127,9 +127,10 @@ class AT(FeatureMethod):
         self.check_4d(teacher_shapes, student_shapes)
 
     def _gradient_pairs(self):
-        if not self.teacher_layers:
+        """The (teacher, student) maps whose gradients are compared: those given, else the input."""
+        if self.teacher_layers is None and self._built_taps is None:
             return [(INPUT_TAP, INPUT_TAP)]
-        return list(zip(self.teacher_layers, self.student_layers))
+        return list(zip(*self.tap_names())) or [(INPUT_TAP, INPUT_TAP)]
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         total = 0.0

@@ -5,7 +5,8 @@ from __future__ import annotations
 from keras import ops
 
 from kdkeras.keys import LOGITS
-from kdkeras.methods.base import Method, StepContext, kl_div, log_softmax_t, register_method
+from kdkeras.methods.base import Method, StepContext, kl_div, log_softmax_t
+from kdkeras.methods.registry import register_method
 
 
 @register_method("kd")

@@ -13,9 +13,10 @@ import keras
 from keras import ops
 
 from kdkeras import tap_detection
-from kdkeras.methods.base import StepContext, as_float32, register_method
+from kdkeras.methods.base import StepContext, as_float32
 from kdkeras.methods.connectors import LinearEmbed
 from kdkeras.methods.features import FeatureMethod, flatten, l2_normalize
+from kdkeras.methods.registry import register_method
 
 
 def _batch_size(x):

@@ -23,9 +23,9 @@ from kdkeras.methods.base import (
     as_float32,
     kl_div,
     log_softmax_t,
-    register_method,
     sparse_labels,
 )
+from kdkeras.methods.registry import register_method
 
 # Added to masked logits: large enough that exp() is exactly 0 in float32,
 # small enough that differences of masked log-probabilities stay finite.

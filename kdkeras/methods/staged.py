@@ -13,7 +13,7 @@ from __future__ import annotations
 from keras import ops
 
 from kdkeras import tap_detection
-from kdkeras.methods.base import InitStage, StepContext, as_float32, is_training, register_method
+from kdkeras.methods.base import InitStage, StepContext, as_float32, is_training
 from kdkeras.methods.connectors import Connector1x1, Paraphraser, Translator, factor_channels
 from kdkeras.methods.features import (
     FeatureMethod,
@@ -22,6 +22,7 @@ from kdkeras.methods.features import (
     match_spatial,
     spatial_attention,
 )
+from kdkeras.methods.registry import register_method
 
 
 class _InitStageTerm(FeatureMethod):
@@ -64,15 +65,13 @@ class FSP(_InitStageTerm):
 
     def build_parts(self, teacher_shapes, student_shapes):
         self.check_4d(teacher_shapes, student_shapes)
-        if len(self.teacher_layers) < 2:
+        teacher, student = self.tap_names()
+        if len(teacher) < 2:
             raise ValueError(
                 "FSP compares consecutive taps, so it needs at least two; got "
-                f"teacher {self.teacher_layers} and student {self.student_layers}."
+                f"teacher {teacher} and student {student}."
             )
-        for (t, s), (ts, ss) in zip(
-            zip(self.teacher_layers, self.student_layers),
-            self.shape_pairs(teacher_shapes, student_shapes),
-        ):
+        for (t, s), (ts, ss) in zip(zip(teacher, student), self.shape_pairs(teacher_shapes, student_shapes)):
             if ts[-1] != ss[-1]:
                 raise ValueError(
                     f"FSP needs equal channel counts for matched taps: teacher {t!r} "
@@ -112,7 +111,7 @@ class FTParaphraser(FeatureMethod):
     def build_parts(self, teacher_shapes, student_shapes):
         self.check_4d(teacher_shapes, student_shapes)
         paraphrasers = []
-        for i, name in enumerate(self.teacher_layers):
+        for i, name in enumerate(self.tap_names()[0]):
             shape = tuple(teacher_shapes[name])
             p = Paraphraser(shape[-1], self.factor_rate, name=f"paraphraser_{i}")
             p.build(shape)
@@ -121,7 +120,7 @@ class FTParaphraser(FeatureMethod):
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         total, training = 0.0, is_training(context)
-        for name, p in zip(self.teacher_layers, self.paraphrasers):
+        for name, p in zip(self.tap_names()[0], self.paraphrasers):
             t = as_float32(teacher[name])
             total = total + ops.mean(ops.square(as_float32(p(t, training=training)) - t))
         return total
@@ -177,13 +176,14 @@ class FT(FeatureMethod):
     def build_parts(self, teacher_shapes, student_shapes):
         self.check_4d(teacher_shapes, student_shapes)
         term = self._paraphraser_term
-        if not term._parts_built:  # no paraphraser stage ran: build them for FT's taps
-            term.teacher_layers, term.student_layers = list(self.teacher_layers), list(self.student_layers)
+        teacher_layers, student_layers = self.tap_names()
+        if not term._parts_built:  # no paraphraser stage ran: build FT's own term for FT's taps
+            term.teacher_layers, term.student_layers = teacher_layers, student_layers
             term.build_from_taps(teacher_shapes, student_shapes)
-        elif list(term.teacher_layers) != list(self.teacher_layers):
+        elif term.tap_names()[0] != teacher_layers:
             raise ValueError(
-                f"FT {self.name!r} reads teacher taps {self.teacher_layers}, but its paraphrasers were "
-                f"trained on {term.teacher_layers}: give FT teacher_layers and student_layers of "
+                f"FT {self.name!r} reads teacher taps {teacher_layers}, but its paraphrasers were "
+                f"trained on {term.tap_names()[0]}: give FT teacher_layers and student_layers of "
                 "equal length.")
         translators = []
         for i, (t_shape, s_shape) in enumerate(self.shape_pairs(teacher_shapes, student_shapes)):
