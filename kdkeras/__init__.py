@@ -17,7 +17,7 @@ from kdkeras.lazy_exports import lazy_exports
 __version__ = "0.1.0"
 
 _SUBPACKAGES = ("keys", "methods", "tap_plan", "taps", "models", "data", "export", "vis", "training", "analysis",
-                "stages", "cache", "experiment", "quantize")
+                "stages", "cache", "experiment", "quantize", "search_space", "tune")
 
 #: public name -> (module, attribute); attribute None: the module itself
 _EXPORTS = {
@@ -33,6 +33,6 @@ __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # what static tools see; at run time each name is imported on first use
     from kdkeras import analysis, cache, data, experiment, export, keys, methods, models, quantize  # noqa: F401
-    from kdkeras import stages, tap_plan, taps, training, vis  # noqa: F401
+    from kdkeras import search_space, stages, tap_plan, taps, training, tune, vis  # noqa: F401
     from kdkeras.distiller import Distiller  # noqa: F401
     from kdkeras.stages import Stage, run_stages  # noqa: F401

@@ -88,6 +88,21 @@ def define_cache_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     define_settings(fv, DistillSpec, "cache")
 
 
+def define_tune_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """--trials, --timeout_minutes, --storage, --study_name, --pruner, --trial_epochs,
+    --trial_train_limit, --candidates, ... (`kdkeras.tune.TuneOptions`)."""
+    from kdkeras.tune.options import TuneOptions
+
+    define_settings(fv, TuneOptions, "tune")
+
+
+def tune_options(fv: flags.FlagValues, **overrides: Any):
+    """The `kdkeras.tune.TuneOptions` of parsed tune flags."""
+    from kdkeras.tune.options import TuneOptions
+
+    return from_flags(TuneOptions, fv, **overrides)
+
+
 def from_flags(cls: type, fv: flags.FlagValues, **overrides: Any):
     """A `cls` config of the parsed flags `fv` defines for its fields (each flag's
     value turned into the field's by its setting), then `overrides`; fields without a

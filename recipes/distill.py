@@ -13,7 +13,8 @@ DIR/student.keras and DIR/metrics.json (`student_top1`, `teacher_top1`,
 initial weights, and `teacher_margin` = teacher_top1 - baseline_top1, with a
 warning when a teacher under a point better is given most of the loss).
 DKD's warm-up lasts a twelfth of the run (its published 20 of 240 epochs)
-unless `--method_args=dkd.warmup_epochs=N` fixes it.
+unless `--method_args=dkd.warmup_epochs=N` fixes it. `--method=auto` chooses the
+method and its settings on the validation split (`recipes/tune.py`, same flags).
 """
 
 from __future__ import annotations
@@ -23,14 +24,20 @@ from absl import flags
 from kdkeras import experiment, recipe_utils
 
 
-
 def define_flags(fv: flags.FlagValues) -> None:
     recipe_utils.define_distill_flags(fv)
     recipe_utils.define_run_flags(fv, epochs=10, lr=0.05)
+    recipe_utils.define_tune_flags(fv)
 
 
 def run(fv: flags.FlagValues):
-    """Run the recipe on parsed flags; returns what it measured (tests read it)."""
+    """Run the recipe on parsed flags; returns what it measured (tests read it): a
+    `DistillRun`, or with --method=auto the `TuneResult` of `recipes/tune.py`."""
+    if fv["method"].value.strip().lower() == "auto":
+        from kdkeras.tune import tune_distillation
+
+        return tune_distillation(recipe_utils.run_config(fv), recipe_utils.distill_spec(fv),
+                                 recipe_utils.tune_options(fv))
     distilled = experiment.run_distillation(recipe_utils.run_config(fv), recipe_utils.distill_spec(fv))
     m = distilled.metrics
     print(experiment.result_line({k: m.get(k) for k in ("teacher_top1", "baseline_top1", "student_top1",

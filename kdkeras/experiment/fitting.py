@@ -43,6 +43,7 @@ def distill(
     tag: str = "distill",
     strategy=None,
     teacher_cache: cache_lib.TeacherCache | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict:
     """Distil `student` from `teacher` through `methods` on `data`.
 
@@ -50,7 +51,8 @@ def distill(
     ...). Methods with an initialisation stage (FT, AB, FSP) get it first, for
     `init_epochs` (default a quarter of the epochs, at least 1), each stage
     saved under `output_dir/stages` and skipped when rerun. With a
-    `teacher_cache` (and `data` read with it) `teacher` may be None. Returns `history`
+    `teacher_cache` (and `data` read with it) `teacher` may be None; `callbacks` join
+    every stage's `fit`. Returns `history`
     (with `stages` when staged), `train_seconds`, `top1` and the
     `student_loss_weight` used.
     """
@@ -68,7 +70,7 @@ def distill(
             distiller = Distiller(teacher, student, methods, student_loss_weight=weight,
                                   teacher_cache=teacher_cache)
             out = fit(distiller, data.train, data.test, train_config, config.output_dir, tag=tag,
-                      callbacks=data.callbacks())
+                      callbacks=data.callbacks() + list(callbacks))
         return {**out, "student_loss_weight": weight}
     init_epochs = init_epochs or max(1, config.epochs // 4)
     stages = default_stages(methods, init_epochs, config.epochs, weight)
@@ -84,7 +86,7 @@ def distill(
         histories = run_stages(
             teacher, student, stages, data.train, data.test, optimizer_fn, config.output_dir,
             verbose=config.verbose, compile_kwargs={"run_eagerly": config.run_eagerly},
-            callbacks=data.callbacks() + [training.StopOnNonFiniteLoss()], teacher_cache=teacher_cache,
+            callbacks=data.callbacks() + [training.StopOnNonFiniteLoss(), *callbacks], teacher_cache=teacher_cache,
             sync_batchnorm=train_config.sync_batchnorm,
         )
     seconds = histories.total_seconds  # every stage, over every process (a resumed run counts both)

@@ -8,6 +8,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Sequence
 
 import keras
 
@@ -51,16 +52,19 @@ class Student:
     run_length_defaults: dict
 
 
-def run_distillation(config: RunConfig, spec: DistillSpec, command: str | None = None) -> DistillRun:
+def run_distillation(config: RunConfig, spec: DistillSpec, command: str | None = None,
+                     callbacks: Sequence[keras.callbacks.Callback] = ()) -> DistillRun:
     """Teacher, student, distillation, optional baseline; writes student.keras,
     baseline.keras and metrics.json into `config.output_dir`. metrics.json records
-    `command` (default: this process's command line) so a results table can cite it."""
+    `command` (default: this process's command line) so a results table can cite it;
+    `callbacks` join the distillation's `fit` (a tuner's pruning callback)."""
     config, strategy = start_run(config, spec)
     data = load_data(config, spec)
     teacher = load_teacher(spec, data, strategy)
     student = build_student(spec, config, data, strategy)
     cached = cache_teacher(spec, config, teacher, student.methods, data)
-    result = distill_or_reuse(spec, config, teacher, student, cached.data if cached else data, cached, strategy)
+    result = distill_or_reuse(spec, config, teacher, student, cached.data if cached else data, cached, strategy,
+                              callbacks)
     metrics = run_metrics(spec, config, teacher, student, result, cached, command)
     baseline = train_baseline(spec, config, data, student, strategy, metrics) if spec.baseline else None
     finish_run(config, strategy, metrics)
@@ -123,7 +127,7 @@ def cache_teacher(spec: DistillSpec, config: RunConfig, teacher: Teacher | None,
 
 
 def distill_or_reuse(spec: DistillSpec, config: RunConfig, teacher: Teacher | None, student: Student,
-                     data: DataSetup, cached: CachedRun | None, strategy) -> dict:
+                     data: DataSetup, cached: CachedRun | None, strategy, callbacks: Sequence = ()) -> dict:
     """Distil the student and save it, or, after a crash that came later (in the
     baseline), load the student that finished; returns `distill`'s result."""
     print(f"Distilling {spec.student} ({student.model.count_params():,} params) with "
@@ -139,7 +143,8 @@ def distill_or_reuse(spec: DistillSpec, config: RunConfig, teacher: Teacher | No
     else:
         result = distill(teacher.model if teacher else None, student.model, student.methods, data, config,
                          student_loss_weight=student.student_loss_weight, init_epochs=spec.init_epochs,
-                         strategy=strategy, teacher_cache=cached.train_cache if cached else None)
+                         strategy=strategy, teacher_cache=cached.train_cache if cached else None,
+                         callbacks=callbacks)
         student.model.save(student_path)
         training.write_json(done_path, result, atomic=True)
     print(f"student top1={result['top1']:.4f} ({result['train_seconds']:.0f}s)")

@@ -131,6 +131,9 @@ class Method(keras.layers.Layer):
     #: (default: the keys of `run_length_defaults`)
     run_length_defaults: dict = {}
     run_length_unless: tuple = ()
+    #: the arguments `kdkeras.tune` searches ({argument: `kdkeras.search_space` Float/Int/
+    #: Choice}); `search_space.method_space` adds the weight around `default_weight`
+    search_space: dict = {}
     #: keys of the sub-terms `compute_loss` returns as a dict (logged each)
     log_keys: tuple = ()
     #: taps (or `keys.INPUT_TAP`) whose CE-loss gradient the method reads, as

@@ -37,6 +37,7 @@ from kdkeras.methods.base import (
 )
 from kdkeras.methods.memory_bank import BANK_INITS, ContrastMemory, bank_table, draw_negatives, score_slots
 from kdkeras.methods.registry import register_method
+from kdkeras.search_space import Float
 
 # The reference's epsilon in the NCE posterior `P / (P + K / N + eps)`.
 _NCE_EPS = 1e-7
@@ -126,6 +127,7 @@ class CRD(Method):
 
     uses_teacher_logits = False
     default_weight = 0.8
+    search_space = {"weight": Float(0.02, 3.2, log=True), "temperature": Float(0.03, 0.3, log=True)}
     requires_index = True
     log_keys = ("student", "teacher")
 

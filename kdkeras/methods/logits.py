@@ -7,6 +7,7 @@ from keras import ops
 from kdkeras.keys import LOGITS
 from kdkeras.methods.base import Method, StepContext, kl_div, log_softmax_t
 from kdkeras.methods.registry import register_method
+from kdkeras.search_space import Float
 
 
 @register_method("kd")
@@ -26,6 +27,7 @@ class KD(Method):
     """
 
     default_weight = 0.9
+    search_space = {"temperature": Float(1.0, 10.0, log=True)}
     #: Hinton's CIFAR recipe: CE 0.1, KD 0.9
     default_student_loss_weight = 0.1
 

@@ -26,6 +26,7 @@ from kdkeras.methods.base import (
     sparse_labels,
 )
 from kdkeras.methods.registry import register_method
+from kdkeras.search_space import Float
 
 # Added to masked logits: large enough that exp() is exactly 0 in float32,
 # small enough that differences of masked log-probabilities stay finite.
@@ -120,6 +121,7 @@ class LSR(Method):
     """
 
     default_weight = 1.0
+    search_space = {"epsilon": Float(0.02, 0.4, log=True)}
     #: the smoothed CE replaces the plain one
     default_student_loss_weight = 0.0
     requires_teacher = False
@@ -156,6 +158,7 @@ class VirtualTeacher(Method):
     """
 
     default_weight = 0.1
+    search_space = {"correct_prob": Float(0.5, 0.999), "temperature": Float(2.0, 40.0, log=True)}
     #: `1 - alpha` of the same ResNet18/CIFAR-100 setting
     default_student_loss_weight = 0.9
     requires_teacher = False
@@ -195,6 +198,7 @@ class WSL(Method):
     """
 
     default_weight = 2.25
+    search_space = {"temperature": Float(1.0, 10.0, log=True)}
 
     def __init__(self, temperature: float = 4.0, **kwargs):
         super().__init__(**kwargs)
@@ -236,6 +240,8 @@ class DKD(Method):
     """
 
     default_weight = 1.0
+    search_space = {"weight": None, "alpha": Float(0.25, 4.0, log=True), "beta": Float(1.0, 16.0, log=True),
+                    "temperature": Float(1.0, 10.0, log=True), "warmup_fraction": Float(0.01, 0.5)}
     log_keys = ("tckd", "nckd")
     #: the recipes' warm-up: the published 20 of 240 epochs as a twelfth of any run (the
     #: class's own 20 epochs would leave a 5-epoch run at a quarter of the term), unless

@@ -1,0 +1,124 @@
+"""The trial objective: one distillation run at the trial fidelity (fewer epochs and/or
+examples), its validation top-1 reported each epoch so the pruner can stop it, scored
+on the validation split only.
+
+`trial_inputs` builds everything a trial trains from out of the config and the sampled
+settings; `validation_score` reads the one number a trial returns. Neither passes the
+test split's labels on: `score` never sees `student_top1` (the test top-1 a run always
+measures last), so no test result can steer the choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable
+
+import keras
+import optuna
+
+from kdkeras.experiment.config import DistillSpec, RunConfig
+from kdkeras.methods.registry import parse_method_args
+from kdkeras.tune import spaces
+from kdkeras.tune.options import TuneOptions
+
+#: the metrics.json key a trial is scored by
+SCORE_KEY = "student_val_top1"
+#: the per-epoch log the pruner reads (Keras' `val_` logs: the validation split)
+MONITOR = "val_accuracy"
+
+
+def require_validation(config: RunConfig) -> None:
+    """Refuse a config without a validation split: choosing on the test split would report
+    a test top-1 that was itself chosen on."""
+    split = getattr(config, "validation_split", 0) or 0
+    if not split:
+        raise ValueError(
+            f"Tuning needs a validation split (RunConfig.validation_split / --validation_split=0.1 or a count "
+            f"of examples), got validation_split={split!r}: settings are chosen on it, never on the test split.")
+
+
+class PruningCallback(keras.callbacks.Callback):
+    """Report each epoch's validation top-1 to an Optuna trial; stop the run (raise
+    `optuna.TrialPruned`) when the pruner says so. Steps count epochs over every stage."""
+
+    def __init__(self, trial: optuna.Trial, monitor: str = MONITOR):
+        super().__init__()
+        self.trial, self.monitor, self.step = trial, monitor, 0
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise KeyError(f"No {self.monitor!r} in the epoch's logs {sorted(logs or {})}: a trial needs "
+                           "validation data.")
+        self.trial.report(float(value), self.step)
+        self.step += 1
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"{self.monitor}={float(value):.4f} at epoch {self.step}")
+
+
+def cache_folder(config: RunConfig, spec: DistillSpec) -> str | None:
+    """The teacher-output cache every trial reads (None without a teacher): the spec's,
+    else OUTPUT_DIR/teacher_cache."""
+    if not spec.teacher or str(spec.teacher).lower() == "none":
+        return None
+    return spec.teacher_cache or os.path.join(config.output_dir, "teacher_cache")
+
+
+def fixed_args(spec: DistillSpec) -> dict[str, Any]:
+    """The user's own `method_args` as flat `{"kd.temperature": 2}`: fixed, never tuned."""
+    nested = spec.method_args if isinstance(spec.method_args, dict) else parse_method_args(spec.method_args)
+    return {f"{m}.{arg}": v for m, args in nested.items() for arg, v in args.items()}
+
+
+def trial_inputs(config: RunConfig, spec: DistillSpec, options: TuneOptions, candidates: list[str],
+                 candidate: str, settings: dict, number: int) -> tuple[RunConfig, DistillSpec]:
+    """The (config, spec) of trial `number`: the trial fidelity, its own folder, the
+    shared teacher cache (holding every candidate's taps), no baseline."""
+    args, ce_weight = spaces.split_settings(settings)
+    members = spaces.member_names(candidate)
+    args.update({k: v for k, v in fixed_args(spec).items() if k.split(".")[0] in members})
+    trial_config = dataclasses.replace(
+        config, epochs=options.trial_epochs or config.epochs,
+        train_limit=options.trial_train_limit or config.train_limit,
+        output_dir=os.path.join(config.output_dir, "trials", f"trial_{number:04d}"), overwrite=True, verbose=0)
+    cache = cache_folder(config, spec)
+    trial_spec = dataclasses.replace(
+        spec, method=candidate, method_args=spaces.method_args_text(args),
+        student_loss_weight=spec.student_loss_weight if ce_weight is None else ce_weight, baseline=False,
+        teacher_cache=cache, teacher_cache_methods=",".join(candidates) if cache else spec.teacher_cache_methods)
+    return trial_config, trial_spec
+
+
+def validation_score(metrics: dict) -> float:
+    """A finished trial's score: its validation top-1 (never the test split's)."""
+    if SCORE_KEY not in metrics:
+        raise KeyError(f"The run's metrics have no {SCORE_KEY!r} (keys: {sorted(metrics)}): "
+                       "a trial needs a validation split.")
+    return float(metrics[SCORE_KEY])
+
+
+def distillation_objective(config: RunConfig, spec: DistillSpec, options: TuneOptions, candidates: list[str],
+                           runner: Callable | None = None) -> Callable[[optuna.Trial], float]:
+    """The objective of a sweep: sample a candidate and its settings, run the trial through
+    `runner` (default `run_distillation`) with the pruning callback, return validation top-1."""
+    require_validation(config)
+    if runner is None:
+        from kdkeras.experiment.run import run_distillation as runner
+
+    def objective(trial: optuna.Trial) -> float:
+        candidate, settings = spaces.sample(trial, candidates, options.tune_ce_weight
+                                            and spec.student_loss_weight is None)
+        trial.set_user_attr("method", candidate)
+        trial.set_user_attr("settings", settings)
+        trial_config, trial_spec = trial_inputs(config, spec, options, candidates, candidate, settings,
+                                                trial.number)
+        start = time.perf_counter()
+        try:
+            run = runner(trial_config, trial_spec, callbacks=[PruningCallback(trial)])
+        finally:
+            trial.set_user_attr("seconds", time.perf_counter() - start)
+        return validation_score(run.metrics)
+
+    return objective

@@ -1,0 +1,50 @@
+"""`TuneOptions`: the budget and shape of a sweep, each setting declared once
+(`kdkeras.settings`), so `recipe_utils.define_tune_flags` makes their flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from kdkeras.settings import setting
+from kdkeras.tune.study import PRUNERS
+
+#: candidates of `--method=auto` unless `--candidates` names others
+AUTO_CANDIDATES = ("kd", "dkd", "wsl", "kd+at", "crd")
+
+
+def _candidates(value) -> tuple:
+    return tuple(v.strip().lower() for v in (value or []) if str(v).strip())
+
+
+@dataclass
+class TuneOptions:
+    """How many trials, at which fidelity, stored where, pruned how."""
+
+    trials: int = setting(20, group="tune", lower_bound=1,
+                          help="Finished (complete or pruned) trials the study holds when the sweep stops.")
+    timeout_minutes: float | None = setting(None, group="tune", lower_bound=0.0,
+                                            help="Stop starting trials after this many minutes.")
+    storage: str | None = setting(
+        None, group="tune", fingerprint=False,
+        help="Where the study lives: a database URL (sqlite:///path.db, postgresql://...) shared by every "
+             "process and machine of the sweep, or a SQLite file path (default: OUTPUT_DIR/study.db).")
+    study_name: str = setting("kdkeras", group="tune", help="Name of the study in --storage (resumed when it exists).")
+    pruner: str = setting("median", group="tune", choices=PRUNERS,
+                          help="Stop bad trials early: median, halving (successive halving), hyperband or none.")
+    trial_epochs: int | None = setting(None, group="tune", lower_bound=1,
+                                       help="Epochs of one trial (default: --epochs); the winner retrains at --epochs.")
+    trial_train_limit: int | None = setting(
+        None, group="tune", lower_bound=1,
+        help="Training examples of one trial (default: --train_limit); the winner retrains on all.")
+    candidates: tuple = setting(
+        AUTO_CANDIDATES, group="tune", kind="list", flag_default=list(AUTO_CANDIDATES), parse=_candidates,
+        help="Methods (or + mixes) --method=auto chooses among, each in its own search space.")
+    tune_ce_weight: bool = setting(True, group="tune",
+                                   help="Also tune the student's CE weight (--student_loss_weight fixes it).")
+    retrain: bool = setting(True, group="tune",
+                            help="Retrain the winner at the full budget and report its test top-1 (and the "
+                                 "student alone's).")
+
+    def replace(self, **changes) -> "TuneOptions":
+        return dataclasses.replace(self, **changes)

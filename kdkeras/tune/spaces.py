@@ -1,0 +1,79 @@
+"""A candidate's search space (its methods' own, prefixed with their names, and the
+student's CE weight) and its sampling as Optuna suggestions.
+
+Every parameter of a trial is named `<candidate>/<setting>` (`kd/kd.temperature`,
+`kd+at/student_loss_weight`): each candidate of `--method=auto` keeps its own
+dimensions in one study, and a setting reads back as `method_args` text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from kdkeras.methods.registry import method_class
+from kdkeras.search_space import Choice, Dimension, Float, Int, method_space, student_loss_weight_space
+
+#: the trial parameter that holds the candidate method of `--method=auto`
+METHOD_PARAM = "method"
+#: the setting name of the student's CE weight in a candidate's space
+CE_WEIGHT = "student_loss_weight"
+
+
+def member_names(candidate: str) -> list[str]:
+    """The methods of a `+` candidate, lower case (`"KD+at"` -> ["kd", "at"])."""
+    names = [n.strip().lower() for n in str(candidate).split("+") if n.strip()]
+    if not names:
+        raise ValueError(f"Empty candidate method {candidate!r}.")
+    return names
+
+
+def candidate_space(candidate: str, tune_ce_weight: bool = True) -> dict[str, Dimension]:
+    """{`method.arg` or `student_loss_weight`: dimension} of a method or `+` mix."""
+    space: dict[str, Dimension] = {}
+    classes = [method_class(name) for name in member_names(candidate)]
+    for name, cls in zip(member_names(candidate), classes):
+        space.update({f"{name}.{arg}": dim for arg, dim in method_space(cls).items()})
+    if tune_ce_weight:
+        space[CE_WEIGHT] = student_loss_weight_space(min(c.default_student_loss_weight for c in classes))
+    return space
+
+
+def suggest(trial, name: str, dim: Dimension) -> Any:
+    """One Optuna suggestion of `dim` under the parameter `name`."""
+    if isinstance(dim, Float):
+        return trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+    if isinstance(dim, Int):
+        return trial.suggest_int(name, dim.low, dim.high, log=dim.log)
+    if isinstance(dim, Choice):
+        return trial.suggest_categorical(name, list(dim.values))
+    raise TypeError(f"Unknown dimension {dim!r} for {name!r}: expected Float, Int or Choice.")
+
+
+def sample(trial, candidates: list[str], tune_ce_weight: bool = True) -> tuple[str, dict[str, Any]]:
+    """The candidate (a categorical choice when there are several) and its settings
+    sampled for `trial`: (method spec, {`method.arg` / `student_loss_weight`: value})."""
+    candidate = (trial.suggest_categorical(METHOD_PARAM, list(candidates)) if len(candidates) > 1
+                 else candidates[0])
+    settings = {name: suggest(trial, f"{candidate}/{name}", dim)
+                for name, dim in candidate_space(candidate, tune_ce_weight).items()}
+    return candidate, settings
+
+
+def settings_of(params: Mapping[str, Any], candidates: list[str]) -> tuple[str, dict[str, Any]]:
+    """(method spec, settings) of a finished trial's parameters (the inverse of `sample`)."""
+    candidate = params.get(METHOD_PARAM, candidates[0] if len(candidates) == 1 else None)
+    if candidate is None:
+        raise ValueError(f"Trial parameters {dict(params)} name no {METHOD_PARAM!r} of {candidates}.")
+    prefix = f"{candidate}/"
+    return candidate, {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+def split_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], float | None]:
+    """(method_args dict `{"kd.temperature": 2.0}`, student_loss_weight or None) of settings."""
+    args = {k: v for k, v in settings.items() if k != CE_WEIGHT}
+    return args, settings.get(CE_WEIGHT)
+
+
+def method_args_text(args: Mapping[str, Any]) -> str:
+    """`{"kd.temperature": 2.0}` -> `"kd.temperature=2.0"` (the `--method_args` form)."""
+    return ",".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in args.items())

@@ -1,0 +1,86 @@
+"""`tune_distillation`: a sweep of one method's settings, or of several candidate methods
+(`method="auto"`), on the validation split, then the winner retrained at the full
+budget and its test top-1 reported beside the student alone's. `recipes/tune.py` and
+`recipes/distill.py --method=auto` both call it."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from kdkeras.experiment.config import DistillSpec, RunConfig
+from kdkeras.files import write_json
+from kdkeras.tune import report, spaces
+from kdkeras.tune.final import best_choice, retrain
+from kdkeras.tune.objective import distillation_objective, require_validation
+from kdkeras.tune.options import TuneOptions
+from kdkeras.tune.study import make_pruner, open_study, progress_line, run_sweep, storage_url
+
+#: the `DistillSpec.method` that chooses among `TuneOptions.candidates`
+AUTO = "auto"
+
+
+@dataclass
+class TuneResult:
+    """What a sweep chose and measured (also written as OUTPUT_DIR/tune.json)."""
+
+    method: str
+    settings: dict
+    val_top1: float
+    report: dict
+    #: the winner's full-budget run (None with `retrain=False`)
+    final: object | None
+
+
+def candidates_of(spec: DistillSpec, options: TuneOptions) -> list[str]:
+    """The methods a sweep chooses among: the candidates for "auto", else the spec's one."""
+    chosen = list(options.candidates) if str(spec.method).strip().lower() == AUTO else [spec.method]
+    if not chosen:
+        raise ValueError(f"No candidate methods for --method={spec.method}: give --candidates, e.g. kd,dkd.")
+    for candidate in chosen:
+        spaces.candidate_space(candidate)  # an unknown name fails here, naming the accepted ones
+    return chosen
+
+
+def tune_distillation(config: RunConfig, spec: DistillSpec, options: TuneOptions | None = None,
+                      runner: Callable | None = None) -> TuneResult:
+    """Tune `spec` on `config`'s validation split; writes trials.md/json, trials.png and
+    tune.json into `config.output_dir` (and the retrained winner under final/)."""
+    options = options or TuneOptions()
+    require_validation(config)
+    candidates = candidates_of(spec, options)
+    os.makedirs(config.output_dir, exist_ok=True)
+    url = storage_url(options.storage, config.output_dir)
+    trial_epochs = options.trial_epochs or config.epochs
+    study = open_study(options.study_name, url, pruner=make_pruner(options.pruner, trial_epochs), seed=config.seed)
+    print(f"[tune] study {options.study_name!r} at {url}: {options.trials} trials of {trial_epochs} epochs "
+          f"among {candidates}, pruner {options.pruner}", flush=True)
+    start = time.perf_counter()
+    objective = distillation_objective(config, spec, options, candidates, runner=runner)
+    run_sweep(study, objective, options.trials, options.timeout_minutes, progress_line(options.trials))
+    sweep_seconds = time.perf_counter() - start
+    rows = report.trial_rows(study.get_trials(deepcopy=False), candidates)
+    report.write_trials(config.output_dir, rows)
+    report.plot_trials(os.path.join(config.output_dir, "trials.png"), rows)
+    method, settings, val_top1 = best_choice(study, candidates)
+    print(f"[tune] chose {method} {spaces.method_args_text(settings)} (validation top-1 {val_top1:.4f})",
+          flush=True)
+    summary = {"method": method, "settings": settings, "val_top1": val_top1, "candidates": candidates,
+               "trials": len(rows), "trial_epochs": trial_epochs,
+               "trial_train_limit": options.trial_train_limit or config.train_limit,
+               "sweep_seconds": sweep_seconds, "storage": url, "study_name": options.study_name,
+               "states": {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})}}
+    final = None
+    if options.retrain:
+        final = retrain(config, spec, method, settings)
+        m = final.metrics
+        summary.update({k: m.get(k) for k in ("student_top1", "baseline_top1", "teacher_top1", "student_val_top1",
+                                              "baseline_val_top1", "validation_examples", "epochs")})
+        if m.get("student_top1") is not None and m.get("baseline_top1") is not None:
+            summary["gain_over_baseline"] = m["student_top1"] - m["baseline_top1"]
+            print(f"[tune] test top-1 {m['student_top1']:.4f} (student alone {m['baseline_top1']:.4f})",
+                  flush=True)
+    write_json(os.path.join(config.output_dir, "tune.json"), summary)
+    return TuneResult(method, settings, val_top1, summary, final)
