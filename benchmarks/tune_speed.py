@@ -1,0 +1,100 @@
+"""What a tuning sweep costs against training the student alone, measured in one run.
+
+Trains (or loads) a teacher, builds the teacher-output cache once (timed apart:
+`cache_build_seconds`), then times, on the same data at the trial fidelity:
+
+- a sweep of N trials of `kdkeras.tune` from that cache (no pruning, no retrain),
+- one student-alone run (data, model, fit, evaluation: what a trial does without a
+  teacher), before and after the sweep, their mean taken.
+
+Prints `tune_sweep_over_student_runs` = sweep seconds / (N x student-alone seconds);
+the issue's target is <= 1.2. `--json PATH` writes the numbers.
+
+    python benchmarks/tune_speed.py --trials=6 --train_limit=5000 --trial_epochs=2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from kdkeras import experiment, training  # noqa: E402
+from kdkeras.experiment.fitting import fit_data  # noqa: E402
+from kdkeras.tune import TuneOptions, tune_distillation  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("dataset", "fashion_mnist", "Data set (kdkeras name).")
+flags.DEFINE_string("teacher", "resnet20", "A .keras teacher, or a zoo name trained here for --teacher_epochs.")
+flags.DEFINE_integer("teacher_epochs", 1, "Epochs of a teacher trained here.")
+flags.DEFINE_string("student", "resnet8", "Zoo name of the student.")
+flags.DEFINE_string("method", "kd", "Method (or --method=auto with --candidates) the sweep tunes.")
+flags.DEFINE_list("candidates", ["kd", "dkd"], "Candidates of --method=auto.")
+flags.DEFINE_integer("trials", 6, "N, the trials of the sweep.")
+flags.DEFINE_integer("trial_epochs", 2, "Epochs of a trial (and of the student-alone run).")
+flags.DEFINE_integer("train_limit", 5000, "Training examples (the validation split is carved from them).")
+flags.DEFINE_integer("test_limit", 1000, "Test examples.")
+flags.DEFINE_string("validation_split", "0.1", "Fraction or count of the validation split.")
+flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_string("json", None, "Write the numbers to this JSON file.")
+
+
+def student_alone(config: experiment.RunConfig, student: str) -> float:
+    """Seconds of one student-alone run at `config`'s fidelity: data, model, fit, evaluation."""
+    start = time.perf_counter()
+    data = experiment.setup_data(config)
+    model = experiment.build_model(student, data, seed=config.seed)
+    fit_data(model, data, config.train_config(), None, tag="student")
+    return time.perf_counter() - start
+
+
+def main(argv) -> dict:
+    del argv
+    work = tempfile.mkdtemp(prefix="tune_speed_")
+    config = experiment.RunConfig(
+        dataset=FLAGS.dataset, train_limit=FLAGS.train_limit, test_limit=FLAGS.test_limit,
+        validation_split=FLAGS.validation_split, batch_size=FLAGS.batch_size, epochs=FLAGS.trial_epochs,
+        verbose=0, output_dir=os.path.join(work, "run"))
+    teacher = FLAGS.teacher
+    if not teacher.endswith(".keras"):  # a zoo teacher trained once here, outside the timings
+        data = experiment.setup_data(config)
+        model = experiment.build_model(teacher, data, seed=1)
+        fit_data(model, data, config.train_config(FLAGS.teacher_epochs), None, tag="teacher")
+        teacher = os.path.join(work, "teacher.keras")
+        model.save(teacher)
+    candidates = FLAGS.candidates if FLAGS.method == "auto" else [FLAGS.method]
+    spec = experiment.DistillSpec(teacher=teacher, student=FLAGS.student, method=FLAGS.method,
+                                  teacher_cache=os.path.join(work, "cache"),
+                                  teacher_cache_methods=",".join(candidates))
+    # the cache, built by one run of the first candidate (which also warms TensorFlow up)
+    warm = experiment.run_distillation(config.replace(output_dir=os.path.join(work, "warm")),
+                                       dataclasses.replace(spec, method=candidates[0]))
+    cache_seconds = warm.metrics["teacher_cache_seconds"]
+    student = [student_alone(config, FLAGS.student)]
+    start = time.perf_counter()
+    tune_distillation(config.replace(output_dir=os.path.join(work, "sweep")), spec,
+                      TuneOptions(trials=FLAGS.trials, pruner="none", retrain=False, candidates=tuple(candidates)))
+    sweep = time.perf_counter() - start
+    student.append(student_alone(config, FLAGS.student))
+    per_student = sum(student) / len(student)
+    out = {"tune_sweep_over_student_runs": sweep / (FLAGS.trials * per_student),
+           "cache_build_seconds": cache_seconds, "sweep_seconds": sweep, "student_run_seconds": student,
+           "trials": FLAGS.trials, "config": {k: FLAGS[k].value for k in (
+               "dataset", "student", "method", "trial_epochs", "train_limit", "test_limit", "validation_split",
+               "batch_size")}}
+    print(f"\ncache build {cache_seconds:.1f}s; sweep of {FLAGS.trials} trials {sweep:.1f}s; "
+          f"student alone {', '.join(f'{s:.1f}s' for s in student)}")
+    print(f"{'tune_sweep_over_student_runs':<34}{out['tune_sweep_over_student_runs']:.3f}")
+    print(f"{'cache_build_seconds':<34}{cache_seconds:.3f}")
+    if FLAGS.json:
+        training.write_json(FLAGS.json, out)
+    return out
+
+
+if __name__ == "__main__":
+    app.run(main)
