@@ -39,7 +39,7 @@ flags.DEFINE_integer("trials", 6, "N, the trials of the sweep.")
 flags.DEFINE_integer("trial_epochs", 2, "Epochs of a trial (and of the student-alone run).")
 flags.DEFINE_integer("train_limit", 5000, "Training examples (the validation split is carved from them).")
 flags.DEFINE_integer("test_limit", 1000, "Test examples.")
-flags.DEFINE_string("validation_split", "0.1", "Fraction or count of the validation split.")
+flags.DEFINE_float("validation_split", 0.1, "Validation split: a fraction in (0, 1), or a count (>= 1).")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_string("json", None, "Write the numbers to this JSON file.")
 
@@ -53,12 +53,12 @@ def student_alone(config: experiment.RunConfig, student: str) -> float:
     return time.perf_counter() - start
 
 
-def main(argv) -> dict:
-    del argv
+def measure() -> dict:
+    """Build the cache, time the sweep and the student-alone runs; print and return the numbers."""
     work = tempfile.mkdtemp(prefix="tune_speed_")
     config = experiment.RunConfig(
         dataset=FLAGS.dataset, train_limit=FLAGS.train_limit, test_limit=FLAGS.test_limit,
-        validation_split=FLAGS.validation_split, batch_size=FLAGS.batch_size, epochs=FLAGS.trial_epochs,
+        validation_split=FLAGS.validation_split if FLAGS.validation_split < 1 else int(FLAGS.validation_split), batch_size=FLAGS.batch_size, epochs=FLAGS.trial_epochs,
         verbose=0, output_dir=os.path.join(work, "run"))
     teacher = FLAGS.teacher
     if not teacher.endswith(".keras"):  # a zoo teacher trained once here, outside the timings
@@ -94,6 +94,11 @@ def main(argv) -> dict:
     if FLAGS.json:
         training.write_json(FLAGS.json, out)
     return out
+
+
+def main(argv) -> None:
+    del argv
+    measure()
 
 
 if __name__ == "__main__":

@@ -244,3 +244,19 @@ def test_trials_table_and_plot(tmp_path):
     from matplotlib.image import imread
     png = imread(plot_trials(str(tmp_path / "trials.png"), rows))
     assert png.shape[:2] == (400, 700) and png[..., :3].std() > 0.05
+
+
+def test_public_names_resolve_and_sharing_a_study_loads_no_tensorflow():
+    import importlib
+
+    import kdkeras.tune as tune
+
+    for name in tune.__all__:
+        module, attribute = tune._EXPORTS[name]
+        assert getattr(tune, name) is getattr(importlib.import_module(module), attribute), name
+    code = ("import sys, kdkeras.tune.study, kdkeras.tune.options, kdkeras.search_space\n"
+            "assert not {'tensorflow', 'keras'} & set(sys.modules), sorted(sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
