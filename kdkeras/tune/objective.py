@@ -72,16 +72,23 @@ def fixed_args(spec: DistillSpec) -> dict[str, Any]:
     return {f"{m}.{arg}": v for m, args in nested.items() for arg, v in args.items()}
 
 
+def trial_test_limit(config: RunConfig) -> int:
+    """The test examples a trial reads: one batch. A run always ends on a test evaluation;
+    a trial's is never read (`validation_score`), so it is kept as small as it can be."""
+    return min(config.batch_size, config.test_limit or config.batch_size)
+
+
 def trial_inputs(config: RunConfig, spec: DistillSpec, options: TuneOptions, candidates: list[str],
                  candidate: str, settings: dict, number: int) -> tuple[RunConfig, DistillSpec]:
-    """The (config, spec) of trial `number`: the trial fidelity, its own folder, the
-    shared teacher cache (holding every candidate's taps), no baseline."""
+    """The (config, spec) of trial `number`: the trial fidelity, its own folder, one
+    batch of the test split, the shared teacher cache (holding every candidate's taps),
+    no baseline."""
     args, ce_weight = spaces.split_settings(settings)
     members = spaces.member_names(candidate)
     args.update({k: v for k, v in fixed_args(spec).items() if k.split(".")[0] in members})
     trial_config = dataclasses.replace(
         config, epochs=options.trial_epochs or config.epochs,
-        train_limit=options.trial_train_limit or config.train_limit,
+        train_limit=options.trial_train_limit or config.train_limit, test_limit=trial_test_limit(config),
         output_dir=os.path.join(config.output_dir, "trials", f"trial_{number:04d}"), overwrite=True, verbose=0)
     cache = cache_folder(config, spec)
     trial_spec = dataclasses.replace(
