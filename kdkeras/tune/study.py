@@ -65,15 +65,20 @@ def make_pruner(name: str, max_epochs: int, startup_trials: int = 3) -> optuna.p
 def open_study(name: str, url: str, *, pruner: optuna.pruners.BasePruner | None = None, seed: int = 0,
                heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE_SECONDS) -> optuna.Study:
     """The study `name` at `url`, created or loaded (maximising validation top-1), its
-    stale RUNNING trials failed now. The TPE sampler is seeded; its first trials are random."""
+    stale RUNNING trials failed now. The TPE sampler (its first 5 trials random) is
+    seeded by `seed` and the trials the study holds, so a fresh sweep repeats itself
+    while a resumed one, or a process joining a running one, draws anew."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, constant_liar=True)
-    study = optuna.create_study(storage=make_storage(url, heartbeat, grace), study_name=name, sampler=sampler,
+    study = optuna.create_study(storage=make_storage(url, heartbeat, grace), study_name=name,
                                 pruner=pruner or optuna.pruners.NopPruner(), direction="maximize",
                                 load_if_exists=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    joining = any(t.state == TrialState.RUNNING for t in trials)  # another process is sampling too
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(trials) + (os.getpid() if joining else 0),
+                                               n_startup_trials=5, constant_liar=True)
     return study
 
 
