@@ -23,7 +23,7 @@ def _check_positive(owner: str, name: str, value) -> float:
     except (TypeError, ValueError):
         number = math.nan
     if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
-        raise ValueError(f"{owner} {name} must be a finite number > 0, got {value!r}.")
+        raise ValueError(f"{owner} {name} must be > 0, got {value!r} (a finite number is accepted).")
     return number
 
 
