@@ -1,4 +1,5 @@
-"""Logit methods (KD, DIST) and logit standardisation (on KD, DKD, WSL) against\nindependent NumPy computations, and in a Distiller: gradients, mixes, save/load, cache."""
+"""Logit methods (KD, DIST) and logit standardisation (on KD, DKD, WSL) against
+independent NumPy computations, and in a Distiller: gradients, mixes, save/load, cache."""
 
 import keras
 import numpy as np
