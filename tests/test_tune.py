@@ -2,7 +2,6 @@
 processes sharing SQLite), pruning, the validation-only choice, the reports."""
 
 import dataclasses
-import inspect
 import json
 import os
 import signal
@@ -34,19 +33,15 @@ class ValConfig(RunConfig):
     validation_split: float = 0.1
 
 
-def published_default(cls, name):
-    """The value `cls(...)` takes for argument `name` when not given (the method's published
-    default; a run-length default where the run layer sets it)."""
-    if name == "weight":
-        return cls.default_weight
-    if name in cls.run_length_defaults:
-        return cls.run_length_defaults[name]
-    for klass in cls.__mro__:
-        if "__init__" in klass.__dict__:
-            param = inspect.signature(klass.__init__).parameters.get(name)
-            if param is not None and param.default is not inspect.Parameter.empty:
-                return param.default
-    raise AssertionError(f"{cls.__name__} has no default for {name!r}")
+def published_default(name, arg):
+    """The value method `name` takes for argument `arg` when not given: a run-length
+    default where the run layer sets one, else what an instance built bare holds."""
+    cls = methods_lib.method_class(name)
+    if arg in cls.run_length_defaults:
+        return cls.run_length_defaults[arg]
+    value = getattr(methods_lib.from_spec(name, num_examples=64)[0], arg)
+    assert value is not None, f"{name} has no default for {arg!r}"
+    return value
 
 
 def ends(dim):
@@ -62,7 +57,7 @@ def test_every_method_has_a_space_of_its_own_arguments_around_its_defaults(name)
     for arg, dim in space.items():
         assert isinstance(dim, (Float, Int, Choice))
         assert arg in accepted, f"{name}.search_space names {arg!r}, which {cls.__name__} does not accept"
-        assert published_default(cls, arg) in dim, (name, arg, dim, published_default(cls, arg))
+        assert published_default(name, arg) in dim, (name, arg, dim, published_default(name, arg))
         for value in ends(dim):  # the class builds at each end of its space
             methods_lib.from_spec(name, {name: {arg: value}}, num_examples=64)
     assert cls.default_student_loss_weight in student_loss_weight_space(cls.default_student_loss_weight)

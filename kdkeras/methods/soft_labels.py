@@ -26,6 +26,7 @@ from kdkeras.methods.base import (
     sparse_labels,
 )
 from kdkeras.methods.registry import register_method
+from kdkeras.methods.standardize import LogitMethod
 from kdkeras.search_space import Float
 
 # Added to masked logits: large enough that exp() is exactly 0 in float32,
@@ -188,13 +189,15 @@ class VirtualTeacher(Method):
 
 
 @register_method("wsl")
-class WSL(Method):
+class WSL(LogitMethod):
     """Weighted soft labels: `T^2 * mean(w * H(p_t^T, p_s^T))`.
 
     `w = 1 - exp(-CE(y, z_s) / CE(y, z_t))` per sample (`wsl_sample_weights`)
     turns down the soft labels where the student already beats the teacher,
     the samples that carry the bias soft labels add. `H` is the
     cross-entropy; the paper's `CE` part is the Distiller's student loss.
+    `standardize=True` standardises the logits of the soft-label term only: the
+    weights compare each network's CE on the label, from its own logits.
     """
 
     default_weight = 2.25
@@ -207,8 +210,9 @@ class WSL(Method):
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         t = self.temperature
         w = wsl_sample_weights(teacher[LOGITS], student[LOGITS], y)
-        log_pt = log_softmax_t(teacher[LOGITS], t)
-        log_ps = log_softmax_t(student[LOGITS], t)
+        z_t, z_s = self.logit_pair(teacher, student)
+        log_pt = log_softmax_t(z_t, t)
+        log_ps = log_softmax_t(z_s, t)
         soft_ce = -ops.sum(ops.exp(log_pt) * log_ps, axis=-1)
         return ops.mean(w * soft_ce) * (t * t)
 
@@ -217,7 +221,7 @@ class WSL(Method):
 
 
 @register_method("dkd")
-class DKD(Method):
+class DKD(LogitMethod):
     """Decoupled KD: `warmup * (alpha * TCKD + beta * NCKD)`, both at T, times T^2.
 
     Returns `{"tckd": ..., "nckd": ...}`, each already scaled by its
@@ -237,6 +241,10 @@ class DKD(Method):
     of the call; the published 20 of 240 epochs is `1 / 12`), so a short run
     still reaches the full term; `warmup_epochs` is then used only without
     a known run length.
+
+    `alpha`, `beta` and `temperature` left as None are 1, 8 and 4, or with
+    `standardize=True` the logit-standardisation reference's 9, 72 and 2 (its
+    `alpha` and `beta` times its KD weight 9, at its base temperature).
     """
 
     default_weight = 1.0
@@ -248,12 +256,13 @@ class DKD(Method):
     #: the user fixes warmup_epochs or warmup_fraction
     run_length_defaults = {"warmup_fraction": 20 / 240}
     run_length_unless = ("warmup_epochs", "warmup_fraction")
+    standardized_defaults = {"alpha": 9.0, "beta": 72.0, "temperature": 2.0}
 
     def __init__(
         self,
-        alpha: float = 1.0,
-        beta: float = 8.0,
-        temperature: float = 4.0,
+        alpha: float | None = None,
+        beta: float | None = None,
+        temperature: float | None = None,
         warmup_epochs: int = 20,
         warmup_fraction: float | None = None,
         **kwargs,
@@ -263,9 +272,9 @@ class DKD(Method):
             raise ValueError(f"DKD warmup_epochs must be >= 0, got {warmup_epochs!r}.")
         if warmup_fraction is not None and not 0.0 < warmup_fraction <= 1.0:
             raise ValueError(f"DKD warmup_fraction must be in (0, 1], got {warmup_fraction!r}.")
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.temperature = _check_positive("DKD", "temperature", temperature)
+        self.alpha = float(self.setting("alpha", alpha, 1.0))
+        self.beta = float(self.setting("beta", beta, 8.0))
+        self.temperature = _check_positive("DKD", "temperature", self.setting("temperature", temperature, 4.0))
         self.warmup_epochs = int(warmup_epochs)
         self.warmup_fraction = None if warmup_fraction is None else float(warmup_fraction)
 
@@ -284,7 +293,8 @@ class DKD(Method):
         return ops.minimum((ops.cast(epoch, "float32") + 1.0) / length, 1.0)
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
-        tckd, nckd = dkd_per_sample(teacher[LOGITS], student[LOGITS], y, self.temperature)
+        z_t, z_s = self.logit_pair(teacher, student)
+        tckd, nckd = dkd_per_sample(z_t, z_s, y, self.temperature)
         factor = self.warmup_factor(context)
         return {
             "tckd": factor * self.alpha * ops.mean(tckd),
