@@ -99,6 +99,13 @@ def student_loss_weight_space(default: float) -> Dimension:
     return Float(default / WEIGHT_SPAN, max(1.0, 2.0 * default), log=True)
 
 
+def describe_dimension(dim: Dimension) -> str:
+    """`0.225..3.6 (log)`, `1..10`, `{a, b}`: a dimension as docs write it."""
+    if isinstance(dim, Choice):
+        return "{" + ", ".join(str(v) for v in dim.values) + "}"
+    return f"{dim.low:g}..{dim.high:g}" + (" (log)" if dim.log else "")
+
+
 def describe(space: Mapping[str, Dimension]) -> str:
-    """One line per dimension, for logs and docs."""
-    return ", ".join(f"{k}={v}" for k, v in space.items())
+    """A space as docs write it: `weight 0.225..3.6 (log), temperature 1..10 (log)`."""
+    return ", ".join(f"{k} {describe_dimension(v)}" for k, v in space.items())

@@ -255,3 +255,10 @@ def test_public_names_resolve_and_sharing_a_study_loads_no_tensorflow():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_methods_page_lists_every_space_as_the_code_declares_it():
+    from kdkeras.tune.spaces import space_table
+
+    text = open(os.path.join(ROOT, "docs", "methods.md")).read()
+    assert space_table() in text

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from kdkeras.methods.registry import method_class
-from kdkeras.search_space import Choice, Dimension, Float, Int, method_space, student_loss_weight_space
+from kdkeras.methods.registry import method_class, registered_methods
+from kdkeras.search_space import (
+    Choice, Dimension, Float, Int, describe, describe_dimension, method_space, student_loss_weight_space,
+)
 
 #: the trial parameter that holds the candidate method of `--method=auto`
 METHOD_PARAM = "method"
@@ -77,3 +79,13 @@ def split_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], float |
 def method_args_text(args: Mapping[str, Any]) -> str:
     """`{"kd.temperature": 2.0}` -> `"kd.temperature=2.0"` (the `--method_args` form)."""
     return ",".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in args.items())
+
+
+def space_table() -> str:
+    """Every registered method's space and CE-weight range as a Markdown table (docs/methods.md)."""
+    lines = ["| method | its space | student CE weight |", "|---|---|---|"]
+    for name in registered_methods():
+        cls = method_class(name)
+        ce = student_loss_weight_space(cls.default_student_loss_weight)
+        lines.append(f"| `{name}` | {describe(method_space(cls))} | {describe_dimension(ce)} |")
+    return "\n".join(lines) + "\n"
