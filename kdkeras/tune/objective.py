@@ -121,6 +121,7 @@ def distillation_objective(config: RunConfig, spec: DistillSpec, options: TuneOp
         trial.set_user_attr("settings", settings)
         trial_config, trial_spec = trial_inputs(config, spec, options, candidates, candidate, settings,
                                                 trial.number)
+        keras.backend.clear_session()  # the last trial's models and graphs go; a long sweep stays flat
         print(f"[tune] trial {trial.number} starts: {candidate} {spaces.method_args_text(settings)}", flush=True)
         start = time.perf_counter()
         try:
