@@ -16,7 +16,7 @@ from kdkeras import training
 from kdkeras.experiment.cache import CachedRun, with_teacher_cache
 from kdkeras.experiment.config import DistillSpec, RunConfig
 from kdkeras.experiment.data import DataSetup, setup_data
-from kdkeras.experiment.fitting import distill, fit_data
+from kdkeras.experiment.fitting import distill, fit
 from kdkeras.experiment.output import (
     check_output_dir, command_line, finish_worker, run_settings, start, worker_config,
 )
@@ -207,7 +207,9 @@ def train_baseline(spec: DistillSpec, config: RunConfig, data: DataSetup, studen
         baseline = build_model(spec.student, data, seed=config.seed, bn_momentum=spec.bn_momentum,
                                **spec.student_args)
         baseline.set_weights(student.initial)
-        out = fit_data(baseline, data, config.train_config(), config.output_dir, tag="baseline")
+        out = fit(baseline, data.train, data.validation_data, config.train_config(), config.output_dir,
+                  tag="baseline", callbacks=data.callbacks(),
+                  test_ds=None if data.validation is None else data.test)
     baseline.save(os.path.join(config.output_dir, "baseline.keras"))
     metrics.update(baseline_top1=out["top1"], baseline_train_seconds=out["train_seconds"],
                    baseline_history=out["history"])
