@@ -212,3 +212,18 @@ def test_teacher_cache_for_names_a_part_and_keeps_split_names(tmp_path, teacher_
     assert by_part.fingerprint["data"]["subset"] == "validation"
     with pytest.raises(ValueError, match="No part 'dev'"):
         data.part("dev")
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not HAVE_FASHION, reason="Debian's dataset-fashion-mnist is not installed")
+def test_the_recipes_take_the_flag_and_record_the_split(tmp_path):
+    from tests.helpers import TINY, run_recipe
+
+    m = run_recipe("distill", "--teacher=none", "--method=lsr", "--baseline", "--validation_split=0.25",
+                   f"--output_dir={tmp_path / 'd'}", *TINY).metrics
+    assert (m["validation_split"], m["validation_examples"]) == (0.25, 32)
+    assert {"student_val_top1", "baseline_val_top1"} <= set(m) and "teacher_val_top1" not in m
+    assert m["history"]["val_accuracy"][-1] == pytest.approx(m["student_val_top1"])
+    t = run_recipe("train_teacher", "--model=resnet8", "--model_args=width_multiplier=0.25",
+                   "--validation_split=16", f"--output_dir={tmp_path / 't'}", *TINY)
+    assert t["validation_examples"] == 16 and t["history"]["val_accuracy"][-1] == pytest.approx(t["val_top1"])

@@ -222,7 +222,8 @@ def train_baseline(spec: DistillSpec, config: RunConfig, data: DataSetup, studen
           f"; teacher margin over it {100 * margin:+.2f} points (on the {where} split)"))
     if margin is not None:
         metrics["teacher_margin"] = margin
-        warning = weak_teacher_warning(teacher_top1, out[key], student.student_loss_weight)
+        warning = weak_teacher_warning(teacher_top1, out[key], student.student_loss_weight,
+                                       "validation" if where == "validation" else None)
         if warning:
             metrics["warnings"] = [warning]
             warnings.warn(warning, stacklevel=3)
