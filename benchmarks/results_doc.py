@@ -322,13 +322,55 @@ def run_settings(run: dict) -> tuple[dict, bool]:
     method, method_args and run-length defaults with this commit's defaults."""
     if run.get("method_settings"):
         return run["method_settings"], True
+    return MethodDefaults.active.settings(run), False
+
+
+class MethodDefaults:
+    """This commit's method settings for each (method, method_args, run-length defaults,
+    train_limit) a page's runs name, read from `ARCHIVE/method_defaults.json` when the
+    archive has it, so the page regenerates without TensorFlow; a key it lacks is computed
+    from the code (which imports the methods, and so TensorFlow). `--archive` writes the
+    file back; tests/test_results_doc.py checks every entry against the code."""
+
+    FILE = "method_defaults.json"
+    active: "MethodDefaults"
+
+    def __init__(self, path: str | None = None, refresh: bool = False):
+        self.path = path
+        self.known = {} if refresh or not path or not os.path.exists(path) else _read_json(path)
+        self.used: dict[str, dict] = {}
+
+    @staticmethod
+    def key(run: dict) -> str:
+        return json.dumps([run["method"], run["method_args"] or "", run.get("run_length_defaults") or {},
+                           run["budget"].get("train_limit") or 1], sort_keys=True)
+
+    def settings(self, run: dict) -> dict:
+        key = self.key(run)
+        if key not in self.known:
+            self.known[key] = computed_settings(run)
+        self.used[key] = self.known[key]
+        return self.used[key]
+
+    def write(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(dict(sorted(self.used.items())), f, indent=1)
+            f.write("\n")
+
+
+MethodDefaults.active = MethodDefaults()
+
+
+def computed_settings(run: dict) -> dict:
+    """The settings this commit's methods take for `run`'s method, method_args and
+    run-length defaults (imports the methods, and so TensorFlow)."""
     from kdkeras import methods as methods_lib
 
     args = methods_lib.parse_method_args(run["method_args"])
     for name, scaled in run.get("run_length_defaults", {}).items():
         args[name] = {**scaled, **args.get(name, {})}
     methods = methods_lib.from_spec(run["method"], args, num_examples=run["budget"].get("train_limit") or 1)
-    return methods_lib.method_settings(methods), False
+    return json.loads(json.dumps(methods_lib.method_settings(methods), default=str))
 
 
 def settings_text(run: dict) -> str:
@@ -606,7 +648,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--archive", default=None,
                    help="copy each run's metrics.json and run_config.json under this folder "
                         "(ARCHIVE/<root name>/<path in the root>) and cite those copies, so a page "
-                        "kept in the repository points at records kept with it")
+                        "kept in the repository points at records kept with it; ARCHIVE/"
+                        f"{MethodDefaults.FILE} keeps this commit's method settings for them")
+    p.add_argument("--refresh_method_defaults", action="store_true",
+                   help=f"recompute the archive's {MethodDefaults.FILE} from the code (after a default changed)")
     return p.parse_args(argv)
 
 
@@ -651,8 +696,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     roots = archive_runs(args.roots, args.archive) if args.archive else args.roots
     experiment_roots = (archive_runs(args.experiments, args.archive, EXPERIMENT_RECORDS)
                         if args.archive else args.experiments)
-    runs, skipped = load_runs(roots)
-    sections, superseded = summarize(runs)
+    archive = args.archive or (os.path.dirname(os.path.normpath(roots[0])) if roots else None)
+    defaults_path = os.path.join(archive, MethodDefaults.FILE) if archive else None
+    MethodDefaults.active = defaults = MethodDefaults(defaults_path, refresh=args.refresh_method_defaults)
+    try:
+        runs, skipped = load_runs(roots)
+        sections, superseded = summarize(runs)
+    finally:
+        MethodDefaults.active = MethodDefaults()
+    if args.archive or args.refresh_method_defaults:
+        defaults.write(defaults_path)
     output = os.path.abspath(args.output)
     os.makedirs(os.path.dirname(output), exist_ok=True)
     experiments = ex.load_experiments(experiment_roots)

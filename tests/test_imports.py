@@ -29,6 +29,12 @@ with tempfile.TemporaryDirectory() as page_dir:
     lines = results_doc.experiment_markdown(found, page_dir)
     plots = os.listdir(os.path.join(page_dir, "results_plots"))
 assert len(plots) == len(found) > 0 and any(line.startswith("| ") for line in lines), (plots, lines[:5])
+# the whole page, by its own command, into a temporary folder
+command = open(os.path.join("docs", "results.md")).read().split("\\n")[2].split("`")[1].split()[2:]
+argv = [a for a in command if not a.startswith(("--output=", "--readme_output=", "--archive="))]
+with tempfile.TemporaryDirectory() as page_dir:
+    results_doc.main([*argv, f"--output={page_dir}/results.md", f"--readme_output={page_dir}/readme.md"])
+    assert "| kd |" in open(f"{page_dir}/results.md").read()
 heavy = sorted(m for m in ("tensorflow", "keras", "tf_keras_vis") if m in sys.modules)
 print("loaded:", heavy)
 """

@@ -199,8 +199,9 @@ def test_archive_keeps_the_records_the_page_cites(tmp_path):
     archive = tmp_path / "docs" / "runs"
     payload = results_doc.main([str(runs), f"--output={tmp_path / 'docs' / 'results.md'}",
                                 f"--archive={archive}"])
-    copied = sorted(p.relative_to(archive) for p in archive.rglob("*.json"))
+    copied = sorted(p.relative_to(archive) for p in archive.rglob("*.json") if p.parent != archive)
     assert len(copied) == 2 * sum(len(v) for v in TOP1.values())  # metrics.json and run_config.json
+    assert (archive / results_doc.MethodDefaults.FILE).exists()  # the page regenerates without TensorFlow
     assert (archive / "pair" / "at" / "seed2" / "run_config.json").exists()
     cited = [run["path"] for row in payload["sections"][0]["rows"] for run in row["runs"]]
     assert cited and all(path.startswith(str(archive)) for path in cited)
@@ -414,3 +415,32 @@ def test_the_committed_page_regenerates_from_its_archive(tmp_path):
     assert made == committed_rest
     assert sorted(os.listdir(tmp_path / "results_plots")) == sorted(
         os.listdir(os.path.join(ROOT, "docs", "results_plots")))
+
+
+def test_the_archived_method_defaults_are_this_commits():
+    """docs/results_runs/method_defaults.json (what lets the page regenerate without
+    TensorFlow) holds what the methods' code gives for every entry; after a default
+    changes, rerun the page's command with --refresh_method_defaults."""
+    path = os.path.join(ROOT, "docs", "results_runs", results_doc.MethodDefaults.FILE)
+    stored = json.load(open(path))
+    assert stored, path
+    for key, settings in stored.items():
+        method, method_args, run_length, train_limit = json.loads(key)
+        run = {"method": method, "method_args": method_args, "run_length_defaults": run_length,
+               "budget": {"train_limit": train_limit}}
+        assert results_doc.computed_settings(run) == settings, key
+
+
+def test_method_defaults_are_read_from_the_archive_and_computed_when_missing(tmp_path):
+    run = {"method": "kd", "method_args": "", "budget": {"train_limit": 100}}
+    path = tmp_path / results_doc.MethodDefaults.FILE
+    key = results_doc.MethodDefaults.key(run)
+    path.write_text(json.dumps({key: {"kd": {"weight": 0.123}}}))
+    read = results_doc.MethodDefaults(str(path))
+    assert read.settings(run) == {"kd": {"weight": 0.123}}  # the archive's, not the code's
+    other = {**run, "method": "dkd"}
+    assert read.settings(other) == results_doc.computed_settings(other)
+    refreshed = results_doc.MethodDefaults(str(path), refresh=True)
+    assert refreshed.settings(run)["kd"]["weight"] == 0.9
+    refreshed.write(str(path))
+    assert json.loads(path.read_text()) == {key: refreshed.settings(run)}
