@@ -4,8 +4,8 @@ Trains (or loads) a teacher, builds the teacher-output cache once (timed apart:
 `cache_build_seconds`), then times, on the same data at the trial fidelity:
 
 - a sweep of N trials of `kdkeras.tune` from that cache (no pruning, no retrain),
-- one student-alone run (data, model, fit, evaluation: what a trial does without a
-  teacher), before and after the sweep, their mean taken.
+- one student-alone run on a trial's data (data, model, fit, evaluation: what a
+  trial does without a teacher), before and after the sweep, their mean taken.
 
 Prints `tune_sweep_over_student_runs` = sweep seconds / (N x student-alone seconds);
 the issue's target is <= 1.2. `--json PATH` writes the numbers.
@@ -26,7 +26,7 @@ from absl import app, flags  # noqa: E402
 
 from kdkeras import experiment, training  # noqa: E402
 from kdkeras.experiment.fitting import fit_data  # noqa: E402
-from kdkeras.tune import TuneOptions, tune_distillation  # noqa: E402
+from kdkeras.tune import TuneOptions, trial_inputs, tune_distillation  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "fashion_mnist", "Data set (kdkeras name).")
@@ -56,10 +56,10 @@ def student_alone(config: experiment.RunConfig, student: str) -> float:
 def measure() -> dict:
     """Build the cache, time the sweep and the student-alone runs; print and return the numbers."""
     work = tempfile.mkdtemp(prefix="tune_speed_")
+    split = FLAGS.validation_split if FLAGS.validation_split < 1 else int(FLAGS.validation_split)
     config = experiment.RunConfig(
-        dataset=FLAGS.dataset, train_limit=FLAGS.train_limit, test_limit=FLAGS.test_limit,
-        validation_split=FLAGS.validation_split if FLAGS.validation_split < 1 else int(FLAGS.validation_split), batch_size=FLAGS.batch_size, epochs=FLAGS.trial_epochs,
-        verbose=0, output_dir=os.path.join(work, "run"))
+        dataset=FLAGS.dataset, train_limit=FLAGS.train_limit, test_limit=FLAGS.test_limit, validation_split=split,
+        batch_size=FLAGS.batch_size, epochs=FLAGS.trial_epochs, verbose=0, output_dir=os.path.join(work, "run"))
     teacher = FLAGS.teacher
     if not teacher.endswith(".keras"):  # a zoo teacher trained once here, outside the timings
         data = experiment.setup_data(config)
@@ -69,18 +69,18 @@ def measure() -> dict:
         model.save(teacher)
     candidates = FLAGS.candidates if FLAGS.method == "auto" else [FLAGS.method]
     spec = experiment.DistillSpec(teacher=teacher, student=FLAGS.student, method=FLAGS.method,
-                                  teacher_cache=os.path.join(work, "cache"),
-                                  teacher_cache_methods=",".join(candidates))
-    # the cache, built by one run of the first candidate (which also warms TensorFlow up)
-    warm = experiment.run_distillation(config.replace(output_dir=os.path.join(work, "warm")),
-                                       dataclasses.replace(spec, method=candidates[0]))
+                                  teacher_cache=os.path.join(work, "cache"))
+    options = TuneOptions(trials=FLAGS.trials, pruner="none", retrain=False, candidates=tuple(candidates))
+    # the cache, built by a run of the first candidate exactly as a trial reads it (also warms TensorFlow up)
+    warm_config, warm_spec = trial_inputs(config, spec, options, candidates, candidates[0], {}, 0)
+    warm = experiment.run_distillation(warm_config.replace(output_dir=os.path.join(work, "warm")), warm_spec)
     cache_seconds = warm.metrics["teacher_cache_seconds"]
-    student = [student_alone(config, FLAGS.student)]
+    alone = warm_config.replace(output_dir=os.path.join(work, "alone"))  # a trial's data, no teacher
+    student = [student_alone(alone, FLAGS.student)]
     start = time.perf_counter()
-    tune_distillation(config.replace(output_dir=os.path.join(work, "sweep")), spec,
-                      TuneOptions(trials=FLAGS.trials, pruner="none", retrain=False, candidates=tuple(candidates)))
+    tune_distillation(config.replace(output_dir=os.path.join(work, "sweep")), spec, options)
     sweep = time.perf_counter() - start
-    student.append(student_alone(config, FLAGS.student))
+    student.append(student_alone(alone, FLAGS.student))
     per_student = sum(student) / len(student)
     out = {"tune_sweep_over_student_runs": sweep / (FLAGS.trials * per_student),
            "cache_build_seconds": cache_seconds, "sweep_seconds": sweep, "student_run_seconds": student,

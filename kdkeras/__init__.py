@@ -22,6 +22,7 @@ _SUBPACKAGES = ("keys", "methods", "tap_plan", "taps", "models", "data", "export
 #: public name -> (module, attribute); attribute None: the module itself
 _EXPORTS = {
     "Distiller": ("kdkeras.distiller", "Distiller"),
+    "NonFiniteLossError": ("kdkeras.nonfinite", "NonFiniteLossError"),
     "Stage": ("kdkeras.stages", "Stage"),
     "run_stages": ("kdkeras.stages", "run_stages"),
     **{name: (f"kdkeras.{name}", None) for name in _SUBPACKAGES},
@@ -35,4 +36,5 @@ if TYPE_CHECKING:  # what static tools see; at run time each name is imported on
     from kdkeras import analysis, cache, data, experiment, export, keys, methods, models, quantize  # noqa: F401
     from kdkeras import search_space, stages, tap_plan, taps, training, tune, vis  # noqa: F401
     from kdkeras.distiller import Distiller  # noqa: F401
+    from kdkeras.nonfinite import NonFiniteLossError  # noqa: F401
     from kdkeras.stages import Stage, run_stages  # noqa: F401

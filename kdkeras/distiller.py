@@ -25,6 +25,7 @@ from kdkeras import checks
 from kdkeras import taps as taps_lib
 from kdkeras.keys import INPUT_TAP, LOGITS, TEACHER, grad_key, split_inputs
 from kdkeras.methods.base import Method, StepContext, check_weight, sparse_labels
+from kdkeras.nonfinite import StopOnNonFiniteLoss, has_nonfinite_stop
 from kdkeras.tap_plan import TapPlan, plan_taps
 
 __all__ = ["Distiller", "cached_teacher_outputs"]
@@ -71,6 +72,9 @@ class Distiller(keras.Model):
             outputs come with each batch, so `teacher` may be None (it is
             then never needed in memory). Methods whose teacher taps are not
             given read the ones the cache was built for.
+        stop_on_nonfinite: `fit` stops at the first NaN/inf loss (weights put back
+            to the epoch's start) and raises `NonFiniteLossError` naming the epoch
+            and batch; False trains on.
 
     Example:
 
@@ -95,6 +99,7 @@ class Distiller(keras.Model):
         student_loss_weight: float = 1.0,
         name: str = "distiller",
         teacher_cache=None,
+        stop_on_nonfinite: bool = True,
         **kwargs: Any,
     ):
         super().__init__(name=name, **kwargs)
@@ -111,6 +116,7 @@ class Distiller(keras.Model):
         self.student = student
         self.student_loss_weight = check_weight(student_loss_weight, "student_loss_weight")
         self.methods = methods
+        self.stop_on_nonfinite = bool(stop_on_nonfinite)
         if teacher is not None:
             teacher.trainable = False
         # The 0-based epoch and the run length of the current `fit`, read by
@@ -179,8 +185,11 @@ class Distiller(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def fit(self, *args, callbacks=None, **kwargs):
-        """Keras' `fit`, with the epoch counter that warm-ups read kept in step."""
+        """Keras' `fit`, with the epoch counter that warm-ups read kept in step (and
+        the stop at a non-finite loss, unless `stop_on_nonfinite=False`)."""
         callbacks = list(callbacks or []) + [_EpochCounter(self.epoch, self._fit_epochs)]
+        if self.stop_on_nonfinite and not has_nonfinite_stop(callbacks):
+            callbacks.append(StopOnNonFiniteLoss())
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     # -- forward --------------------------------------------------------------------
@@ -341,6 +350,7 @@ class Distiller(keras.Model):
             "student": serialize(self.student),
             "methods": [serialize(m) for m in self.methods],
             "student_loss_weight": self.student_loss_weight,
+            "stop_on_nonfinite": self.stop_on_nonfinite,
             "teacher_cache": self.teacher_cache.path if self.teacher_cache is not None else None,
             "teacher_cache_entries": (list(self.teacher_cache.entries)
                                       if self.teacher_cache is not None else None),

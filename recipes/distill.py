@@ -41,7 +41,8 @@ def run(fv: flags.FlagValues):
     distilled = experiment.run_distillation(recipe_utils.run_config(fv), recipe_utils.distill_spec(fv))
     m = distilled.metrics
     print(experiment.result_line({k: m.get(k) for k in ("teacher_top1", "baseline_top1", "student_top1",
-                                                         "teacher_margin")}))
+                                                         "teacher_margin", "teacher_val_top1",
+                                                         "baseline_val_top1", "student_val_top1")}))
     for warning in m.get("warnings", []):  # after the training logs, where it is read
         print(f"WARNING: {warning}")
     return distilled

@@ -37,8 +37,7 @@ def run(fv: flags.FlagValues):
                                        **recipe_utils.parse_kwargs(fv.model_args))
         print(f"Training {fv.model} ({model.count_params():,} params) on {config.dataset} "
               f"{data.input_shape}, {data.num_train} examples, {config.epochs} epochs")
-        result = experiment.fit(model, data.train, data.test, config.train_config(),
-                                config.output_dir, tag="teacher", callbacks=data.callbacks())
+        result = experiment.fit_data(model, data, config.train_config(), config.output_dir, tag="teacher")
     path = os.path.join(config.output_dir, "model.keras")
     model.save(path)
     metrics = {
@@ -47,6 +46,9 @@ def run(fv: flags.FlagValues):
         "train_seconds": result["train_seconds"], "params": model.count_params(),
         "input_shape": list(data.input_shape), "seed": config.seed, "history": result["history"],
     }
+    if data.validation is not None:  # the epochs watched it; the test split is read once, here
+        metrics.update(validation_split=config.validation_split, validation_examples=data.num_validation,
+                       val_top1=result["val_top1"])
     training.write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
     print(f"top1={result['top1']:.4f}  saved {path}")
     experiment.finish_worker(config, strategy)

@@ -197,3 +197,37 @@ def test_teacher_cut_after_last_tap_when_no_method_reads_its_logits():
     assert kd._teacher_train_tap is kd._teacher_tap
     legacy = make([FeatureL2(teacher_layers=["relu1"], student_layers=["relu1"], name="f")])
     assert legacy._teacher_train_tap is legacy._teacher_tap
+
+
+def _nan_batch_data():
+    x, y = tiny_data(32)
+    x[12, 3, 3, 0] = np.nan  # batch 2 of 4 (batches of 8)
+    return x, y
+
+
+def test_a_nan_pixel_stops_the_distillers_own_fit_naming_epoch_batch_and_what_to_check():
+    d = make()
+    d.compile(optimizer=keras.optimizers.SGD(0.01))
+    x, y = _nan_batch_data()
+    before = [w.copy() for w in d.student.get_weights()]
+    with pytest.raises(kdkeras.NonFiniteLossError, match=r"epoch 1, batch 2.*NaN/inf in the data.*learning rate"):
+        d.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    after = d.student.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))  # put back, finite
+    # one stop only, also when the caller gives one (as the recipes' fits do)
+    with pytest.raises(kdkeras.NonFiniteLossError, match=r"epoch 1, batch 2"):
+        d.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False,
+              callbacks=[kdkeras.training.StopOnNonFiniteLoss()])
+
+
+def test_the_stop_can_be_turned_off_and_is_saved_in_the_config(tmp_path):
+    d = kdkeras.Distiller(tiny_cnn(width=8, name="teacher"), tiny_cnn(width=4, name="student"),
+                          [KD()], student_loss_weight=0.1, stop_on_nonfinite=False)
+    assert make().get_config()["stop_on_nonfinite"] is True
+    assert d.get_config()["stop_on_nonfinite"] is False
+    d.compile(optimizer=keras.optimizers.SGD(0.01))
+    x, y = _nan_batch_data()
+    history = d.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False).history
+    assert len(history["loss"]) == 2 and not np.isfinite(history["loss"][-1])  # trained on, as asked
+    d.save(tmp_path / "d.keras")
+    assert keras.models.load_model(tmp_path / "d.keras").stop_on_nonfinite is False

@@ -13,8 +13,7 @@ from kdkeras.experiment import DistillSpec, RunConfig, build_model, setup_data
 from kdkeras.tune import TuneOptions, tune_distillation
 from tests.helpers import TINY, needs_fashion_mnist, run_recipe
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not hasattr(RunConfig(), "validation_split"),
-                                                   reason="needs RunConfig.validation_split")]
+pytestmark = pytest.mark.e2e
 
 
 def split_folder(root, classes=3, train=16, test=4, size=(8, 8), seed=0):

@@ -1,7 +1,8 @@
 """From raw examples to training batches: index, shuffle, decode, preprocess, augment, batch.
 
 Order of operations (per split):
-    `limit` examples (stratified by class, seeded) -> enumerate (index 0..N-1, before any shuffling)
+    `limit` examples (stratified by class, seeded) -> the training or validation part of
+    them (`validation_split`, stratified, seeded by `seed`) -> enumerate (index 0..N-1, before any shuffling)
     -> shuffle (raw elements: cheap) -> repeat -> decode -> float32 [0, 1]
     -> resize (bilinear) -> channel conversion -> augment -> batch -> prefetch
 """
@@ -13,7 +14,7 @@ import numbers
 import tensorflow as tf
 
 from kdkeras.data.replay import ReplayClock, augment_seed, epoch_shuffle, view_of
-from kdkeras.data.sources import DatasetInfo, get_source, split_base
+from kdkeras.data.sources import DatasetInfo, ValidationSplit, check_validation_size, get_source, split_base
 from kdkeras.keys import IMAGE, INDEX
 
 AUGMENT_PAD = 4
@@ -137,6 +138,8 @@ def load(
     replay: bool | ReplayClock = False,
     views: int | None = None,
     teacher_cache=None,
+    validation_split: float | int | None = None,
+    subset: str | None = None,
 ) -> tf.data.Dataset:
     """Batches `(x, y)` of one split: x float32 NHWC in [0, 1], y int32 of shape (B,).
 
@@ -157,20 +160,29 @@ def load(
     `kdkeras.cache.TeacherCache` of this very data, adds `x["teacher"]`: the
     teacher's cached outputs for each example's view (replay and the index
     are then on; data other than the cache's is refused).
+
+    `validation_split` (a fraction in (0, 1) or a count; 0/None: none) carves a
+    validation split out of the `limit` examples, stratified by class and seeded
+    by `seed` (None: 0), and `subset` picks its part: "training" (the rest, the
+    default) or "validation" (never augmented or shuffled unless asked). Indices
+    then count the examples of that part (see `sources.validation`).
     """
     image_size = _check_args(batch_size, image_size, channels, limit, seed)
+    validation = _validation(validation_split, subset, seed)
     source = get_source(name, data_dir)
     info = source.info
     split = source.resolve_split(split)
-    augment = default_augment(info, split) if augment is None else bool(augment)
-    shuffle = split_base(split) == info.train_split if shuffle is None else bool(shuffle)
+    held_out = validation is not None and validation.subset == "validation"
+    augment = default_augment(info, split) and not held_out if augment is None else bool(augment)
+    shuffle = split_base(split) == info.train_split and not held_out if shuffle is None else bool(shuffle)
     if image_size is None and None in info.image_shape[:2]:
         raise ValueError(
             f"Images of {info.name!r} have varying sizes; pass image_size=(height, width)"
         )
-    raw = source.raw(split, limit)
+    raw = source.raw(split, limit, validation)
     if teacher_cache is not None:
-        teacher_cache.check_data(**data_spec(info, split, image_size, channels, augment, limit, seed))
+        teacher_cache.check_data(**data_spec(info, split, image_size, channels, augment, limit, seed,
+                                             validation))
         if raw.num_examples is not None and raw.num_examples != teacher_cache.num_examples:
             raise ValueError(f"The split has {raw.num_examples} examples, the teacher cache "
                              f"{teacher_cache.num_examples}.")
@@ -218,14 +230,27 @@ def load(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def data_spec(info: DatasetInfo, split: str, image_size, channels, augment: bool, limit, seed) -> dict:
+def _validation(size, subset: str | None, seed: int | None) -> ValidationSplit | None:
+    """load()'s validation part, or None without a validation split."""
+    size = check_validation_size(size)
+    if size is None:
+        if subset is not None:
+            raise ValueError(f"subset={subset!r} needs a validation_split (a fraction or a count) to pick from.")
+        return None
+    return ValidationSplit(size, 0 if seed is None else int(seed), subset or "training")
+
+
+def data_spec(info: DatasetInfo, split: str, image_size, channels, augment: bool, limit, seed,
+              validation: ValidationSplit | None = None) -> dict:
     """What identifies the images a pipeline yields (a teacher cache's data
     fingerprint): source, split, examples, size, channels and augmentation;
     the seed only where it changes the images (with augmentation). A limit is
-    marked stratified: caches of the first-N subsets of older versions are refused."""
+    marked stratified: caches of the first-N subsets of older versions are refused.
+    A validation split adds its size, part and seed (each seed carves its own)."""
     h, w, c = info.image_shape
-    return {"dataset": info.name, "split": split, "limit": limit,
+    spec = {"dataset": info.name, "split": split, "limit": limit,
             "limit_subset": "stratified" if limit else None,
             "image_size": list(image_size) if image_size else [h, w],
             "channels": int(channels or c), "augment": bool(augment),
             "seed": seed if augment else None}
+    return spec if validation is None else {**spec, **validation.spec()}

@@ -5,8 +5,11 @@ and, for distillation, a `DistillSpec` (teacher, student, methods), then makes
 one call: `run_distillation(config, spec)` loads or trains the teacher,
 builds the student, distils (with the methods' init stages when they have
 any), trains the baseline from the same initial weights, evaluates, and
-writes `student.keras`, `baseline.keras` and `metrics.json`. The smaller
-pieces (`setup_data`, `get_teacher`, `fit`, `distill`, `write_results`) are
+writes `student.keras`, `baseline.keras` and `metrics.json`. With
+`RunConfig(validation_split=0.1)` every fit watches a validation split carved
+from the training data (and metrics.json records `student_val_top1`, ...); the
+test split is read once, at the end. The smaller
+pieces (`setup_data`, `get_teacher`, `fit`, `fit_data`, `distill`, `write_results`) are
 public so that experiments with several runs (Re-KD, De-KD, teacher-free,
 bias-variance) compose them the same way.
 
@@ -33,8 +36,8 @@ from kdkeras.experiment.cache import (
     with_teacher_cache,
 )
 from kdkeras.experiment.config import AUGMENT, NO_TEACHER, DistillSpec, RunConfig
-from kdkeras.experiment.data import DataSetup, setup_data
-from kdkeras.experiment.fitting import distill, fit
+from kdkeras.experiment.data import PARTS, DataSetup, setup_data
+from kdkeras.experiment.fitting import distill, fit, fit_data, top1s
 from kdkeras.experiment.output import (
     RESUMABLE,
     check_output_dir,
@@ -58,8 +61,8 @@ from kdkeras.weak_teacher import (
 
 __all__ = [
     "CachedRun", "cache_view_pipeline", "cached_data", "sweep_methods", "teacher_cache_for",
-    "with_teacher_cache", "AUGMENT", "NO_TEACHER", "DistillSpec", "RunConfig", "DataSetup", "setup_data",
-    "distill", "fit", "RESUMABLE", "check_output_dir", "command_line", "finish_worker", "result_line",
+    "with_teacher_cache", "AUGMENT", "NO_TEACHER", "DistillSpec", "RunConfig", "DataSetup", "PARTS", "setup_data",
+    "distill", "fit", "fit_data", "top1s", "RESUMABLE", "check_output_dir", "command_line", "finish_worker", "result_line",
     "run_settings", "start", "worker_config", "write_results", "DistillRun", "Student", "run_distillation",
     "run_length_args", "run_length_note", "Teacher", "build_model", "get_teacher", "is_model_path",
     "model_input_shape", "MOSTLY_DISTILLED_CE_WEIGHT", "WEAK_TEACHER_MARGIN", "teacher_margin",

@@ -1,6 +1,6 @@
-"""A run's teacher-output cache: both splits built or reused (with the taps of a
-sweep's other methods too), then read with the batches so that training runs no
-teacher. The methods are left as they are: the cache a run trains from names each
+"""A run's teacher-output cache: each part of its data (train, test, and the
+validation split when there is one) built or reused (with the taps of a sweep's
+other methods too), then read with the batches so that training runs no teacher. The methods are left as they are: the cache a run trains from names each
 method's teacher taps (`TeacherCache.method_taps`), which the Distiller reads."""
 
 from __future__ import annotations
@@ -21,47 +21,59 @@ from kdkeras.experiment.data import DataSetup
 from kdkeras.experiment.teacher import Teacher
 
 
+def _part(data: DataSetup, split: str | None, part: str | None) -> str:
+    """The part of `data` (`experiment.data.PARTS`) a cache is for: `part`, else the
+    training split's name means "train" and any other split "test"."""
+    return part or ("train" if split == data.info.train_split else "test")
+
+
 def teacher_cache_for(
-    path: str, teacher: keras.Model, methods: Sequence, data: DataSetup, split: str, *,
-    views: int = 1, storage: str = "float32", top_k: int | None = None,
+    path: str, teacher: keras.Model, methods: Sequence, data: DataSetup, split: str | None = None, *,
+    part: str | None = None, views: int = 1, storage: str = "float32", top_k: int | None = None,
     max_bytes: int | None = None, rebuild: bool = False,
 ) -> cache_lib.TeacherCache:
-    """The teacher cache of one split of `data` for `methods` at `path`: reused when
-    it matches, else built (views of the training split's augmentation replayed)."""
+    """The teacher cache of one part of `data` (`part`: "train", "validation" or "test";
+    else named by its `split`) for `methods` at `path`: reused when it matches (the
+    validation split included), else built (views of the training split's augmentation
+    replayed)."""
     c = data.config
-    train = split == data.info.train_split
-    augment = data.train_augment if train else False
-    limit = c.train_limit if train else c.test_limit
+    split, options = data.part(_part(data, split, part))
     image_size, channels = tuple(data.input_shape[:2]), data.input_shape[2]
     taps, method_taps = cache_lib.teacher_taps(teacher, methods)
-    spec = data_lib.data_spec(data.info, split, image_size, channels, augment, limit, c.seed)
-    num_examples = data_lib.num_examples(c.dataset, split, limit, c.data_dir)
+    carved = (data_lib.ValidationSplit(options["validation_split"], c.seed, options["subset"])
+              if options.get("validation_split") else None)
+    spec = data_lib.data_spec(data.info, split, image_size, channels, options["augment"], options["limit"],
+                              c.seed, carved)
+    num_examples = data_lib.num_examples(c.dataset, split, options["limit"], c.data_dir, carved)
     return cache_lib.build_teacher_cache(
-        path, teacher, lambda v: cache_view_pipeline(data, split, v, views), num_examples=num_examples,
-        views=views, data=spec, taps=taps, method_taps=method_taps, storage=storage, top_k=top_k,
-        max_bytes=max_bytes, rebuild=rebuild)
+        path, teacher, lambda v: cache_view_pipeline(data, split, v, views, part=part),
+        num_examples=num_examples, views=views, data=spec, taps=taps, method_taps=method_taps,
+        storage=storage, top_k=top_k, max_bytes=max_bytes, rebuild=rebuild)
 
 
-def cache_view_pipeline(data: DataSetup, split: str, view: int, views: int):
-    """The batches a teacher cache's `view` of `split` is built from: the training split
-    as epoch `view` yields them (its order, crops and batch size), other splits as
-    evaluation reads them. The cached outputs then equal the online ones bit for bit:
-    some CPU kernels round an image differently at the end of a partial batch."""
-    c = data.config
-    train = split == data.info.train_split
-    return data.load(split, augment=data.train_augment if train else False,
-                     limit=c.train_limit if train else c.test_limit, shuffle=train, with_index=True,
-                     replay=data_lib.ReplayClock(view), views=views)
+def cache_view_pipeline(data: DataSetup, split: str | None, view: int, views: int, part: str | None = None):
+    """The batches a teacher cache's `view` of one part of `data` is built from: the
+    training part as epoch `view` yields them (its order, crops and batch size), the
+    validation and test parts as evaluation reads them. The cached outputs then equal
+    the online ones bit for bit: some CPU kernels round an image differently at the end
+    of a partial batch."""
+    split, options = data.part(_part(data, split, part))
+    return data.load(split, **options, with_index=True, replay=data_lib.ReplayClock(view), views=views)
 
 
-def cached_data(data: DataSetup, train_cache, test_cache) -> DataSetup:
-    """`data` read with teacher caches: its batches carry the teacher's outputs."""
+def cached_data(data: DataSetup, train_cache, test_cache, validation_cache=None) -> DataSetup:
+    """`data` read with teacher caches: its batches carry the teacher's outputs (the
+    validation split's too, given its cache)."""
     clock = data_lib.ReplayClock()
-    train = data.load(data.info.train_split, augment=data.train_augment, replay=clock,
-                      teacher_cache=train_cache)
-    test = data.load(data.info.test_split, augment=False, limit=data.config.test_limit,
-                     teacher_cache=test_cache)
-    return dataclasses.replace(data, train=train, test=test, clock=clock)
+
+    def read(part, cache, **extra):
+        split, options = data.part(part)
+        return data.load(split, **options, teacher_cache=cache, **extra)
+
+    train = read("train", train_cache, replay=clock)
+    test = read("test", test_cache)
+    validation = data.validation if validation_cache is None else read("validation", validation_cache)
+    return dataclasses.replace(data, train=train, test=test, clock=clock, validation=validation)
 
 
 def for_methods(cache: cache_lib.TeacherCache, taps: Sequence[str],
@@ -87,8 +99,9 @@ class CachedRun:
 
 def with_teacher_cache(spec: DistillSpec, config: RunConfig, teacher: Teacher, methods: Sequence,
                        data: DataSetup) -> CachedRun:
-    """Build or reuse the caches of both splits (with the taps of `spec.teacher_cache_methods`
-    too), read only what `methods` need, then forget the teacher model."""
+    """Build or reuse the caches of each part of the data (with the taps of
+    `spec.teacher_cache_methods` too), read only what `methods` need, then forget the
+    teacher model."""
     views = spec.teacher_cache_views or config.epochs
     cache_lib.warn_views(views, config.epochs, data.train_augment)
     max_bytes = None if spec.teacher_cache_max_gb is None else int(spec.teacher_cache_max_gb * 2**30)
@@ -96,18 +109,21 @@ def with_teacher_cache(spec: DistillSpec, config: RunConfig, teacher: Teacher, m
                    rebuild=spec.rebuild_teacher_cache)
     extra = sweep_methods(spec.teacher_cache_methods, data.num_train)
     start_time = time.perf_counter()
-    caches = [teacher_cache_for(os.path.join(spec.teacher_cache, name), teacher.model, [*extra, *methods],
-                                data, split, views=v, **options)
-              for name, split, v in (("train", data.info.train_split, views),
-                                     ("test", data.info.test_split, 1))]
+    parts = [("train", views), ("test", 1)] + ([("validation", 1)] if data.validation is not None else [])
+    caches = [teacher_cache_for(os.path.join(spec.teacher_cache, part), teacher.model, [*extra, *methods],
+                                data, part=part, views=v, **options)
+              for part, v in parts]
     seconds = time.perf_counter() - start_time
     needed, method_taps = cache_lib.teacher_taps(teacher.model, methods)
-    train_cache, test_cache = (for_methods(c, needed, method_taps) for c in caches)
+    train_cache, test_cache, *validation_cache = (for_methods(c, needed, method_taps) for c in caches)
+    validation_cache = validation_cache[0] if validation_cache else None
     if teacher.top1 is None:
         teacher.top1 = test_cache.teacher_top1
         print(f"teacher top1={teacher.top1:.4f} (from the teacher cache)")
+    if validation_cache is not None and teacher.val_top1 is None:
+        teacher.val_top1 = validation_cache.teacher_top1
     teacher.model = None  # training reads the cache: the teacher need not stay in memory
-    return CachedRun(cached_data(data, train_cache, test_cache), train_cache, seconds)
+    return CachedRun(cached_data(data, train_cache, test_cache, validation_cache), train_cache, seconds)
 
 
 def sweep_methods(spec: str, num_examples: int) -> list:

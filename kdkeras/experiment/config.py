@@ -15,6 +15,7 @@ from typing import Any
 
 from kdkeras import training
 from kdkeras.cache.layout import STORAGES
+from kdkeras.data.sources.validation import check_validation_size
 from kdkeras.methods.registry import parse_kwargs
 from kdkeras.settings import setting
 
@@ -28,6 +29,18 @@ def _channels(text: str | None) -> int | None:
     return None if text is None else int(text)
 
 
+def _split_size(text: str | float | int | None) -> float | int:
+    """--validation_split's text -> a fraction (float) or a count (int); 0 for none."""
+    if text is None or isinstance(text, (int, float)):
+        return text or 0
+    try:
+        value = float(text) if any(ch in text for ch in ".eE") else int(text)
+    except ValueError:
+        raise ValueError(f"--validation_split={text!r} is not a number; accepted: a fraction in (0, 1) "
+                         "(e.g. 0.1) or a count of examples (e.g. 2000); 0 for none.") from None
+    return check_validation_size(value) or 0
+
+
 def _joined(names: list | None) -> str:
     return ",".join(names or [])
 
@@ -39,6 +52,8 @@ class RunConfig(training.TrainConfig):
     schedule, weight_decay, momentum, strategy, tensorboard, verbose,
     run_eagerly, sync_batchnorm) plus the data and where results go.
 
+    `validation_split` (a fraction in (0, 1) or a count; 0: none) carves a
+    validation split out of the (limited) training data, seeded by `seed`.
     `augment=None` takes the data set's default (on, except (fashion_)mnist);
     `image_size`/`channels` of `None` keep the data's own unless a model fixes
     the input.
@@ -54,6 +69,11 @@ class RunConfig(training.TrainConfig):
                                       group="data", lower_bound=1)
     test_limit: int | None = setting(None, help="Use only the first N test examples.", group="data",
                                      lower_bound=1)
+    validation_split: float | int = setting(
+        0, group="data", kind="string", flag_default="0", parse=_split_size,
+        help="Carve a validation split out of the training data (after --train_limit): a fraction in (0, 1) "
+             "or a count of examples, stratified by class and seeded by --seed. Per-epoch val_* numbers, the "
+             "weak-teacher check and tuning then read it; the test split is read once, at the end. 0: none.")
     batch_size: int = setting(64, help="Global batch size (split across replicas).", group="data",
                               lower_bound=1)
     image_size: int | None = setting(
@@ -76,6 +96,10 @@ class RunConfig(training.TrainConfig):
         help="Deterministic TensorFlow kernels (tf.config.experimental.enable_op_determinism): the same "
              "command and seed give the same weights on GPU too, at some speed. CPU runs are deterministic "
              "without it.")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.validation_split = check_validation_size(self.validation_split) or 0
 
     def train_config(self, epochs: int | None = None) -> training.TrainConfig:
         """The optimiser/schedule settings for a run of `epochs` (default: this config's)."""

@@ -1,6 +1,8 @@
-"""The data of a run: train and test pipelines at one input size (a saved teacher's
-input wins over --image_size/--channels, said aloud), the training split replayed
-epoch by epoch so that a resume or a teacher cache rebuilds any epoch exactly."""
+"""The data of a run: train, validation and test pipelines at one input size (a saved
+teacher's input wins over --image_size/--channels, said aloud), the training split
+replayed epoch by epoch so that a resume or a teacher cache rebuilds any epoch exactly.
+With --validation_split the validation pipeline is carved out of the training data and
+is what every fit watches; the test split is then only read for the final top-1s."""
 
 from __future__ import annotations
 
@@ -13,9 +15,13 @@ from kdkeras import training
 from kdkeras.experiment.config import RunConfig
 
 
+#: the parts of a run's data: what is trained on, the validation split carved from it, the test split
+PARTS = ("train", "validation", "test")
+
+
 @dataclass
 class DataSetup:
-    """The train/test pipelines and what models need to know about them."""
+    """The train/validation/test pipelines and what models need to know about them."""
 
     info: data_lib.DatasetInfo
     train: Any
@@ -25,6 +31,32 @@ class DataSetup:
     config: RunConfig
     #: the epoch clock of the replayed training pipeline (None for other data)
     clock: data_lib.ReplayClock | None = None
+    #: the validation split carved from the training data (None without --validation_split)
+    validation: Any = None
+    num_validation: int = 0
+
+    @property
+    def validation_data(self):
+        """What a fit watches each epoch (its `val_*` numbers): the validation split,
+        else the test split (without a validation split, as always)."""
+        return self.test if self.validation is None else self.validation
+
+    def part(self, name: str) -> tuple[str, dict]:
+        """(split, `load` options) of one of `PARTS`: "train" as trained on (augmented,
+        shuffled), "validation" and "test" as evaluation reads them."""
+        c, train_split = self.config, self.info.train_split
+        carve = {"validation_split": c.validation_split} if c.validation_split else {}
+        if name == "train":
+            subset = {"subset": "training"} if carve else {}
+            return train_split, dict(augment=self.train_augment, limit=c.train_limit, shuffle=True, **carve,
+                                     **subset)
+        if name == "validation" and carve:
+            return train_split, dict(augment=False, limit=c.train_limit, shuffle=False, subset="validation",
+                                     **carve)
+        if name == "test":
+            return self.info.test_split, dict(augment=False, limit=c.test_limit, shuffle=False)
+        accepted = list(PARTS) if carve else ["train", "test"]
+        raise ValueError(f"No part {name!r} of this run's data; accepted: {accepted}.")
 
     def callbacks(self) -> list:
         """What `fit` needs to keep the training pipeline's epochs in step (resumes)."""
@@ -44,12 +76,15 @@ class DataSetup:
         """Another pipeline of this data at the same size and channels (e.g. the
         training split un-augmented for int8 calibration, or with its index)."""
         c = self.config
+        split = split or self.info.train_split
         kwargs = dict(
             batch_size=c.batch_size, image_size=self.input_shape[:2], channels=self.input_shape[2],
             data_dir=c.data_dir, seed=c.seed, augment=c.augment, limit=c.train_limit,
         )
+        if c.validation_split and split == self.info.train_split:  # what is trained on, by default
+            kwargs.update(validation_split=c.validation_split, subset="training")
         kwargs.update(overrides)
-        return data_lib.load(c.dataset, split or self.info.train_split, **kwargs)
+        return data_lib.load(c.dataset, split, **kwargs)
 
 
 def setup_data(
@@ -80,15 +115,24 @@ def setup_data(
     # Replayed epochs: shuffle order and crops are functions of (seed, epoch, index),
     # so a resumed run or a teacher cache rebuilds any epoch exactly.
     clock = data_lib.ReplayClock()
+    carve = {"validation_split": config.validation_split} if config.validation_split else {}
     train = data_lib.load(
         config.dataset, info.train_split, augment=config.augment, limit=config.train_limit,
-        with_index=with_index, shuffle=shuffle_train, replay=clock, **common,
+        with_index=with_index, shuffle=shuffle_train, replay=clock, **carve, **common,
     )
     test = data_lib.load(config.dataset, info.test_split, limit=config.test_limit, **common)
     num_train = info.splits.get(info.train_split) or training.steps_in(train) * config.batch_size
     if config.train_limit:
         num_train = min(num_train, config.train_limit)
-    return DataSetup(info, train, test, (h, w, c), int(num_train), config, clock)
+    validation, num_validation = None, 0
+    if carve:  # stratified, seeded by --seed, out of the (limited) training data
+        validation = data_lib.load(config.dataset, info.train_split, augment=False, shuffle=False,
+                                   limit=config.train_limit, subset="validation", **carve, **common)
+        num_validation = data_lib.num_examples(
+            config.dataset, info.train_split, config.train_limit, config.data_dir,
+            data_lib.ValidationSplit(config.validation_split, config.seed, "validation"))
+        num_train -= num_validation
+    return DataSetup(info, train, test, (h, w, c), int(num_train), config, clock, validation, num_validation)
 
 
 def _warn_overridden(config: RunConfig, input_shape: Sequence[int]) -> None:

@@ -1,5 +1,6 @@
-"""Training within a run: `fit` (a logits model or a Distiller, its test top-1
-measured) and `distill` (the methods' CE weight, their init stages when they have any)."""
+"""Training within a run: `fit` (a logits model or a Distiller, its top-1 measured)
+and `distill` (the methods' CE weight, their init stages when they have any). With a
+validation split each fit watches it, and the test split is read once, at the end."""
 
 from __future__ import annotations
 
@@ -16,19 +17,39 @@ from kdkeras.experiment.data import DataSetup
 from kdkeras.stages import default_stages, needs_init_stage, run_stages
 
 
-def fit(model: keras.Model, train_ds, test_ds, config: training.TrainConfig,
-        output_dir: str | None = None, tag: str = "run", callbacks: Sequence = ()) -> dict:
-    """Compile and fit a logits model or a Distiller; return the trained network's
-    `history`, `train_seconds` and test `top1`."""
+def fit(model: keras.Model, train_ds, validation_ds, config: training.TrainConfig,
+        output_dir: str | None = None, tag: str = "run", callbacks: Sequence = (),
+        test_ds=None) -> dict:
+    """Compile and fit a logits model or a Distiller, watching `validation_ds` each
+    epoch; return the trained network's `history`, `train_seconds` and `top1` on
+    `test_ds` (default: `validation_ds`); with a `test_ds`, also `val_top1` on
+    `validation_ds`."""
     distiller = training.is_distiller(model)  # a Distiller reads the index; a plain model does not
     history, seconds = training.compile_and_fit(
         model, train_ds if distiller else training.drop_index(train_ds),
-        test_ds if distiller else training.drop_index(test_ds),
+        validation_ds if distiller else training.drop_index(validation_ds),
         config, output_dir, tag=tag, callbacks=callbacks,
     )
     network = model.student if distiller else model
     return {"history": history, "train_seconds": seconds,
+            **top1s(network, validation_ds, test_ds)}
+
+
+def top1s(network: keras.Model, validation_ds, test_ds=None) -> dict:
+    """`top1` on `test_ds` (default: `validation_ds`), and `val_top1` on `validation_ds`
+    when a separate `test_ds` is given."""
+    if test_ds is None:
+        return {"top1": training.evaluate_top1(network, validation_ds)}
+    return {"val_top1": training.evaluate_top1(network, validation_ds),
             "top1": training.evaluate_top1(network, test_ds)}
+
+
+def fit_data(model: keras.Model, data: DataSetup, config: training.TrainConfig,
+             output_dir: str | None = None, tag: str = "run", callbacks: Sequence = ()) -> dict:
+    """`fit` on a run's data: trained on `data.train`, watching its validation split
+    (else the test split), `top1` on the test split (and `val_top1` with a validation split)."""
+    return fit(model, data.train, data.validation_data, config, output_dir, tag=tag,
+               callbacks=data.callbacks() + list(callbacks), test_ds=None if data.validation is None else data.test)
 
 
 def distill(
@@ -53,7 +74,8 @@ def distill(
     saved under `output_dir/stages` and skipped when rerun. With a
     `teacher_cache` (and `data` read with it) `teacher` may be None; `callbacks` join
     every stage's `fit`. Returns `history`
-    (with `stages` when staged), `train_seconds`, `top1` and the
+    (with `stages` when staged), `train_seconds`, `top1` (test), `val_top1` (with a
+    validation split, which each epoch's `val_*` numbers then are) and the
     `student_loss_weight` used.
     """
     strategy = strategy or training.get_strategy("default")
@@ -69,8 +91,7 @@ def distill(
         with strategy.scope():
             distiller = Distiller(teacher, student, methods, student_loss_weight=weight,
                                   teacher_cache=teacher_cache)
-            out = fit(distiller, data.train, data.test, train_config, config.output_dir, tag=tag,
-                      callbacks=data.callbacks() + list(callbacks))
+            out = fit_data(distiller, data, train_config, config.output_dir, tag=tag, callbacks=callbacks)
         return {**out, "student_loss_weight": weight}
     init_epochs = init_epochs or max(1, config.epochs // 4)
     stages = default_stages(methods, init_epochs, config.epochs, weight)
@@ -84,7 +105,7 @@ def distill(
 
     with strategy.scope():
         histories = run_stages(
-            teacher, student, stages, data.train, data.test, optimizer_fn, config.output_dir,
+            teacher, student, stages, data.train, data.validation_data, optimizer_fn, config.output_dir,
             verbose=config.verbose, compile_kwargs={"run_eagerly": config.run_eagerly},
             callbacks=data.callbacks() + [training.StopOnNonFiniteLoss(), *callbacks], teacher_cache=teacher_cache,
             sync_batchnorm=train_config.sync_batchnorm,
@@ -92,6 +113,6 @@ def distill(
     seconds = histories.total_seconds  # every stage, over every process (a resumed run counts both)
     history = histories["main"]
     history["stages"] = {k: v for k, v in histories.items() if k != "main"}
-    return {"history": history, "train_seconds": seconds,
-            "top1": training.evaluate_top1(student, data.test), "student_loss_weight": weight,
-            "init_epochs": init_epochs}
+    return {"history": history, "train_seconds": seconds, "student_loss_weight": weight,
+            "init_epochs": init_epochs,
+            **top1s(student, data.validation_data, None if data.validation is None else data.test)}

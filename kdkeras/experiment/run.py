@@ -65,7 +65,7 @@ def run_distillation(config: RunConfig, spec: DistillSpec, command: str | None =
     cached = cache_teacher(spec, config, teacher, student.methods, data)
     result = distill_or_reuse(spec, config, teacher, student, cached.data if cached else data, cached, strategy,
                               callbacks)
-    metrics = run_metrics(spec, config, teacher, student, result, cached, command)
+    metrics = run_metrics(spec, config, teacher, student, result, cached, command, data)
     baseline = train_baseline(spec, config, data, student, strategy, metrics) if spec.baseline else None
     finish_run(config, strategy, metrics)
     return DistillRun(metrics, cached.data if cached else data, teacher, student.model, baseline,
@@ -152,8 +152,10 @@ def distill_or_reuse(spec: DistillSpec, config: RunConfig, teacher: Teacher | No
 
 
 def run_metrics(spec: DistillSpec, config: RunConfig, teacher: Teacher | None, student: Student,
-                result: dict, cached: CachedRun | None, command: str | None) -> dict:
-    """metrics.json of the distillation (the baseline adds its own)."""
+                result: dict, cached: CachedRun | None, command: str | None,
+                data: DataSetup | None = None) -> dict:
+    """metrics.json of the distillation (the baseline adds its own); with a validation
+    split in `data`, its keys too (`validation_metrics`)."""
     metrics = {
         "method": spec.method,
         "method_args": spec.method_args,
@@ -182,32 +184,51 @@ def run_metrics(spec: DistillSpec, config: RunConfig, teacher: Teacher | None, s
         metrics["run_length_defaults"] = student.run_length_defaults
     if "init_epochs" in result:
         metrics["init_epochs"] = result["init_epochs"]
+    if data is not None and data.validation is not None:
+        metrics.update(validation_metrics(config, data, teacher, result))
     if cached is not None:
         metrics.update(teacher_cache=spec.teacher_cache, teacher_cache_views=cached.train_cache.views,
                        teacher_cache_storage=cached.train_cache.storage, teacher_cache_seconds=cached.seconds)
     return metrics
 
 
+def validation_metrics(config: RunConfig, data: DataSetup, teacher: Teacher | None, result: dict) -> dict:
+    """The validation split's keys of metrics.json: the setting, its size, and the
+    student's and teacher's top-1 on it (what a tuner chooses by)."""
+    out = {"validation_split": config.validation_split, "validation_examples": data.num_validation,
+           "student_val_top1": result["val_top1"]}
+    if teacher is not None and teacher.val_top1 is not None:
+        out["teacher_val_top1"] = teacher.val_top1
+    return out
+
+
 def train_baseline(spec: DistillSpec, config: RunConfig, data: DataSetup, student: Student, strategy,
                    metrics: dict) -> keras.Model:
     """The student trained alone from the same initial weights on the same (uncached)
     data and budget, saved as baseline.keras; adds its top-1, the teacher's margin
-    over it and the weak-teacher warning to `metrics`."""
+    over it and the weak-teacher warning to `metrics`. With a validation split the
+    margin (and the warning) is measured on it, never on the test split."""
     with strategy.scope():
         baseline = build_model(spec.student, data, seed=config.seed, bn_momentum=spec.bn_momentum,
                                **spec.student_args)
         baseline.set_weights(student.initial)
-        out = fit(baseline, data.train, data.test, config.train_config(), config.output_dir,
-                  tag="baseline", callbacks=data.callbacks())
+        out = fit(baseline, data.train, data.validation_data, config.train_config(), config.output_dir,
+                  tag="baseline", callbacks=data.callbacks(),
+                  test_ds=None if data.validation is None else data.test)
     baseline.save(os.path.join(config.output_dir, "baseline.keras"))
     metrics.update(baseline_top1=out["top1"], baseline_train_seconds=out["train_seconds"],
                    baseline_history=out["history"])
-    margin = teacher_margin(metrics["teacher_top1"], out["top1"])
-    print(f"baseline top1={out['top1']:.4f}"
-          + ("" if margin is None else f"; teacher margin over it {100 * margin:+.2f} points"))
+    where, key = ("validation", "val_top1") if "val_top1" in out else ("test", "top1")
+    if where == "validation":
+        metrics["baseline_val_top1"] = out["val_top1"]
+    teacher_top1 = metrics.get(f"teacher_{key}")
+    margin = teacher_margin(teacher_top1, out[key])
+    print(f"baseline top1={out['top1']:.4f}" + ("" if margin is None else
+          f"; teacher margin over it {100 * margin:+.2f} points (on the {where} split)"))
     if margin is not None:
         metrics["teacher_margin"] = margin
-        warning = weak_teacher_warning(metrics["teacher_top1"], out["top1"], student.student_loss_weight)
+        warning = weak_teacher_warning(teacher_top1, out[key], student.student_loss_weight,
+                                       "validation" if where == "validation" else None)
         if warning:
             metrics["warnings"] = [warning]
             warnings.warn(warning, stacklevel=3)

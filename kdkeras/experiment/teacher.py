@@ -12,7 +12,7 @@ from kdkeras import models as models_lib
 from kdkeras import training
 from kdkeras.experiment.config import NO_TEACHER
 from kdkeras.experiment.data import DataSetup
-from kdkeras.experiment.fitting import fit
+from kdkeras.experiment.fitting import fit_data
 
 
 def is_model_path(spec: str) -> bool:
@@ -38,7 +38,7 @@ def build_model(
 
 @dataclass
 class Teacher:
-    """A loaded or freshly trained teacher: the model, its test top-1 and its file."""
+    """A loaded or freshly trained teacher: the model, its test (and validation) top-1 and its file."""
 
     model: keras.Model | None
     #: None until known (a cached run reads it from its test-split cache)
@@ -47,6 +47,8 @@ class Teacher:
     trained_epochs: int | None = None
     params: int | None = None
     input_shape: tuple | None = None
+    #: top-1 on the run's validation split (None without one, or until known)
+    val_top1: float | None = None
 
     def require_model(self) -> keras.Model:
         """The teacher model, loaded again from its file when a teacher cache let it go."""
@@ -74,8 +76,8 @@ def get_teacher(
     channel-converted inside the model when its input differs) or a zoo name:
     with `saved_dir`, `saved_dir/<dataset>_<name>/model.keras` is used when it
     exists; otherwise the zoo model is trained for `epochs` and saved as
-    `output_dir/teacher.keras`. `evaluate=False` leaves its top-1 unknown (None),
-    e.g. for a run whose teacher cache already records it.
+    `output_dir/teacher.keras`. `evaluate=False` leaves its top-1s unknown (None),
+    e.g. for a run whose teacher cache already records them.
     """
     if spec is None or spec.strip().lower() in NO_TEACHER:
         return None
@@ -94,13 +96,15 @@ def get_teacher(
             seed = config.seed + 1000 if seed is None else seed
             teacher = build_model(spec, data, seed=seed, bn_momentum=bn_momentum, **(build_kwargs or {}))
             print(f"Training teacher {spec} ({teacher.count_params():,} params) for {epochs} epochs")
-            fit(teacher, data.train, data.test, config.train_config(epochs), config.output_dir,
-                tag="teacher", callbacks=data.callbacks())
+            fit_data(teacher, data, config.train_config(epochs), config.output_dir, tag="teacher")
             source = os.path.join(config.output_dir, "teacher.keras")
             teacher.save(source)
             trained_epochs = epochs
-    top1 = None
+    top1 = val_top1 = None
     if evaluate:
         top1 = training.evaluate_top1(teacher, data.test)
-        print(f"teacher top1={top1:.4f}")
-    return Teacher(teacher, top1, source, trained_epochs, teacher.count_params(), tuple(data.input_shape))
+        if data.validation is not None:
+            val_top1 = training.evaluate_top1(teacher, data.validation)
+        print(f"teacher top1={top1:.4f}" + ("" if val_top1 is None else f", validation top1={val_top1:.4f}"))
+    return Teacher(teacher, top1, source, trained_epochs, teacher.count_params(), tuple(data.input_shape),
+                   val_top1)

@@ -12,33 +12,7 @@ import keras
 import numpy as np
 
 from kdkeras.files import write_json
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss (bad input data, or a diverging rate)."""
-
-
-class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stop `fit` at the first batch whose loss is NaN or infinite, put back the
-    weights the model had when that epoch began (the last known good ones) and
-    raise `NonFiniteLossError` naming the epoch and batch: unlike Keras'
-    `TerminateOnNaN` the run fails instead of saving a model of NaNs."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-        self._good = self.model.get_weights()
-
-    def on_train_batch_end(self, batch, logs=None):
-        value = (logs or {}).get("loss")
-        if value is None or np.all(np.isfinite(np.asarray(value, dtype="float64"))):
-            return
-        self.model.set_weights(self._good)
-        self.model.stop_training = True
-        raise NonFiniteLossError(
-            f"The training loss became {float(np.asarray(value))} at epoch {self._epoch + 1}, batch "
-            f"{batch + 1} (1-based): a NaN/inf in the data (check the images and labels of that batch) "
-            "or a learning rate that diverges (try a smaller --lr). The model's weights were put back "
-            "to those at the start of that epoch; nothing was saved as finished.")
+from kdkeras.nonfinite import NonFiniteLossError, StopOnNonFiniteLoss  # noqa: F401  (re-exported)
 
 
 class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):

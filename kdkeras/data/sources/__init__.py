@@ -4,7 +4,8 @@ Every source describes itself with a `DatasetInfo` and hands out one split at a
 time as a `RawSplit`: cheap raw elements (an image, or a file path) that the
 pipeline can index and shuffle before paying for decoding. `get_source` picks
 the source a dataset name calls for; one module per source (`idx_files`,
-`folders`, `tfds`), the split logic they share in `splits`.
+`folders`, `tfds`), the split logic they share in `splits` and the validation
+split carved from a training split in `validation`.
 """
 
 from __future__ import annotations
@@ -28,18 +29,21 @@ from kdkeras.data.sources.idx_files import (
 from kdkeras.data.sources.splits import (
     HOLDOUT_PERCENT,
     LIMIT_SEED,
+    kept_positions,
     resolve_split,
     split_base,
     stratified_limit,
     stratified_positions,
 )
 from kdkeras.data.sources.tfds import TfdsSource, tfds_train_test_splits
+from kdkeras.data.sources.validation import SUBSETS, ValidationSplit, carve, check_validation_size, validation_counts
 
 __all__ = [
     "ACCEPTED_NAMES", "FASHION_MNIST_CLASSES", "FOLDER_PREFIX", "HOLDOUT_PERCENT", "IMAGE_EXTENSIONS",
     "LIMIT_SEED", "DatasetInfo", "DatasetNotFoundError", "DatasetUnavailableError", "FolderSource",
-    "IdxSource", "RawSplit", "TfdsSource", "get_source", "info", "num_examples", "read_idx_split",
-    "resolve_split", "split_base", "stratified_limit", "stratified_positions", "tfds_train_test_splits",
+    "IdxSource", "RawSplit", "SUBSETS", "TfdsSource", "ValidationSplit", "carve", "check_validation_size",
+    "get_source", "info", "kept_positions", "num_examples", "read_idx_split", "resolve_split", "split_base",
+    "stratified_limit", "stratified_positions", "tfds_train_test_splits", "validation_counts",
 ]
 
 
@@ -65,10 +69,12 @@ def info(name: str, data_dir: str | None = None) -> DatasetInfo:
     return get_source(name, data_dir).info
 
 
-def num_examples(name: str, split: str, limit: int | None = None, data_dir: str | None = None) -> int:
-    """How many examples `load(name, split, limit=limit)` yields per epoch."""
+def num_examples(name: str, split: str, limit: int | None = None, data_dir: str | None = None,
+                 validation: ValidationSplit | None = None) -> int:
+    """How many examples `load(name, split, limit=limit)` yields per epoch (of the
+    `validation` part of them, when given)."""
     source = get_source(name, data_dir)
-    raw = source.raw(source.resolve_split(split), limit)
+    raw = source.raw(source.resolve_split(split), limit, validation)
     if raw.num_examples is None:
         return sum(1 for _ in raw.dataset)
     return int(raw.num_examples)

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdkeras.data.sources.base import FOLDER_PREFIX, DatasetInfo, DatasetNotFoundError, RawSplit
-from kdkeras.data.sources.splits import hold_out, resolve_split, stratified_limit, warn_holdout
+from kdkeras.data.sources.splits import hold_out, kept_positions, resolve_split, warn_holdout
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 _LAYOUT = "root/<split>/<class>/*.{jpg,jpeg,png,bmp,gif} or root/<class>/*.{jpg,...}"
@@ -138,8 +138,12 @@ class FolderSource:
     def resolve_split(self, split: str) -> str:
         return resolve_split(self.info, split)
 
-    def raw(self, split: str, limit: int | None = None) -> RawSplit:
-        items = stratified_limit(self.files[split], limit, self.info.name)
+    def raw(self, split: str, limit: int | None = None, validation=None) -> RawSplit:
+        """The split's files: `limit` of them, then the `validation` part (see `kept_positions`)."""
+        items = self.files[split]
+        keep = kept_positions([label for _, label in items], limit, validation, self.info.name,
+                              self.info.class_names)
+        items = items if keep is None else [items[p] for p in keep]
         if not items:
             raise ValueError(f"Split {split!r} of {self.info.name!r} has no images")
         paths = [p for p, _ in items]

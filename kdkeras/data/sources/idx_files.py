@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from kdkeras.data.idx import read_idx, read_idx_shape
 from kdkeras.data.sources.base import DatasetInfo, DatasetUnavailableError, RawSplit, identity
-from kdkeras.data.sources.splits import resolve_split, stratified_positions
+from kdkeras.data.sources.splits import kept_positions, resolve_split
 from kdkeras.data.sources.tfds import TfdsSource
 
 FASHION_MNIST_CLASSES = [
@@ -110,10 +110,11 @@ class IdxSource:
     def resolve_split(self, split: str) -> str:
         return resolve_split(self.info, split)
 
-    def raw(self, split: str, limit: int | None = None) -> RawSplit:
+    def raw(self, split: str, limit: int | None = None, validation=None) -> RawSplit:
+        """The split's images: `limit` of them, then the `validation` part (see `kept_positions`)."""
         images, labels = read_idx_split(*self.files[split])
-        if limit is not None and limit < len(labels):  # stratified, seeded: not the first N
-            keep = stratified_positions(labels, limit, self.info.name)
+        keep = kept_positions(labels, limit, validation, self.info.name, self.info.class_names)
+        if keep is not None:  # stratified, seeded: not the first N
             images, labels = images[keep], labels[keep]
         dataset = tf.data.Dataset.from_tensor_slices((images, labels))
         return RawSplit(dataset, identity, len(labels), shuffle_buffer=len(labels))

@@ -1,5 +1,6 @@
 """Split logic shared by the sources: split names and their aliases, the test
-split held out of a dataset that has none, and the stratified, seeded `limit=`."""
+split held out of a dataset that has none, the stratified, seeded `limit=`, and the
+positions a split yields with a limit and a validation split (`kept_positions`)."""
 
 from __future__ import annotations
 
@@ -119,3 +120,17 @@ def stratified_limit(items: list[tuple[str, int]], limit: int | None, name: str 
     `stratified_positions`, returned in their original order."""
     positions = stratified_positions([label for _, label in items], limit, name)
     return [items[p] for p in positions]
+
+
+def kept_positions(labels, limit: int | None, validation=None, name: str = "",
+                   class_names=None) -> np.ndarray | None:
+    """Positions (ascending) of the examples a split yields: `limit` of them
+    (`stratified_positions`), then the `validation` part of those (a
+    `validation.ValidationSplit`); None when that is every example."""
+    labels = np.asarray(labels).reshape(-1)
+    if validation is None and (limit is None or limit >= len(labels)):
+        return None
+    keep = stratified_positions(labels, limit, name)
+    if validation is not None:
+        keep = keep[validation.positions(labels[keep], name, class_names)]
+    return keep

@@ -16,7 +16,7 @@ from kdkeras.data.sources.base import (
     DatasetUnavailableError,
     RawSplit,
 )
-from kdkeras.data.sources.splits import HOLDOUT_PERCENT, resolve_split, stratified_positions, warn_holdout
+from kdkeras.data.sources.splits import HOLDOUT_PERCENT, kept_positions, resolve_split, warn_holdout
 
 TFDS_SHUFFLE_BUFFER = 10_000  # decoded tfds images are big: cap the shuffle buffer
 #: where tfds downloads from (checked before a download, with a short timeout)
@@ -119,7 +119,8 @@ class TfdsSource:
     def resolve_split(self, split: str) -> str:
         return resolve_split(self.info, split, allow_slicing=True)
 
-    def raw(self, split: str, limit: int | None = None) -> RawSplit:
+    def raw(self, split: str, limit: int | None = None, validation=None) -> RawSplit:
+        """The split's examples: `limit` of them, then the `validation` part (see `kept_positions`)."""
         tfds = _import_tfds()
         try:
             # images stay encoded (cheap to shuffle) until the pipeline decodes them
@@ -132,8 +133,8 @@ class TfdsSource:
                 f"{ACCEPTED_NAMES}."
             ) from error
         num = self.info.splits.get(split)
-        if limit is not None and (num is None or limit < num):
-            return self._stratified(split, limit)
+        if validation is not None or (limit is not None and (num is None or limit < num)):
+            return self._stratified(split, limit, validation)
         buffer = min(num or TFDS_SHUFFLE_BUFFER, TFDS_SHUFFLE_BUFFER)
         return RawSplit(dataset, self._image_feature.decode_example, num, shuffle_buffer=buffer)
 
@@ -144,12 +145,13 @@ class TfdsSource:
         return tfds.load(self.name, split=split, data_dir=self.data_dir, as_supervised=True,
                          shuffle_files=False, decoders=decoders)
 
-    def _stratified(self, split: str, limit: int) -> RawSplit:
-        """`limit` examples of `split` kept class by class (`stratified_positions`),
-        in split order; images stay encoded until the pipeline decodes the kept ones."""
+    def _stratified(self, split: str, limit: int | None, validation=None) -> RawSplit:
+        """The examples of `split` that `kept_positions` keeps (a stratified limit, a
+        validation part), in split order; images stay encoded until the pipeline decodes them."""
         labels = _tfds_labels(self, split)
+        positions = kept_positions(labels, limit, validation, self.name, self.info.class_names)
         keep = np.zeros(len(labels), bool)
-        keep[stratified_positions(labels, limit, self.name)] = True
+        keep[np.arange(len(labels)) if positions is None else positions] = True
         mask = tf.constant(keep)
 
         def kept(position, item):
