@@ -180,16 +180,17 @@ def _trials(url):
 
 def test_a_sweep_killed_mid_trial_resumes_with_every_finished_trial_kept(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    proc = _sweep(url, trials=5, seconds=0.3)
+    proc = _sweep(url, trials=5, seconds=0.5)
     deadline = time.time() + 120
     while time.time() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.1)
         try:
-            states = [t.state for t in _trials(url)]
+            trials = _trials(url)
         except KeyError:  # the study is not created yet
             continue
-        if states.count(TrialState.COMPLETE) >= 2 and states[-1] == TrialState.RUNNING:
-                break
+        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        if done >= 2 and trials[-1].state == TrialState.RUNNING and len(trials[-1].intermediate_values) == 1:
+            break  # mid-trial: one epoch reported, a second of work left
     else:
         proc.kill()
         pytest.fail("the sweep never got two trials done")
@@ -262,3 +263,14 @@ def test_the_methods_page_lists_every_space_as_the_code_declares_it():
 
     text = open(os.path.join(ROOT, "docs", "methods.md")).read()
     assert space_table() in text
+
+
+def test_a_trial_killed_before_its_first_heartbeat_is_failed_too(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = open_study("sleepy", url, heartbeat=1, grace=1)
+    silent = study.ask()  # RUNNING, never beating: its process "died" at once
+    time.sleep(1.5)
+    live = study.ask()  # just created: not stale yet
+    open_study("sleepy", url, heartbeat=1, grace=1)
+    states = {t.number: t.state for t in _trials(url)}
+    assert states == {silent.number: TrialState.FAIL, live.number: TrialState.RUNNING}

@@ -13,9 +13,11 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from datetime import datetime, timedelta
 from typing import Callable
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
 #: pruners `--pruner` accepts
@@ -69,17 +71,40 @@ def open_study(name: str, url: str, *, pruner: optuna.pruners.BasePruner | None 
     seeded by `seed` and the trials the study holds, so a fresh sweep repeats itself
     while a resumed one, or a process joining a running one, draws anew."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=make_storage(url, heartbeat, grace), study_name=name,
+    storage = make_storage(url, heartbeat, grace)
+    study = optuna.create_study(storage=storage, study_name=name,
                                 pruner=pruner or optuna.pruners.NopPruner(), direction="maximize",
                                 load_if_exists=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    fail_unbeaten_trials(study, storage, grace)
     trials = study.get_trials(deepcopy=False)
     joining = any(t.state == TrialState.RUNNING for t in trials)  # another process is sampling too
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(trials) + (os.getpid() if joining else 0),
                                                n_startup_trials=5, constant_liar=True)
     return study
+
+
+def fail_unbeaten_trials(study: optuna.Study, storage, grace: int) -> list[int]:
+    """Fail RUNNING trials started over `grace` seconds ago that never beat: a process
+    killed between creating a trial and its first heartbeat leaves one, which Optuna's
+    stale check skips (it reads heartbeats only). Returns their numbers."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return []
+    with storage.engine.connect() as conn:  # the heartbeat table of Optuna's RDB schema
+        beating = {row[0] for row in conn.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats"))}
+    cutoff = datetime.now() - timedelta(seconds=grace)
+    failed = []
+    for trial in running:
+        if trial._trial_id not in beating and trial.datetime_start and trial.datetime_start < cutoff:
+            try:
+                storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+                failed.append(trial.number)
+            except optuna.exceptions.UpdateFinishedTrialError:  # another process got there first
+                pass
+    return failed
 
 
 def finished_trials(study: optuna.Study) -> list:
