@@ -274,3 +274,25 @@ def test_a_trial_killed_before_its_first_heartbeat_is_failed_too(tmp_path):
     open_study("sleepy", url, heartbeat=1, grace=1)
     states = {t.number: t.state for t in _trials(url)}
     assert states == {silent.number: TrialState.FAIL, live.number: TrialState.RUNNING}
+
+
+def test_the_users_method_args_are_fixed_and_a_zoo_teacher_is_trained_once(tmp_path, monkeypatch):
+    import kdkeras.experiment.data as data_module
+    import kdkeras.experiment.teacher as teacher_module
+
+    trained = []
+
+    def get_teacher(name, data, **kwargs):
+        trained.append(name)
+        return type("T", (), {"source": str(tmp_path / "teacher" / "teacher.keras")})()
+
+    monkeypatch.setattr(teacher_module, "get_teacher", get_teacher)
+    monkeypatch.setattr(data_module, "setup_data", lambda config, shape=None: None)
+    seen = []
+    spec = DistillSpec(teacher="resnet20", method="kd", method_args="kd.temperature=2")
+    options = TuneOptions(trials=3, retrain=False, pruner="none")
+    result = tune_distillation(ValConfig(output_dir=str(tmp_path)), spec, options, runner=fake_runner(seen, 0))
+    assert trained == ["resnet20"]
+    assert {s.teacher for _, s in seen} == {str(tmp_path / "teacher" / "teacher.keras")}
+    assert {s.method_args.count("kd.temperature=2") for _, s in seen} == {1}
+    assert "kd.temperature" not in result.settings and set(result.settings) == {"kd.weight", "student_loss_weight"}

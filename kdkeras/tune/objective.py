@@ -116,7 +116,7 @@ def distillation_objective(config: RunConfig, spec: DistillSpec, options: TuneOp
 
     def objective(trial: optuna.Trial) -> float:
         candidate, settings = spaces.sample(trial, candidates, options.tune_ce_weight
-                                            and spec.student_loss_weight is None)
+                                            and spec.student_loss_weight is None, fixed=list(fixed_args(spec)))
         trial.set_user_attr("method", candidate)
         trial.set_user_attr("settings", settings)
         trial_config, trial_spec = trial_inputs(config, spec, options, candidates, candidate, settings,

@@ -8,7 +8,7 @@ dimensions in one study, and a setting reads back as `method_args` text.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from kdkeras.methods.registry import method_class, registered_methods
 from kdkeras.search_space import (
@@ -51,13 +51,15 @@ def suggest(trial, name: str, dim: Dimension) -> Any:
     raise TypeError(f"Unknown dimension {dim!r} for {name!r}: expected Float, Int or Choice.")
 
 
-def sample(trial, candidates: list[str], tune_ce_weight: bool = True) -> tuple[str, dict[str, Any]]:
+def sample(trial, candidates: list[str], tune_ce_weight: bool = True,
+           fixed: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
     """The candidate (a categorical choice when there are several) and its settings
-    sampled for `trial`: (method spec, {`method.arg` / `student_loss_weight`: value})."""
+    sampled for `trial`: (method spec, {`method.arg` / `student_loss_weight`: value});
+    names in `fixed` (the user's own `method_args`) are not searched."""
     candidate = (trial.suggest_categorical(METHOD_PARAM, list(candidates)) if len(candidates) > 1
                  else candidates[0])
     settings = {name: suggest(trial, f"{candidate}/{name}", dim)
-                for name, dim in candidate_space(candidate, tune_ce_weight).items()}
+                for name, dim in candidate_space(candidate, tune_ce_weight).items() if name not in fixed}
     return candidate, settings
 
 

@@ -5,12 +5,13 @@ budget and its test top-1 reported beside the student alone's. `recipes/tune.py`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from kdkeras.experiment.config import DistillSpec, RunConfig
+from kdkeras.experiment.config import NO_TEACHER, DistillSpec, RunConfig
 from kdkeras.files import write_json
 from kdkeras.tune import report, spaces
 from kdkeras.tune.final import best_choice, retrain
@@ -44,6 +45,23 @@ def candidates_of(spec: DistillSpec, options: TuneOptions) -> list[str]:
     return chosen
 
 
+def trained_teacher(config: RunConfig, spec: DistillSpec) -> DistillSpec:
+    """`spec` with a zoo-name teacher trained once, into OUTPUT_DIR/teacher (kept there for
+    a resumed sweep), so every trial and the final run load it instead of training it."""
+    from kdkeras.experiment.data import setup_data
+    from kdkeras.experiment.teacher import get_teacher, is_model_path
+
+    if not spec.teacher or spec.teacher.strip().lower() in NO_TEACHER or is_model_path(spec.teacher):
+        return spec
+    folder = os.path.join(config.output_dir, "teacher")
+    saved = os.path.join(folder, "teacher.keras")
+    if not os.path.exists(saved):
+        data = setup_data(dataclasses.replace(config, output_dir=folder), spec.input_shape)
+        saved = get_teacher(spec.teacher, data, epochs=spec.teacher_epochs, build_kwargs=spec.teacher_args,
+                            bn_momentum=spec.bn_momentum, saved_dir=spec.saved_dir, evaluate=False).source
+    return dataclasses.replace(spec, teacher=saved)
+
+
 def tune_distillation(config: RunConfig, spec: DistillSpec, options: TuneOptions | None = None,
                       runner: Callable | None = None) -> TuneResult:
     """Tune `spec` on `config`'s validation split; writes trials.md/json, trials.png and
@@ -52,6 +70,7 @@ def tune_distillation(config: RunConfig, spec: DistillSpec, options: TuneOptions
     require_validation(config)
     candidates = candidates_of(spec, options)
     os.makedirs(config.output_dir, exist_ok=True)
+    spec = trained_teacher(config, spec)
     url = storage_url(options.storage, config.output_dir)
     trial_epochs = options.trial_epochs or config.epochs
     study = open_study(options.study_name, url, pruner=make_pruner(options.pruner, trial_epochs), seed=config.seed)
