@@ -4,8 +4,10 @@ Trains (or loads) a teacher, builds the teacher-output cache once (timed apart:
 `cache_build_seconds`), then times, on the same data at the trial fidelity:
 
 - a sweep of N trials of `kdkeras.tune` from that cache (no pruning, no retrain),
-- one student-alone run on a trial's data (data, model, fit, evaluation: what a
-  trial does without a teacher), before and after the sweep, their mean taken.
+  resumed one trial at a time,
+- N student-alone runs on a trial's data (data, model, fit, evaluation: what a
+  trial does without a teacher), one before each trial, so that load on the
+  machine hits both alike; their mean is taken.
 
 Prints `tune_sweep_over_student_runs` = sweep seconds / (N x student-alone seconds);
 the issue's target is <= 1.2. `--json PATH` writes the numbers.
@@ -76,11 +78,14 @@ def measure() -> dict:
     warm = experiment.run_distillation(warm_config.replace(output_dir=os.path.join(work, "warm")), warm_spec)
     cache_seconds = warm.metrics["teacher_cache_seconds"]
     alone = warm_config.replace(output_dir=os.path.join(work, "alone"))  # a trial's data, no teacher
-    student = [student_alone(alone, FLAGS.student)]
-    start = time.perf_counter()
-    tune_distillation(config.replace(output_dir=os.path.join(work, "sweep")), spec, options)
-    sweep = time.perf_counter() - start
-    student.append(student_alone(alone, FLAGS.student))
+    sweep_config = config.replace(output_dir=os.path.join(work, "sweep"))
+    student, sweep_parts = [], []
+    for done in range(1, FLAGS.trials + 1):  # interleaved: a student-alone run, then the sweep resumed for one trial
+        student.append(student_alone(alone, FLAGS.student))
+        start = time.perf_counter()
+        tune_distillation(sweep_config, spec, options.replace(trials=done))
+        sweep_parts.append(time.perf_counter() - start)
+    sweep = sum(sweep_parts)
     per_student = sum(student) / len(student)
     out = {"tune_sweep_over_student_runs": sweep / (FLAGS.trials * per_student),
            "cache_build_seconds": cache_seconds, "sweep_seconds": sweep, "student_run_seconds": student,
