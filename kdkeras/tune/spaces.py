@@ -84,10 +84,13 @@ def method_args_text(args: Mapping[str, Any]) -> str:
 
 
 def space_table() -> str:
-    """Every registered method's space and CE-weight range as a Markdown table (docs/methods.md)."""
+    """kdkeras' own methods' spaces and CE-weight ranges as a Markdown table (docs/methods.md);
+    methods a user (or a test) registers elsewhere are left out."""
     lines = ["| method | its space | student CE weight |", "|---|---|---|"]
     for name in registered_methods():
         cls = method_class(name)
+        if not cls.__module__.startswith("kdkeras."):
+            continue
         ce = student_loss_weight_space(cls.default_student_loss_weight)
         lines.append(f"| `{name}` | {describe(method_space(cls))} | {describe_dimension(ce)} |")
     return "\n".join(lines) + "\n"
