@@ -102,3 +102,18 @@ def image_folder(root, classes=3, per_class=10, size=(8, 8), seed=0):
             with open(path, "wb") as f:
                 f.write(tf.io.encode_png(pixels).numpy())
     return f"folder:{root}"
+
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+HAVE_FASHION = os.path.isfile(os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz"))
+
+
+def collect_batches(ds):
+    """Concatenates all batches of a (x, y) dataset into numpy arrays (x a dict of arrays
+    when the batches carry one)."""
+    xs, ys = [], []
+    for x, y in ds:
+        xs.append(x), ys.append(y.numpy())
+    if isinstance(xs[0], dict):
+        return {k: np.concatenate([x[k].numpy() for x in xs]) for k in xs[0]}, np.concatenate(ys)
+    return np.concatenate([x.numpy() for x in xs]), np.concatenate(ys)

@@ -1,7 +1,6 @@
 """Tests for kdkeras.data: IDX reader, folder / tfds / Fashion-MNIST sources, the pipeline."""
 
 import gzip
-import os
 import re
 
 import numpy as np
@@ -10,20 +9,7 @@ import tensorflow as tf
 
 from kdkeras import data
 from kdkeras.data import sources
-
-FASHION_DIR = "/usr/share/datasets/fashion-mnist"
-HAVE_FASHION = os.path.isfile(os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz"))
-
-
-def _collect(ds):
-    """Concatenates all batches of a (x, y) dataset into numpy arrays."""
-    xs, ys = [], []
-    for x, y in ds:
-        xs.append(x), ys.append(y.numpy())
-    if isinstance(xs[0], dict):
-        return {k: np.concatenate([x[k].numpy() for x in xs]) for k in xs[0]}, np.concatenate(ys)
-    return np.concatenate([x.numpy() for x in xs]), np.concatenate(ys)
-
+from tests.helpers import HAVE_FASHION, collect_batches
 
 # ------------------------------------------------------------------------ IDX
 def _write_idx(path, array, magic):
@@ -71,7 +57,7 @@ def test_idx_source_via_env_dir(tmp_path, monkeypatch):
     info = data.info("fashion_mnist")
     assert info.splits == {"train": 7, "test": 3}
     assert info.image_shape == (5, 4, 1) and info.num_classes == 10
-    x, y = _collect(data.load("fashion_mnist", "t10k", batch_size=2))  # t10k -> test alias
+    x, y = collect_batches(data.load("fashion_mnist", "t10k", batch_size=2))  # t10k -> test alias
     np.testing.assert_allclose(x[..., 0], arrays["t10k"][0] / 255.0, atol=1e-6)
     np.testing.assert_array_equal(y, arrays["t10k"][1])
     assert not data.default_augment(info, "train")  # no flips for clothes/digits
@@ -121,9 +107,9 @@ def test_folder_info_and_consistent_labels(image_folder):
     assert info.splits == {"test": 3, "train": 5}
     assert info.image_shape == (6, 6, 3)
     assert (info.train_split, info.test_split) == ("train", "test")
-    _, y_test = _collect(data.load(name, "test", batch_size=2))
+    _, y_test = collect_batches(data.load(name, "test", batch_size=2))
     assert sorted(y_test.tolist()) == [0, 2, 2]
-    x, y_train = _collect(data.load(name, "train", batch_size=2, augment=False))
+    x, y_train = collect_batches(data.load(name, "train", batch_size=2, augment=False))
     assert sorted(y_train.tolist()) == [0, 0, 1, 1, 2]
     assert x.shape == (5, 6, 6, 3) and x.dtype == np.float32
 
@@ -135,7 +121,7 @@ def test_folder_varying_sizes_need_image_size(tmp_path):
     assert data.info(name).image_shape == (None, None, 1)
     with pytest.raises(ValueError, match="image_size"):
         data.load(name, "train")
-    x, _ = _collect(data.load(name, "train", image_size=(7, 7), channels=3, augment=False))
+    x, _ = collect_batches(data.load(name, "train", image_size=(7, 7), channels=3, augment=False))
     assert x.shape == (2, 7, 7, 3)
 
 
@@ -228,14 +214,14 @@ def test_tfds_resize_and_channels(mock_cifar10):
 
 def test_tfds_index_unique_when_shuffled(mock_cifar10):
     ds = data.load(mock_cifar10, "train", batch_size=5, with_index=True, shuffle=True, seed=3)
-    plain_x, _ = _collect(data.load(mock_cifar10, "train", batch_size=5, with_index=True,
+    plain_x, _ = collect_batches(data.load(mock_cifar10, "train", batch_size=5, with_index=True,
                                     shuffle=False, augment=False))
     for _ in range(2):  # two epochs: same index set, stable meaning
-        x, y = _collect(ds)
+        x, y = collect_batches(ds)
         assert set(x) == {"image", "index"} and x["index"].dtype == np.int64
         assert sorted(x["index"].tolist()) == list(range(12))
     np.testing.assert_array_equal(plain_x["index"], np.arange(12))
-    shuffled, _ = _collect(data.load(mock_cifar10, "train", batch_size=5, with_index=True,
+    shuffled, _ = collect_batches(data.load(mock_cifar10, "train", batch_size=5, with_index=True,
                                      shuffle=True, augment=False, seed=3))
     order = shuffled["index"]
     assert not np.array_equal(order, np.arange(12))
@@ -243,7 +229,7 @@ def test_tfds_index_unique_when_shuffled(mock_cifar10):
 
 
 def test_tfds_limit_drop_remainder_repeat(mock_cifar10):
-    x, y = _collect(data.load(mock_cifar10, "train", batch_size=4, limit=7, with_index=True))
+    x, y = collect_batches(data.load(mock_cifar10, "train", batch_size=4, limit=7, with_index=True))
     assert len(y) == 7 and sorted(x["index"].tolist()) == list(range(7))
     batches = list(data.load(mock_cifar10, "train", batch_size=4, limit=7, drop_remainder=True))
     assert [int(b[1].shape[0]) for b in batches] == [4]
@@ -301,15 +287,15 @@ def _folder_with_gradients(root, n=6, size=(10, 10)):
 
 def test_augmentation_shape_range_seed_and_effect(tmp_path):
     name = _folder_with_gradients(tmp_path)
-    plain, _ = _collect(data.load(name, "train", batch_size=6, shuffle=False, augment=False))
-    aug1, _ = _collect(data.load(name, "train", batch_size=6, shuffle=False, seed=7))
-    aug2, _ = _collect(data.load(name, "train", batch_size=6, shuffle=False, seed=7))
+    plain, _ = collect_batches(data.load(name, "train", batch_size=6, shuffle=False, augment=False))
+    aug1, _ = collect_batches(data.load(name, "train", batch_size=6, shuffle=False, seed=7))
+    aug2, _ = collect_batches(data.load(name, "train", batch_size=6, shuffle=False, seed=7))
     assert aug1.shape == plain.shape == (6, 10, 10, 3)
     assert aug1.min() >= 0.0 and aug1.max() <= 1.0
     np.testing.assert_array_equal(aug1, aug2)  # reproducible with a seed
     changed = [not np.array_equal(a, p) for a, p in zip(aug1, plain)]
     assert any(changed)  # it does something
-    test_x, _ = _collect(data.load(name, "test", batch_size=6))  # no augmentation by default
+    test_x, _ = collect_batches(data.load(name, "test", batch_size=6))  # no augmentation by default
     np.testing.assert_array_equal(test_x, plain)
 
 
@@ -350,12 +336,12 @@ def test_folder_without_test_split_holds_out_each_class(tmp_path):
     assert (info.train_split, info.test_split) == ("train", "test")
     # 10% of 20 cats = 2, at least one of the 5 dogs, none of the single emu.
     assert info.splits == {"train": 23, "test": 3}
-    _, y_test = _collect(data.load(name, "test", batch_size=4))
+    _, y_test = collect_batches(data.load(name, "test", batch_size=4))
     assert sorted(y_test.tolist()) == [0, 0, 1]
-    x_train, y_train = _collect(data.load(name, "train", batch_size=4, augment=False,
+    x_train, y_train = collect_batches(data.load(name, "train", batch_size=4, augment=False,
                                           shuffle=False))
     assert sorted(y_train.tolist()) == [0] * 18 + [1] * 4 + [2]
-    x_test, _ = _collect(data.load(name, "test", batch_size=4))
+    x_test, _ = collect_batches(data.load(name, "test", batch_size=4))
     # disjoint: no held-out image is also a training image (the pixels encode the file)
     train_rows = {row.tobytes() for row in x_train.reshape(len(x_train), -1)}
     assert not any(row.tobytes() in train_rows for row in x_test.reshape(len(x_test), -1))
@@ -420,7 +406,7 @@ def test_stratified_positions_keep_class_shares_and_a_fixed_subset():
 def test_an_idx_limit_keeps_every_class_with_its_images(tmp_path, monkeypatch):
     labels = _write_sorted_idx_dir(tmp_path)
     monkeypatch.setenv("KDKERAS_FASHION_MNIST_DIR", str(tmp_path))
-    runs = [_collect(data.load("fashion_mnist", "train", batch_size=64, limit=6, shuffle=False))
+    runs = [collect_batches(data.load("fashion_mnist", "train", batch_size=64, limit=6, shuffle=False))
             for _ in range(2)]
     (x, y), (x2, y2) = runs
     assert np.array_equal(np.bincount(y, minlength=3), [2, 2, 2])  # the first 6 would be all class 0
@@ -443,8 +429,8 @@ def test_a_tfds_limit_keeps_every_class_and_the_same_subset():
         source = sources.get_source("cifar10")
         every = sources.tfds._tfds_labels(source, "train")
         assert len(every) == 40 and len(set(every.tolist())) == 10
-        full, _ = _collect(data.load("cifar10", "train", batch_size=40, shuffle=False, augment=False))
-        runs = [_collect(data.load("cifar10", "train", batch_size=4, limit=10, shuffle=False,
+        full, _ = collect_batches(data.load("cifar10", "train", batch_size=40, shuffle=False, augment=False))
+        runs = [collect_batches(data.load("cifar10", "train", batch_size=4, limit=10, shuffle=False,
                                    augment=False, with_index=True)) for _ in range(2)]
     (x, y), (x2, y2) = runs
     assert sorted(y.tolist()) == list(range(10))  # one of each class, whatever the split's order

@@ -2,7 +2,6 @@
 of the asked size, from every source; and a run that chooses by it, never by the
 test split (fits' val_* numbers, the weak-teacher margin, metrics.json, the cache)."""
 
-import os
 
 import numpy as np
 import pytest
@@ -13,20 +12,7 @@ from kdkeras import cache as cache_lib
 from kdkeras import data as data_lib
 from kdkeras import experiment, recipe_utils, training
 from kdkeras.data import sources
-from tests.helpers import tiny_cnn
-
-FASHION_DIR = "/usr/share/datasets/fashion-mnist"
-HAVE_FASHION = os.path.isfile(os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz"))
-
-
-def _collect(ds):
-    xs, ys = [], []
-    for x, y in ds:
-        xs.append(x), ys.append(y.numpy())
-    if isinstance(xs[0], dict):
-        return {k: np.concatenate([x[k].numpy() for x in xs]) for k in xs[0]}, np.concatenate(ys)
-    return np.concatenate([x.numpy() for x in xs]), np.concatenate(ys)
-
+from tests.helpers import HAVE_FASHION, collect_batches, tiny_cnn
 
 # ----------------------------------------------------------------------- the carving
 def test_the_split_is_stratified_disjoint_of_the_asked_size_and_follows_the_seed():
@@ -91,16 +77,17 @@ def _split_folder(root, train=20, test=6, classes=3, seed=0, permute_test=False)
 def test_a_folder_splits_into_disjoint_parts_whose_union_is_the_limited_split(tmp_path):
     name = _split_folder(tmp_path / "d")
     common = dict(batch_size=7, shuffle=False, augment=False, limit=45)
-    every, every_y = _collect(data_lib.load(name, "train", **common))
-    parts = {s: _collect(data_lib.load(name, "train", validation_split=0.2, subset=s, seed=3, **common))
+    every, every_y = collect_batches(data_lib.load(name, "train", **common))
+    parts = {s: collect_batches(data_lib.load(name, "train", validation_split=0.2, subset=s, seed=3, **common))
              for s in ("training", "validation")}
     (train, train_y), (val, val_y) = parts["training"], parts["validation"]
     assert len(val) == 9 and len(train) == 36 and np.array_equal(np.bincount(val_y), [3, 3, 3])
     key = [x.tobytes() for x in every]
     assert sorted(key) == sorted([x.tobytes() for x in train] + [x.tobytes() for x in val])
     assert not {x.tobytes() for x in train} & {x.tobytes() for x in val}
+    assert np.array_equal(np.sort(np.concatenate([train_y, val_y])), np.sort(every_y))  # labels travel along
     # indices count the part's own examples; the count is what load yields
-    x, _ = _collect(data_lib.load(name, "train", validation_split=0.2, subset="validation", seed=3,
+    x, _ = collect_batches(data_lib.load(name, "train", validation_split=0.2, subset="validation", seed=3,
                                   with_index=True, **common))
     assert x["index"].tolist() == list(range(9))
     part = data_lib.ValidationSplit(0.2, 3, "validation")
@@ -122,8 +109,8 @@ def test_a_tfds_split_is_carved_from_its_own_positions():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=60):
         every = sources.tfds._tfds_labels(sources.get_source("cifar10"), "train")
-        full, _ = _collect(data_lib.load("cifar10", "train", batch_size=60, shuffle=False, augment=False))
-        val, val_y = _collect(data_lib.load("cifar10", "train", batch_size=8, validation_split=0.25,
+        full, _ = collect_batches(data_lib.load("cifar10", "train", batch_size=60, shuffle=False, augment=False))
+        val, val_y = collect_batches(data_lib.load("cifar10", "train", batch_size=8, validation_split=0.25,
                                             subset="validation", seed=5))
     train_at, val_at = data_lib.carve(every, 0.25, seed=5)
     np.testing.assert_array_equal(val_y, every[val_at])
