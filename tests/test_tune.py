@@ -296,3 +296,42 @@ def test_the_users_method_args_are_fixed_and_a_zoo_teacher_is_trained_once(tmp_p
     assert {s.teacher for _, s in seen} == {str(tmp_path / "teacher" / "teacher.keras")}
     assert {s.method_args.count("kd.temperature=2") for _, s in seen} == {1}
     assert "kd.temperature" not in result.settings and set(result.settings) == {"kd.weight", "student_loss_weight"}
+
+
+def test_a_new_study_runs_each_candidates_published_defaults_first(tmp_path):
+    seen = []
+
+    def run(config, spec, callbacks=()):
+        seen.append(spec)
+        return FakeRun({"student_val_top1": 0.5 + 0.01 * len(seen)})
+
+    options = TuneOptions(trials=3, candidates=("kd", "dkd"), retrain=False, pruner="none")
+    tune_distillation(ValConfig(output_dir=str(tmp_path)), DistillSpec(teacher="t.keras", method="auto"),
+                      options, runner=run)
+    assert [s.method for s in seen[:2]] == ["kd", "dkd"]
+    for spec in seen[:2]:
+        name = spec.method
+        cls = methods_lib.method_class(name)
+        args = dict(kv.split("=") for kv in spec.method_args.split(","))
+        expected = {f"{name}.{arg}": (cls.default_weight if arg == "weight" else published_default(name, arg))
+                    for arg in method_space(cls)}
+        assert {k: float(v) for k, v in args.items()} == pytest.approx(expected)
+        assert spec.student_loss_weight == pytest.approx(cls.default_student_loss_weight)
+    # a resumed study is not queued again: the third trial is sampled
+    tune_distillation(ValConfig(output_dir=str(tmp_path)), DistillSpec(teacher="t.keras", method="auto"),
+                      options.replace(trials=4), runner=run)
+    assert len(seen) == 4
+
+
+def test_the_winner_retrains_on_training_part_or_all_examples():
+    from kdkeras.tune.final import final_inputs
+
+    config, spec = ValConfig(output_dir="out", train_limit=1000), DistillSpec(teacher="t.keras", method="kd")
+    held, held_spec = final_inputs(config, spec, "kd", {"kd.temperature": 2.0})
+    assert (held.validation_split, held_spec.baseline, held.output_dir) == (0.1, True, os.path.join("out", "final"))
+    every, every_spec = final_inputs(config, spec, "kd", {"kd.temperature": 2.0},
+                                     TuneOptions(final_data="all", final_baseline=False))
+    assert (every.validation_split, every.train_limit, every_spec.baseline) == (0, 1000, False)
+    assert every_spec.method_args == "kd.temperature=2"
+    with pytest.raises(ValueError, match="final_data='both'.*training, all"):
+        final_inputs(config, spec, "kd", {}, TuneOptions(final_data="both"))

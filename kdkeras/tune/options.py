@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from kdkeras.settings import setting
 from kdkeras.tune.study import PRUNERS
 
+#: what the winner retrains on (`TuneOptions.final_data`)
+FINAL_DATA = ("training", "all")
 #: candidates of `--method=auto` unless `--candidates` names others
 AUTO_CANDIDATES = ("kd", "dkd", "wsl", "kd+at", "crd")
 
@@ -45,6 +47,19 @@ class TuneOptions:
     retrain: bool = setting(True, group="tune",
                             help="Retrain the winner at the full budget and report its test top-1 (and the "
                                  "student alone's).")
+    start_from_defaults: bool = setting(
+        True, group="tune",
+        help="A new study's first trial of each candidate runs its published defaults, so the choice is "
+             "never worse on the validation split than the defaults.")
+    final_data: str = setting(
+        "training", group="tune", choices=FINAL_DATA,
+        help="What the winner retrains on: training (the training part; the validation split stays held "
+             "out and is scored) or all (training and validation parts together, every example of "
+             "--train_limit, as a run without a validation split).")
+    final_baseline: bool = setting(
+        True, group="tune",
+        help="Train the student alone beside the retrained winner (turn off when a student-alone run of "
+             "the same seed, data and budget exists to compare with).")
 
     def replace(self, **changes) -> "TuneOptions":
         return dataclasses.replace(self, **changes)

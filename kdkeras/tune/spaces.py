@@ -40,6 +40,45 @@ def candidate_space(candidate: str, tune_ce_weight: bool = True) -> dict[str, Di
     return space
 
 
+def _clamp(value: Any, dim: Dimension) -> Any:
+    """`value` moved into `dim`'s range (None when it is not one of a Choice's values)."""
+    if isinstance(dim, Choice):
+        return value if value in dim.values else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = min(max(value, dim.low), dim.high)
+    return int(round(value)) if isinstance(dim, Int) else float(value)
+
+
+def default_settings(candidate: str, tune_ce_weight: bool = True) -> dict[str, Any]:
+    """The published defaults of a candidate's space (each moved into its dimension's
+    range): the method's `default_weight`, its constructor's defaults and the mix's
+    default CE weight. A sweep's first trial of each candidate runs them, so the choice
+    is never worse on the validation split than the defaults."""
+    from kdkeras.methods.registry import from_spec
+
+    names = member_names(candidate)
+    classes = [method_class(name) for name in names]
+    defaults: dict[str, Any] = {}
+    for name, cls in zip(names, classes):
+        bare = None
+        for arg, dim in method_space(cls).items():
+            if arg == "weight":
+                value = getattr(cls, "default_weight", None)
+            elif arg in getattr(cls, "run_length_defaults", {}):
+                value = cls.run_length_defaults[arg]
+            else:  # what an instance built with no arguments holds
+                bare = bare or from_spec(name, num_examples=64)[0]
+                value = getattr(bare, arg, None)
+            value = None if value is None else _clamp(value, dim)
+            if value is not None:
+                defaults[f"{name}.{arg}"] = value
+    if tune_ce_weight:
+        ce = min(float(c.default_student_loss_weight) for c in classes)
+        defaults[CE_WEIGHT] = _clamp(ce, student_loss_weight_space(ce))
+    return defaults
+
+
 def suggest(trial, name: str, dim: Dimension) -> Any:
     """One Optuna suggestion of `dim` under the parameter `name`."""
     if isinstance(dim, Float):

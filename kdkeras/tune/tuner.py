@@ -15,7 +15,7 @@ from kdkeras.experiment.config import NO_TEACHER, DistillSpec, RunConfig
 from kdkeras.files import write_json
 from kdkeras.tune import report, spaces
 from kdkeras.tune.final import best_choice, retrain
-from kdkeras.tune.objective import distillation_objective, require_validation
+from kdkeras.tune.objective import distillation_objective, fixed_args, require_validation
 from kdkeras.tune.options import TuneOptions
 from kdkeras.tune.study import make_pruner, open_study, progress_line, run_sweep, storage_url
 
@@ -62,6 +62,20 @@ def trained_teacher(config: RunConfig, spec: DistillSpec) -> DistillSpec:
     return dataclasses.replace(spec, teacher=saved)
 
 
+def enqueue_defaults(study, candidates: list[str], tune_ce_weight: bool, fixed=()) -> int:
+    """Queue each candidate's published defaults as the first trials of a study that has
+    none yet (a resumed or joined study is left alone); returns how many were queued."""
+    if study.get_trials(deepcopy=False):
+        return 0
+    for candidate in candidates:
+        params = {f"{candidate}/{k}": v for k, v in spaces.default_settings(candidate, tune_ce_weight).items()
+                  if k not in fixed}
+        if len(candidates) > 1:
+            params[spaces.METHOD_PARAM] = candidate
+        study.enqueue_trial(params, skip_if_exists=True)
+    return len(candidates)
+
+
 def tune_distillation(config: RunConfig, spec: DistillSpec, options: TuneOptions | None = None,
                       runner: Callable | None = None) -> TuneResult:
     """Tune `spec` on `config`'s validation split; writes trials.md/json, trials.png and
@@ -76,6 +90,9 @@ def tune_distillation(config: RunConfig, spec: DistillSpec, options: TuneOptions
     study = open_study(options.study_name, url, pruner=make_pruner(options.pruner, trial_epochs), seed=config.seed)
     print(f"[tune] study {options.study_name!r} at {url}: {options.trials} trials of {trial_epochs} epochs "
           f"among {candidates}, pruner {options.pruner}", flush=True)
+    if options.start_from_defaults:
+        enqueue_defaults(study, candidates, options.tune_ce_weight and spec.student_loss_weight is None,
+                         fixed=list(fixed_args(spec)))
     start = time.perf_counter()
     objective = distillation_objective(config, spec, options, candidates, runner=runner)
     run_sweep(study, objective, options.trials, options.timeout_minutes, progress_line(options.trials))
@@ -89,11 +106,13 @@ def tune_distillation(config: RunConfig, spec: DistillSpec, options: TuneOptions
     summary = {"method": method, "settings": settings, "val_top1": val_top1, "candidates": candidates,
                "trials": len(rows), "trial_epochs": trial_epochs,
                "trial_train_limit": options.trial_train_limit or config.train_limit,
+               "validation_split": config.validation_split, "final_data": options.final_data,
+               "start_from_defaults": options.start_from_defaults,
                "sweep_seconds": sweep_seconds, "storage": url, "study_name": options.study_name,
                "states": {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})}}
     final = None
     if options.retrain:
-        final = retrain(config, spec, method, settings)
+        final = retrain(config, spec, method, settings, options)
         m = final.metrics
         summary.update({k: m.get(k) for k in ("student_top1", "baseline_top1", "teacher_top1", "student_val_top1",
                                               "baseline_val_top1", "validation_examples", "epochs")})
