@@ -33,6 +33,7 @@ from typing import Any, Iterable, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # run_settings builds methods (Keras, TensorFlow)
 
 from kdkeras.analysis import experiments as ex  # noqa: E402
+from kdkeras.analysis import tuned as tuned_runs  # noqa: E402
 from kdkeras.analysis.stats import format_mean_std, mean_std  # noqa: E402
 from kdkeras.weak_teacher import WEAK_TEACHER_MARGIN  # noqa: E402
 
@@ -102,6 +103,8 @@ def read_run(path: str) -> dict | None:
         # methods_table runs distill.py from the repository by its absolute path: shown relative
         "command": (metrics.get("command") or "").replace(ROOT + os.sep, "") or None,
         "mtime": os.path.getmtime(path),
+        # a sweep's retrained winner: what the sweep chose on its validation split, and its cost
+        "sweep": tuned_runs.sweep_of(path),
     }
 
 
@@ -141,6 +144,9 @@ def row_name(run: dict) -> str:
     """The table row of a run: its method, with its non-default arguments, and
     the recorded settings that differ from this commit's defaults (a run made
     before a default changed is its own row, never averaged with the new one)."""
+    if "_row" not in run and run.get("sweep"):  # its settings are the sweep's choice, per seed
+        run["_changed_defaults"] = {}
+        run["_row"] = tuned_runs.row_label(run["method"], run["sweep"])
     if "_row" not in run:
         changed = run["_changed_defaults"] = changed_defaults(run)
         extra = ([run["method_args"]] if run["method_args"] else []) + [f"{k}={v}" for k, v in changed.items()]
@@ -290,6 +296,7 @@ def summarize_group(runs: list[dict]) -> dict:
         # the experiments' rule (a paired difference larger than its own std) read both ways
         clear_loss = ex.clear(gain_b["mean"], gain_b["std"], sign=-1)
         beats_kd = name != REFERENCE and ex.clear(gain_kd["mean"], gain_kd["std"])
+        sweeps = {s: per_seed[s]["sweep"] for s in seeds if per_seed[s].get("sweep")}
         rows.append({
             "method": name, "seeds": seeds, "n": len(seeds),
             "top1": stats(per_seed[s]["student_top1"] for s in seeds),
@@ -297,9 +304,11 @@ def summarize_group(runs: list[dict]) -> dict:
             "train_seconds": _mean(per_seed[s]["train_seconds"] for s in seeds),
             "below_baseline": below, "clear_loss": clear_loss, "beats_kd_clearly": beats_kd,
             "runs": [{"seed": s, "path": per_seed[s]["path"], "command": per_seed[s]["command"]} for s in seeds],
-            "note": "reference" if name == REFERENCE else "",
+            "note": "reference" if name == REFERENCE else ("chosen on validation" if sweeps else ""),
             "earlier_default": bool(per_seed[seeds[0]]["_changed_defaults"]),  # set by row_name above
-            "settings": settings_text(per_seed[seeds[0]]),
+            "settings": ("; ".join(f"seed {s}: {tuned_runs.settings_line(per_seed[s]['method'], sweeps[s])}"
+                                   for s in seeds) if sweeps else settings_text(per_seed[seeds[0]])),
+            "sweeps": [sweeps[s] for s in seeds] if sweeps else None,
             "diagnosis": diagnosis([per_seed[s] for s in seeds], by_seed_baseline_run),
         })
     teacher = stats(r["teacher_top1"] for r in runs if r["teacher_top1"] is not None)
@@ -500,6 +509,13 @@ def section_markdown(section: dict) -> list[str]:
         checks.append(f"**The student alone's generalisation gap:** its last-epoch training accuracy is "
                       f"{_gain(overfit)} points above its test top-1; a method that works as a regulariser "
                       "(label smoothing, a virtual teacher) can win back at most that much.")
+    tuned = [r for r in section["rows"] if r.get("sweeps")]
+    if tuned:
+        checks.append("**Tuned rows** (settings chosen per seed on a validation split carved from that "
+                      "seed's training examples, never on the test split; `recipes/tune.py`, Optuna, the "
+                      "first trial at the published defaults): " + "; ".join(
+                          f"`{r['method']}`: {tuned_runs.budget_text(r['sweeps'])}" for r in tuned)
+                      + ". Each seed's choice is listed under the table.")
     winners = [r for r in section["rows"] if r.get("beats_kd_clearly")]
     checks.append(
         "**Beats KD clearly** (paired gain over KD larger than its own std): " + ", ".join(
@@ -676,7 +692,10 @@ def archive_runs(roots: Sequence[str], archive: str, records: Sequence[str] = ("
         for path in paths:
             folder = os.path.dirname(os.path.relpath(path, root))
             os.makedirs(os.path.join(target, folder), exist_ok=True)
-            for name in RECORDS[os.path.basename(path)]:
+            names = list(RECORDS[os.path.basename(path)])
+            if tuned_runs.sweep_folder(path):  # a sweep's winner: the sweep's report beside it
+                names += [os.path.join(os.pardir, name) for name in tuned_runs.SWEEP_RECORDS]
+            for name in names:
                 source, copy = os.path.join(os.path.dirname(path), name), os.path.join(target, folder, name)
                 if os.path.exists(source) and not (os.path.exists(copy) and os.path.samefile(source, copy)):
                     shutil.copy2(source, copy)  # keeps mtime: newest wins

@@ -29,9 +29,10 @@ results_doc = _load()
 
 
 def write_run(root, method, seed, top1, *, baseline=None, teacher_top1=0.92, teacher=TEACHER,
-              student="resnet8", train_limit=10000, epochs=5, seconds=10.0, test_limit=None):
-    """A metrics.json as recipes/distill.py writes it (and its run_config.json), in methods_table's layout."""
-    folder = root / method / f"seed{seed}"
+              student="resnet8", train_limit=10000, epochs=5, seconds=10.0, test_limit=None, folder=None):
+    """A metrics.json as recipes/distill.py writes it (and its run_config.json), in methods_table's
+    layout (ROOT/METHOD/seedN) unless `folder` says where."""
+    folder = folder or root / method / f"seed{seed}"
     folder.mkdir(parents=True)
     metrics = {"method": method, "method_args": "", "dataset": "fashion_mnist", "teacher": teacher,
                "student": student, "student_args": {}, "student_top1": top1, "teacher_top1": teacher_top1,
@@ -444,3 +445,43 @@ def test_method_defaults_are_read_from_the_archive_and_computed_when_missing(tmp
     assert refreshed.settings(run)["kd"]["weight"] == 0.9
     refreshed.write(str(path))
     assert json.loads(path.read_text()) == {key: refreshed.settings(run)}
+
+
+def write_sweep(root, method, seed, top1, settings, *, candidates=None, val_top1=0.9, seconds=120.0):
+    """A recipes/tune.py output folder: tune.json and the retrained winner under final/."""
+    folder = root / "tuned" / (method if candidates is None else "auto") / f"seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "tune.json").write_text(json.dumps({
+        "method": method, "settings": settings, "val_top1": val_top1, "candidates": candidates or [method],
+        "trials": 6, "trial_epochs": 2, "trial_train_limit": 4000, "sweep_seconds": seconds,
+        "validation_split": 0.1, "final_data": "all", "states": {"complete": 5, "pruned": 1},
+        "student_top1": top1}))
+    (folder / "trials.md").write_text("| trial |\n")
+    write_run(root, method, seed, top1, folder=folder / "final")
+
+
+def test_tuned_rows_pair_each_seeds_choice_with_its_baseline_and_cite_the_sweep(tmp_path):
+    runs = tmp_path / "runs"
+    write_pair(runs)
+    tuned = [0.868, 0.860, 0.871]
+    for seed, top1 in enumerate(tuned):
+        write_sweep(runs, "crd", seed, top1, {"crd.weight": 0.2 + seed / 10, "student_loss_weight": 1.0},
+                    seconds=60.0 * (seed + 1))
+    write_sweep(runs, "kd+at", 0, 0.88, {"kd.weight": 0.9}, candidates=["kd", "kd+at"])
+    page, archive = tmp_path / "docs" / "results.md", tmp_path / "archive"
+    payload = results_doc.main([str(runs), f"--output={page}", f"--archive={archive}"])
+    [section] = payload["sections"]
+    row = _row(section, "crd (tuned)")
+    gain = np.array(tuned) - np.array(BASELINE)
+    assert row["n"] == 3 and row["gain_over_baseline"]["mean"] == pytest.approx(gain.mean(), abs=1e-12)
+    assert row["gain_over_baseline"]["std"] == pytest.approx(gain.std(ddof=1), abs=1e-12)
+    assert not row["earlier_default"] and row["note"] == "chosen on validation"
+    assert "seed 1: crd: crd.weight=0.3, student_loss_weight=1" in row["settings"]
+    assert _row(section, "auto (tuned)")["n"] == 1  # a sweep among candidates is the auto row
+    text = page.read_text()
+    assert ("`crd (tuned)`: 6 trials of 2 epochs on 4,000 examples per seed (3 of 18 pruned, 1.0-3.0 min of "
+            "sweep per seed), chosen on a 10% validation split") in text
+    # the archive keeps the sweep's report beside its final run, and the page cites the copies
+    assert (archive / "runs" / "tuned" / "crd" / "seed2" / "tune.json").exists()
+    assert (archive / "runs" / "tuned" / "crd" / "seed2" / "trials.md").exists()
+    assert str(archive / "runs" / "tuned" / "crd" / "seed2" / "final" / "metrics.json") in text

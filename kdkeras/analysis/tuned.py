@@ -1,0 +1,63 @@
+"""Tuned rows of the results page: a sweep's retrained winner (`OUTPUT_DIR/final/metrics.json`
+of `recipes/tune.py`) read with the sweep's report beside it (`OUTPUT_DIR/tune.json`), so
+the page can say what was chosen on which split, with what budget and at what cost."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+#: the folder of a sweep holding its retrained winner
+FINAL_FOLDER = "final"
+#: the sweep's records kept beside an archived final run
+SWEEP_RECORDS = ("tune.json", "trials.json", "trials.md")
+#: what the page reports of a sweep (tune.json keys)
+SWEEP_KEYS = ("method", "settings", "val_top1", "candidates", "trials", "trial_epochs", "trial_train_limit",
+              "sweep_seconds", "validation_split", "final_data", "states", "start_from_defaults")
+
+
+def sweep_folder(metrics_path: str) -> str | None:
+    """The sweep folder of a final run's metrics.json, or None for any other run."""
+    folder = os.path.dirname(os.path.abspath(metrics_path))
+    parent = os.path.dirname(folder)
+    if os.path.basename(folder) == FINAL_FOLDER and os.path.exists(os.path.join(parent, "tune.json")):
+        return parent
+    return None
+
+
+def sweep_of(metrics_path: str) -> dict | None:
+    """What the sweep behind a final run chose and spent (tune.json's `SWEEP_KEYS`), or None."""
+    folder = sweep_folder(metrics_path)
+    if folder is None:
+        return None
+    with open(os.path.join(folder, "tune.json")) as f:
+        report = json.load(f)
+    return {key: report.get(key) for key in SWEEP_KEYS}
+
+
+def row_label(method: str, sweep: dict) -> str:
+    """`crd (tuned)` for a sweep of one method; `auto (tuned)` when it chose among several."""
+    return "auto (tuned)" if len(sweep.get("candidates") or [method]) > 1 else f"{method} (tuned)"
+
+
+def settings_line(method: str, sweep: dict) -> str:
+    """A seed's choice in one line: `crd: crd.weight=0.21, student_loss_weight=1.3 (validation top-1 88.10%)`."""
+    settings = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in (sweep.get("settings") or {}).items())
+    return f"{method}: {settings or 'its defaults'} (validation top-1 {100 * float(sweep['val_top1']):.2f}%)"
+
+
+def budget_text(sweeps: Sequence[dict]) -> str:
+    """The trial budget and what it cost, over a row's seeds, in words."""
+    first = sweeps[0]
+    minutes = [s["sweep_seconds"] / 60 for s in sweeps if s.get("sweep_seconds") is not None]
+    pruned = sum((s.get("states") or {}).get("pruned", 0) for s in sweeps)
+    trials = sum(int(s.get("trials") or 0) for s in sweeps)
+    split = first.get("validation_split")
+    split_text = f"{100 * split:g}%" if isinstance(split, float) and split < 1 else f"{split}"
+    cost = f", {min(minutes):.1f}-{max(minutes):.1f} min of sweep per seed" if minutes else ""
+    return (f"{first.get('trials')} trials of {first.get('trial_epochs')} epochs on "
+            f"{first.get('trial_train_limit'):,} examples per seed ({pruned} of {trials} pruned{cost}), "
+            f"chosen on a {split_text} validation split of the training examples; the winner retrained "
+            f"on {'all of them' if first.get('final_data') == 'all' else 'the rest'}")
