@@ -120,6 +120,8 @@ def load_runs(roots: Sequence[str]) -> tuple[list[dict], list[str]]:
             raise NoRunsError(f"Run root {root!r} is not a folder.")
         found = 0
         for path in sorted(glob.glob(os.path.join(root, "**", "metrics.json"), recursive=True)):
+            if tuned_runs.is_trial_run(path):  # a sweep's low-fidelity trial: its report lists it
+                continue
             run = read_run(path)
             if run is None:
                 skipped.append(_display_path(path))
@@ -688,7 +690,8 @@ def archive_runs(roots: Sequence[str], archive: str, records: Sequence[str] = ("
     copied = []
     for root in roots:
         target = os.path.join(archive, os.path.basename(os.path.normpath(root)))
-        paths = [p for record in records for p in glob.glob(os.path.join(root, "**", record), recursive=True)]
+        paths = [p for record in records for p in glob.glob(os.path.join(root, "**", record), recursive=True)
+                 if not tuned_runs.is_trial_run(p)]
         for path in paths:
             folder = os.path.dirname(os.path.relpath(path, root))
             os.makedirs(os.path.join(target, folder), exist_ok=True)

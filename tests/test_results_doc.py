@@ -457,6 +457,7 @@ def write_sweep(root, method, seed, top1, settings, *, candidates=None, val_top1
         "validation_split": 0.1, "final_data": "all", "states": {"complete": 5, "pruned": 1},
         "student_top1": top1}))
     (folder / "trials.md").write_text("| trial |\n")
+    write_run(root, method, seed, 0.5, epochs=2, folder=folder / "trials" / "trial_0000")  # left out
     write_run(root, method, seed, top1, folder=folder / "final")
 
 
@@ -485,3 +486,4 @@ def test_tuned_rows_pair_each_seeds_choice_with_its_baseline_and_cite_the_sweep(
     assert (archive / "runs" / "tuned" / "crd" / "seed2" / "tune.json").exists()
     assert (archive / "runs" / "tuned" / "crd" / "seed2" / "trials.md").exists()
     assert str(archive / "runs" / "tuned" / "crd" / "seed2" / "final" / "metrics.json") in text
+    assert "trial_0000" not in text and not (archive / "runs" / "tuned" / "crd" / "seed2" / "trials").exists()

@@ -17,6 +17,14 @@ SWEEP_KEYS = ("method", "settings", "val_top1", "candidates", "trials", "trial_e
               "sweep_seconds", "validation_split", "final_data", "states", "start_from_defaults")
 
 
+def is_trial_run(metrics_path: str) -> bool:
+    """Whether a metrics.json is one trial of a sweep (`OUTPUT_DIR/trials/trial_NNNN/`): a
+    low-fidelity run the page leaves out (the sweep's report lists it)."""
+    folder = os.path.dirname(os.path.abspath(metrics_path))
+    return (os.path.basename(os.path.dirname(folder)) == "trials"
+            and os.path.basename(folder).startswith("trial_"))
+
+
 def sweep_folder(metrics_path: str) -> str | None:
     """The sweep folder of a final run's metrics.json, or None for any other run."""
     folder = os.path.dirname(os.path.abspath(metrics_path))
@@ -56,7 +64,9 @@ def budget_text(sweeps: Sequence[dict]) -> str:
     trials = sum(int(s.get("trials") or 0) for s in sweeps)
     split = first.get("validation_split")
     split_text = f"{100 * split:g}%" if isinstance(split, float) and split < 1 else f"{split}"
-    cost = f", {min(minutes):.1f}-{max(minutes):.1f} min of sweep per seed" if minutes else ""
+    span = (f"{min(minutes):.1f}" if f"{min(minutes):.1f}" == f"{max(minutes):.1f}"
+            else f"{min(minutes):.1f}-{max(minutes):.1f}") if minutes else ""
+    cost = f", {span} min of sweep per seed" if minutes else ""
     return (f"{first.get('trials')} trials of {first.get('trial_epochs')} epochs on "
             f"{first.get('trial_train_limit'):,} examples per seed ({pruned} of {trials} pruned{cost}), "
             f"chosen on a {split_text} validation split of the training examples; the winner retrained "
