@@ -27,6 +27,7 @@ from kdkeras.keys import INPUT_TAP, LOGITS, TEACHER, grad_key, split_inputs
 from kdkeras.methods.base import Method, StepContext, check_weight, sparse_labels
 from kdkeras.nonfinite import StopOnNonFiniteLoss, has_nonfinite_stop
 from kdkeras.tap_plan import TapPlan, plan_taps
+from kdkeras.two_views import run_on_views, strong_view, student_loss_on_views
 
 __all__ = ["Distiller", "cached_teacher_outputs"]
 
@@ -230,8 +231,7 @@ class Distiller(keras.Model):
 
     def _terms(self, teacher_out, student_out, y, sample_weight, index, training, methods):
         """Total (replica-scaled) loss and a dict of unscaled logged values."""
-        logits = student_out[LOGITS]
-        student_loss = self._compile_loss(y, logits, sample_weight)
+        student_loss = student_loss_on_views(self._compile_loss, y, student_out, sample_weight)
         if student_loss is None:
             student_loss = ops.zeros(())
         # The compiled loss is already divided by the replica count; log it whole.
@@ -278,11 +278,14 @@ class Distiller(keras.Model):
         images, index = split_inputs(x)
         y = self._checked_labels(y)
         self._check_index(index)
+        strong = strong_view(x, self.methods, required=True)  # then both views run as one batch
         teacher_out = cached_teacher_outputs(x)
         if teacher_out is None:
-            teacher_out = self._teacher_or_fail(images, y, self._teacher_train_tap)
+            teacher_out = run_on_views(lambda i, t: self._teacher_or_fail(i, t, self._teacher_train_tap),
+                                       images, strong, y)
         with tf.GradientTape() as tape:
-            student_out = self._run(self._student_tap, images, y, training=True)
+            student_out = run_on_views(lambda i, t: self._run(self._student_tap, i, t, training=True),
+                                       images, strong, y)
             total, logs = self._terms(
                 teacher_out, student_out, y, sample_weight, index, True, self.methods
             )
@@ -296,10 +299,12 @@ class Distiller(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         images, index = split_inputs(x)
         y = self._checked_labels(y)
+        strong = strong_view(x, self.methods, required=False)
         teacher_out = cached_teacher_outputs(x)
         if teacher_out is None:
-            teacher_out = self.teacher_outputs(images, y)
-        student_out = self._run(self._student_tap, images, y, training=False)
+            teacher_out = run_on_views(self.teacher_outputs, images, strong, y)
+        student_out = run_on_views(lambda i, t: self._run(self._student_tap, i, t, training=False),
+                                   images, strong, y)
         methods = self.methods
         if teacher_out is None:
             # No teacher in memory and no cached outputs for this data: score the
