@@ -10,7 +10,8 @@ once, hands both dictionaries of named tensors to every method, and minimises
 over the student's weights and the methods' own trainable parts. Every term
 is reduced per replica the way Keras scales a `Loss` under `tf.distribute`
 (divided by the number of replicas), so N replicas give the same update as
-one device on the same global batch.
+one device on the same global batch. A batch with a strong view that a method
+reads (MLKD) runs each network once on both views (`kdkeras.two_views`).
 """
 
 from __future__ import annotations
