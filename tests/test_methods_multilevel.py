@@ -246,3 +246,20 @@ def test_the_teacher_cache_holds_both_views(folder, tmp_path):
     assert np.isfinite(hist["mlkd_instance"][0])
     with pytest.raises(Exception, match="strong_view"):
         _load(folder, teacher_cache=cache)  # data without the strong view is other data
+
+
+def test_a_runs_data_carries_the_strong_view_and_its_cache_views_replay_both(folder, tmp_path):
+    """The run layer: setup_data(strong_view=True) trains on both views, and the batches a
+    cache view is built from are the training epoch's own, strong views included."""
+    from kdkeras import experiment
+
+    config = experiment.RunConfig(dataset=folder, batch_size=BATCH, epochs=2, augment=True, seed=SEED,
+                                  output_dir=str(tmp_path / "out"))
+    data = experiment.setup_data(config, with_index=True, strong_view=True)
+    assert data.part("train")[1]["strong_view"] and "strong_view" not in data.part("test")[1]
+    for view in range(2):
+        epoch = _epoch(data.train)  # the training pipeline's next epoch
+        built = _epoch(experiment.cache_view_pipeline(data, data.info.train_split, view, views=2))
+        for a, b in zip(epoch, built):
+            np.testing.assert_array_equal(a, b)
+    assert not isinstance(next(iter(data.test))[0], dict)  # evaluation data has no strong view
