@@ -10,7 +10,8 @@ once, hands both dictionaries of named tensors to every method, and minimises
 over the student's weights and the methods' own trainable parts. Every term
 is reduced per replica the way Keras scales a `Loss` under `tf.distribute`
 (divided by the number of replicas), so N replicas give the same update as
-one device on the same global batch.
+one device on the same global batch. A batch with a strong view that a method
+reads (MLKD) runs each network once on both views (`kdkeras.two_views`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from kdkeras.keys import INPUT_TAP, LOGITS, TEACHER, grad_key, split_inputs
 from kdkeras.methods.base import Method, StepContext, check_weight, sparse_labels
 from kdkeras.nonfinite import StopOnNonFiniteLoss, has_nonfinite_stop
 from kdkeras.tap_plan import TapPlan, plan_taps
+from kdkeras.two_views import run_on_views, strong_view, student_loss_on_views
 
 __all__ = ["Distiller", "cached_teacher_outputs"]
 
@@ -230,8 +232,7 @@ class Distiller(keras.Model):
 
     def _terms(self, teacher_out, student_out, y, sample_weight, index, training, methods):
         """Total (replica-scaled) loss and a dict of unscaled logged values."""
-        logits = student_out[LOGITS]
-        student_loss = self._compile_loss(y, logits, sample_weight)
+        student_loss = student_loss_on_views(self._compile_loss, y, student_out, sample_weight)
         if student_loss is None:
             student_loss = ops.zeros(())
         # The compiled loss is already divided by the replica count; log it whole.
@@ -278,11 +279,14 @@ class Distiller(keras.Model):
         images, index = split_inputs(x)
         y = self._checked_labels(y)
         self._check_index(index)
+        strong = strong_view(x, self.methods, required=True)  # then both views run as one batch
         teacher_out = cached_teacher_outputs(x)
         if teacher_out is None:
-            teacher_out = self._teacher_or_fail(images, y, self._teacher_train_tap)
+            teacher_out = run_on_views(lambda i, t: self._teacher_or_fail(i, t, self._teacher_train_tap),
+                                       images, strong, y)
         with tf.GradientTape() as tape:
-            student_out = self._run(self._student_tap, images, y, training=True)
+            student_out = run_on_views(lambda i, t: self._run(self._student_tap, i, t, training=True),
+                                       images, strong, y)
             total, logs = self._terms(
                 teacher_out, student_out, y, sample_weight, index, True, self.methods
             )
@@ -296,10 +300,12 @@ class Distiller(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         images, index = split_inputs(x)
         y = self._checked_labels(y)
+        strong = strong_view(x, self.methods, required=False)
         teacher_out = cached_teacher_outputs(x)
         if teacher_out is None:
-            teacher_out = self.teacher_outputs(images, y)
-        student_out = self._run(self._student_tap, images, y, training=False)
+            teacher_out = run_on_views(self.teacher_outputs, images, strong, y)
+        student_out = run_on_views(lambda i, t: self._run(self._student_tap, i, t, training=False),
+                                   images, strong, y)
         methods = self.methods
         if teacher_out is None:
             # No teacher in memory and no cached outputs for this data: score the

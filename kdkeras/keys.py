@@ -3,10 +3,13 @@
 One place for the dictionary keys that several modules read or write, so a
 method, the `Distiller` and the data pipeline cannot drift apart:
 
-* a batch's `x` is either the images or `{IMAGE: images, INDEX: indices}`;
+* a batch's `x` is either the images or `{IMAGE: images, INDEX: indices}`, with
+  `STRONG_IMAGE` a second, strongly augmented view of the same examples (MLKD);
 * a tap model returns `{LOGITS: logits, <layer name>: feature, ...}`;
 * a method listing `gradient_keys` reads `grad_key(tap)` (the gradient of the
-  network's CE loss w.r.t. that tap, or w.r.t. the images for `INPUT_TAP`).
+  network's CE loss w.r.t. that tap, or w.r.t. the images for `INPUT_TAP`);
+* a method with `requires_strong_view` reads `strong_key(entry)`: the same entry
+  computed on the strong view.
 """
 
 from __future__ import annotations
@@ -21,8 +24,17 @@ GRAD_PREFIX = "grad:"
 INPUT_TAP = "input"
 #: the images in a dict `x`
 IMAGE = "image"
+#: the strongly augmented view of the same examples in a dict `x` (`load(..., strong_view=True)`)
+STRONG_IMAGE = "image_strong"
+#: prefix of the output entries computed on the strong view (`"strong.logits"`)
+STRONG_PREFIX = "strong."
 #: each sample's dataset index in a dict `x` (memory-bank methods such as CRD)
 INDEX = "index"
+
+
+def strong_key(entry: str) -> str:
+    """The output-dict key of `entry` computed on the strong view (`"strong.logits"`)."""
+    return STRONG_PREFIX + entry
 
 
 def grad_key(tap: str) -> str:

@@ -35,7 +35,7 @@ from kdkeras.cache.store import (
     view_dir,
 )
 from kdkeras.files import write_json
-from kdkeras.keys import IMAGE, INDEX, LOGITS
+from kdkeras.keys import IMAGE, INDEX, LOGITS, STRONG_IMAGE, strong_key
 from kdkeras.tap_plan import plan_taps, uncacheable_reason
 
 PROGRESS = "progress.json"
@@ -108,9 +108,11 @@ def build_teacher_cache(
     `dataset_for_view(v)` yields batches `({"image", "index"}, y)` covering
     examples 0..num_examples-1 of view `v` (e.g. `kdkeras.data.load(...,
     teacher_cache_view=v)`); `data` describes that data (name, split, limit,
-    size, augmentation, seed) for the fingerprint. A complete cache of the
-    same fingerprint is reused; one of another is refused (`rebuild=True`
-    replaces it); an interrupted build is continued. Above `max_bytes` the
+    size, augmentation, seed) for the fingerprint. Data with a strong view
+    (`data["strong_view"]`, MLKD's) caches the teacher's outputs on it too, as
+    `keys.strong_key(entry)` entries, which the batches then carry with the rest.
+    A complete cache of the same fingerprint is reused; one of another is
+    refused (`rebuild=True` replaces it); an interrupted build is continued. Above `max_bytes` the
     build is refused before it starts, naming the size and the taps.
     """
     if views < 1:
@@ -119,6 +121,9 @@ def build_teacher_cache(
     tap_model = taps_lib.build_tap_model(teacher, taps)
     entries = {name: tuple(int(d) for d in shape[1:])
                for name, shape in ((k, v.shape) for k, v in tap_model.output.items())}
+    strong = bool((data or {}).get("strong_view"))  # the data's strong views are cached too (MLKD)
+    if strong:
+        entries.update({strong_key(e): shape for e, shape in list(entries.items())})
     check_storage(storage, top_k, entries[LOGITS][-1])
     fingerprint = {
         "format": FORMAT, "teacher": teacher.name, "teacher_weights": weights_fingerprint(teacher),
@@ -155,7 +160,7 @@ def build_teacher_cache(
         if str(view) in progress["views"]:
             continue
         files, top1 = _build_view(partial, view, tap_model, dataset_for_view(view),
-                                          entries, num_examples, storage, top_k, verbose)
+                                  entries, num_examples, storage, top_k, verbose, strong)
         progress["views"][str(view)] = {"files": files, "teacher_top1": top1}
         write_json(os.path.join(partial, PROGRESS), progress, atomic=True)
     manifest = {
@@ -206,8 +211,10 @@ def _load_progress(partial: str, fingerprint: dict) -> dict:
     return progress
 
 
-def _build_view(partial, view, tap_model, dataset, entries, num_examples, storage, top_k, verbose):
-    """Run the teacher over one view and write its rows at their indices."""
+def _build_view(partial, view, tap_model, dataset, entries, num_examples, storage, top_k, verbose,
+                strong=False):
+    """Run the teacher over one view (and, with `strong`, over each batch's strong view
+    too) and write its rows at their indices."""
     folder = os.path.join(partial, view_dir(view))
     os.makedirs(folder, exist_ok=True)
     cols = [c for e, s in entries.items() for c in columns(e, s, storage, top_k)]
@@ -226,6 +233,8 @@ def _build_view(partial, view, tap_model, dataset, entries, num_examples, storag
             if index.size and (index.min() < 0 or index.max() >= num_examples):
                 raise CacheError(f"Example index {int(index.max())} is outside 0..{num_examples - 1}.")
             out = infer(x[IMAGE])
+            if strong:
+                out = {**out, **{strong_key(k): v for k, v in infer(x[STRONG_IMAGE]).items()}}
             for entry in entries:
                 for name, array in encode(entry, np.asarray(out[entry]), storage, top_k).items():
                     column = next(c for c in cols if c.entry == entry and c.name == name)

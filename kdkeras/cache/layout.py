@@ -1,4 +1,4 @@
-"""How one teacher output is stored: float32, float16, or (logits only) top-k.
+"""How one teacher output is stored: float32, float16, or (logits only, of either view) top-k.
 
 Each cached entry (the logits, or a tapped feature) is one or more columns,
 one file each, with a fixed number of bytes per example. Top-k keeps the k
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from kdkeras.keys import LOGITS
+from kdkeras.keys import LOGITS, strong_key
 
 STORAGES = ("float32", "float16", "topk")
 #: the smallest probability a spread class gets when the other classes hold no mass
@@ -39,6 +39,11 @@ class Column:
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
 
+def _is_logits(entry: str) -> bool:
+    """The logits, of the weak view or of the strong one (MLKD), which top-k can store."""
+    return entry in (LOGITS, strong_key(LOGITS))
+
+
 def check_storage(storage: str, top_k: int | None, num_classes: int | None = None) -> None:
     if storage not in STORAGES:
         raise ValueError(f"Unknown teacher-cache storage {storage!r}; accepted: {list(STORAGES)}.")
@@ -52,7 +57,7 @@ def check_storage(storage: str, top_k: int | None, num_classes: int | None = Non
 def columns(entry: str, shape: tuple, storage: str, top_k: int | None) -> list[Column]:
     """The columns that store `entry` (per-example `shape`) in `storage`."""
     shape = tuple(int(d) for d in shape)
-    if entry == LOGITS and storage == "topk":
+    if _is_logits(entry) and storage == "topk":
         index_dtype = "int16" if shape[-1] < 2**15 else "int32"
         return [Column(entry, "values", "float32", (top_k,)),
                 Column(entry, "classes", index_dtype, (top_k,)),
@@ -63,7 +68,7 @@ def columns(entry: str, shape: tuple, storage: str, top_k: int | None) -> list[C
 def encode(entry: str, array: np.ndarray, storage: str, top_k: int | None) -> dict[str, np.ndarray]:
     """A batch of `entry` (B, *shape) as its columns' arrays, by column name."""
     array = np.asarray(array, np.float32)
-    if entry == LOGITS and storage == "topk":
+    if _is_logits(entry) and storage == "topk":
         classes = np.argsort(-array, axis=-1, kind="stable")[:, :top_k]
         values = np.take_along_axis(array, classes, axis=-1)
         z = array.astype(np.float64)
@@ -77,7 +82,7 @@ def encode(entry: str, array: np.ndarray, storage: str, top_k: int | None) -> di
 
 def decode(entry: str, cols: dict[str, tf.Tensor], storage: str, shape: tuple) -> tf.Tensor:
     """The float32 batch of `entry` back from its columns (TF ops, in the input pipeline)."""
-    if not (entry == LOGITS and storage == "topk"):
+    if not (_is_logits(entry) and storage == "topk"):
         return tf.cast(cols["values"], tf.float32)
     values, classes, rest = cols["values"], tf.cast(cols["classes"], tf.int32), cols["rest"]
     num_classes, k = int(shape[-1]), int(values.shape[-1])

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdkeras.cache.layout import Column, columns, decode
-from kdkeras.keys import INDEX, LOGITS, TEACHER
+from kdkeras.keys import INDEX, LOGITS, TEACHER, strong_key
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -94,7 +94,10 @@ class TeacherCache:
             Column(entry, c["name"], c["dtype"], tuple(c["shape"]))
             for entry, spec in manifest["entries"].items() for c in spec["columns"]
         ]
-        self._only = None if only is None else tuple(dict.fromkeys([LOGITS, *only]))
+        # an entry selected brings its strong view's entry (MLKD) when the cache holds one
+        wanted = None if only is None else [LOGITS, *only]
+        self._only = None if wanted is None else tuple(dict.fromkeys(
+            wanted + [strong_key(e) for e in wanted if strong_key(e) in manifest["entries"]]))
         self._fds: dict[tuple[int, str], int] = {}
         self._lock = threading.Lock()
 

@@ -15,7 +15,8 @@ import tensorflow as tf
 
 from kdkeras.data.replay import ReplayClock, augment_seed, epoch_shuffle, view_of
 from kdkeras.data.sources import DatasetInfo, ValidationSplit, check_validation_size, get_source, split_base
-from kdkeras.keys import IMAGE, INDEX
+from kdkeras.data.strong_augment import strong_augment_image, strong_seed
+from kdkeras.keys import IMAGE, INDEX, STRONG_IMAGE
 
 AUGMENT_PAD = 4
 # Flips change the meaning of these (or their images are tiny greyscale digits/clothes).
@@ -137,6 +138,7 @@ def load(
     repeat: bool = False,
     replay: bool | ReplayClock = False,
     views: int | None = None,
+    strong_view: bool = False,
     teacher_cache=None,
     validation_split: float | int | None = None,
     subset: str | None = None,
@@ -156,7 +158,10 @@ def load(
     `replay` (True, or a `ReplayClock` to share) makes every epoch rebuildable:
     its shuffle order a function of (seed, epoch) and each example's crop and
     flip of (seed, view, index), the view being the epoch or, with `views=K`,
-    the epoch mod K (see `kdkeras.data.replay`). `teacher_cache`, a
+    the epoch mod K (see `kdkeras.data.replay`). `strong_view` adds
+    `x["image_strong"]` (x becomes a dict): a second, strongly augmented view of
+    each example (`kdkeras.data.strong_augment`, MLKD's), its seed folded from the
+    example's crop/flip seed, so it is replayed with it. `teacher_cache`, a
     `kdkeras.cache.TeacherCache` of this very data, adds `x["teacher"]`: the
     teacher's cached outputs for each example's view (replay and the index
     are then on; data other than the cache's is refused).
@@ -182,7 +187,7 @@ def load(
     raw = source.raw(split, limit, validation)
     if teacher_cache is not None:
         teacher_cache.check_data(**data_spec(info, split, image_size, channels, augment, limit, seed,
-                                             validation))
+                                             validation, strong_view))
         if raw.num_examples is not None and raw.num_examples != teacher_cache.num_examples:
             raise ValueError(f"The split has {raw.num_examples} examples, the teacher cache "
                              f"{teacher_cache.num_examples}.")
@@ -190,10 +195,13 @@ def load(
         replay = replay or True
 
     def example(index, raw_x, label, aug_seed):
-        image = preprocess_image(raw.decode(raw_x), image_size, channels)
+        image = plain = preprocess_image(raw.decode(raw_x), image_size, channels)
         if augment:
             image = augment_image(image, aug_seed)
         x = {IMAGE: image, INDEX: index} if with_index else image
+        if strong_view:
+            x = {**(x if with_index else {IMAGE: image}),
+                 STRONG_IMAGE: strong_augment_image(plain, strong_seed(aug_seed))}
         return x, tf.cast(label, tf.int32)
 
     if not (replay or views):
@@ -202,7 +210,7 @@ def load(
             ds = ds.shuffle(raw.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         if repeat:
             ds = ds.repeat()
-        ds = _attach_augment_seeds(ds, augment, seed)
+        ds = _attach_augment_seeds(ds, augment or strong_view, seed)
         ds = ds.map(lambda indexed, s: example(indexed[0], *indexed[1], tf.stack([s, indexed[0]])),
                     num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
@@ -241,16 +249,19 @@ def _validation(size, subset: str | None, seed: int | None) -> ValidationSplit |
 
 
 def data_spec(info: DatasetInfo, split: str, image_size, channels, augment: bool, limit, seed,
-              validation: ValidationSplit | None = None) -> dict:
+              validation: ValidationSplit | None = None, strong_view: bool = False) -> dict:
     """What identifies the images a pipeline yields (a teacher cache's data
     fingerprint): source, split, examples, size, channels and augmentation;
     the seed only where it changes the images (with augmentation). A limit is
     marked stratified: caches of the first-N subsets of older versions are refused.
-    A validation split adds its size, part and seed (each seed carves its own)."""
+    A validation split adds its size, part and seed (each seed carves its own); a
+    strong view (MLKD) adds itself, and the seed, which then changes the images."""
     h, w, c = info.image_shape
     spec = {"dataset": info.name, "split": split, "limit": limit,
             "limit_subset": "stratified" if limit else None,
             "image_size": list(image_size) if image_size else [h, w],
             "channels": int(channels or c), "augment": bool(augment),
-            "seed": seed if augment else None}
+            "seed": seed if augment or strong_view else None}
+    if strong_view:
+        spec["strong_view"] = True
     return spec if validation is None else {**spec, **validation.spec()}

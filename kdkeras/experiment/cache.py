@@ -43,7 +43,7 @@ def teacher_cache_for(
     carved = (data_lib.ValidationSplit(options["validation_split"], c.seed, options["subset"])
               if options.get("validation_split") else None)
     spec = data_lib.data_spec(data.info, split, image_size, channels, options["augment"], options["limit"],
-                              c.seed, carved)
+                              c.seed, carved, options.get("strong_view", False))
     num_examples = data_lib.num_examples(c.dataset, split, options["limit"], c.data_dir, carved)
     return cache_lib.build_teacher_cache(
         path, teacher, lambda v: cache_view_pipeline(data, split, v, views, part=part),

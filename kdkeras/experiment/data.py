@@ -34,6 +34,8 @@ class DataSetup:
     #: the validation split carved from the training data (None without --validation_split)
     validation: Any = None
     num_validation: int = 0
+    #: the training part carries a strong view of each batch (a method reads it: MLKD)
+    strong_view: bool = False
 
     @property
     def validation_data(self):
@@ -48,8 +50,9 @@ class DataSetup:
         carve = {"validation_split": c.validation_split} if c.validation_split else {}
         if name == "train":
             subset = {"subset": "training"} if carve else {}
+            strong = {"strong_view": True} if self.strong_view else {}
             return train_split, dict(augment=self.train_augment, limit=c.train_limit, shuffle=True, **carve,
-                                     **subset)
+                                     **subset, **strong)
         if name == "validation" and carve:
             return train_split, dict(augment=False, limit=c.train_limit, shuffle=False, subset="validation",
                                      **carve)
@@ -92,6 +95,7 @@ def setup_data(
     input_shape: Sequence[int] | None = None,
     with_index: bool = False,
     shuffle_train: bool = True,
+    strong_view: bool = False,
 ) -> DataSetup:
     """Train/test pipelines for `config`; an `input_shape` (H, W, C), e.g. a
     loaded teacher's, wins over the data's own size and channels."""
@@ -118,7 +122,7 @@ def setup_data(
     carve = {"validation_split": config.validation_split} if config.validation_split else {}
     train = data_lib.load(
         config.dataset, info.train_split, augment=config.augment, limit=config.train_limit,
-        with_index=with_index, shuffle=shuffle_train, replay=clock, **carve, **common,
+        with_index=with_index, shuffle=shuffle_train, replay=clock, strong_view=strong_view, **carve, **common,
     )
     test = data_lib.load(config.dataset, info.test_split, limit=config.test_limit, **common)
     num_train = info.splits.get(info.train_split) or training.steps_in(train) * config.batch_size
@@ -132,7 +136,8 @@ def setup_data(
             config.dataset, info.train_split, config.train_limit, config.data_dir,
             data_lib.ValidationSplit(config.validation_split, config.seed, "validation"))
         num_train -= num_validation
-    return DataSetup(info, train, test, (h, w, c), int(num_train), config, clock, validation, num_validation)
+    return DataSetup(info, train, test, (h, w, c), int(num_train), config, clock, validation, num_validation,
+                     strong_view)
 
 
 def _warn_overridden(config: RunConfig, input_shape: Sequence[int]) -> None:

@@ -83,12 +83,14 @@ def start_run(config: RunConfig, spec: DistillSpec) -> tuple[RunConfig, object]:
 
 def load_data(config: RunConfig, spec: DistillSpec) -> DataSetup:
     """The run's data, at a saved teacher's input unless `spec.input_shape` fixes it,
-    with each example's index when a method reads it (CRD)."""
+    with each example's index when a method reads it (CRD), and a strong view of each
+    training batch when one trains on two views (MLKD)."""
     probe = methods_lib.from_spec(spec.method, spec.method_args, num_examples=1)
     shape = spec.input_shape
     if shape is None and spec.teacher and is_model_path(spec.teacher):
         shape = model_input_shape(spec.teacher)
-    return setup_data(config, shape, with_index=any(m.requires_index for m in probe))
+    return setup_data(config, shape, with_index=any(m.requires_index for m in probe),
+                      strong_view=any(m.requires_strong_view for m in probe))
 
 
 def load_teacher(spec: DistillSpec, data: DataSetup, strategy) -> Teacher | None:

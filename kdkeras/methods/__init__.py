@@ -1,6 +1,6 @@
 """Distillation methods, one class per method; `get("kd")` builds one by name.
 
-Families: `logits` (KD, DIST), `soft_labels` (LSR, VirtualTeacher, WSL, DKD), `hints` (FitNet, AT, NST, VID),
+Families: `logits` (KD, DIST), `multilevel` (MLKD, on a weak and a strong view), `soft_labels` (LSR, VirtualTeacher, WSL, DKD), `hints` (FitNet, AT, NST, VID),
 `staged` (the hint methods with an initialisation stage: FSP, FT, AB),
 `relations` (RKD, PKT, SP, CC), `contrastive` (CRD, its memory banks in `memory_bank`); `features` holds
 `FeatureMethod` and the tensor helpers the hint and relational methods share,
@@ -23,6 +23,7 @@ from kdkeras.methods.features import FeatureMethod
 from kdkeras.methods.hints import AT, NST, VID, FitNet
 from kdkeras.methods.logits import DIST, KD
 from kdkeras.methods.memory_bank import ContrastMemory
+from kdkeras.methods.multilevel import MLKD
 from kdkeras.methods.registry import (
     from_spec,
     get,
@@ -43,6 +44,6 @@ __all__ = [
     "from_spec", "get", "method_class", "method_names", "method_settings", "parse_kwargs",
     "parse_method_args", "register_method", "registered_methods",
     "LogitMethod", "standardize_logits",
-    "KD", "DIST", "LSR", "VirtualTeacher", "WSL", "DKD", "FitNet", "AT", "NST", "FSP", "VID", "FT", "FTParaphraser", "AB", "RKD", "PKT", "SP", "CC",
+    "KD", "DIST", "MLKD", "LSR", "VirtualTeacher", "WSL", "DKD", "FitNet", "AT", "NST", "FSP", "VID", "FT", "FTParaphraser", "AB", "RKD", "PKT", "SP", "CC",
     "CRD", "ContrastMemory", "connectors",
 ]

@@ -122,6 +122,10 @@ class Method(keras.layers.Layer):
     requires_teacher: bool = True
     #: True for methods that read the dataset index of each sample (CRD)
     requires_index: bool = False
+    #: True for methods that train on a weak and a strong view of each batch (MLKD): the
+    #: data carries `keys.STRONG_IMAGE` (`kdkeras.data.load(..., strong_view=True)`), and the
+    #: Distiller adds each network's outputs on it as `keys.strong_key(entry)`
+    requires_strong_view: bool = False
     #: False for methods that read only the teacher's tapped features: when no
     #: method reads its logits, training runs the teacher only up to its last tap
     uses_teacher_logits: bool = True
