@@ -10,7 +10,8 @@ once, hands both dictionaries of named tensors to every method, and minimises
 over the student's weights and the methods' own trainable parts. Every term
 is reduced per replica the way Keras scales a `Loss` under `tf.distribute`
 (divided by the number of replicas), so N replicas give the same update as
-one device on the same global batch.
+one device on the same global batch. Copies of the batch a method makes (its
+`batch_copies`) run stacked with it, in the same single pass (`kdkeras.batch_copies`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from kdkeras import checks
+from kdkeras import batch_copies, checks
 from kdkeras import taps as taps_lib
 from kdkeras.keys import INPUT_TAP, LOGITS, TEACHER, grad_key, split_inputs
 from kdkeras.methods.base import Method, StepContext, check_weight, sparse_labels
@@ -137,6 +138,8 @@ class Distiller(keras.Model):
         # of Keras' tracking so weights are not listed (or saved) twice.
         object.__setattr__(self, "plan", plan)
         object.__setattr__(self, "_grad_keys", plan.gradient_keys)
+        object.__setattr__(self, "_copier", batch_copies.copying_method(
+            self.methods, self.teacher_cache, plan.gradient_keys))
         object.__setattr__(
             self, "_teacher_tap",
             taps_lib.build_tap_model(self.teacher, plan.teacher_outputs) if self.teacher is not None else None,
@@ -229,7 +232,9 @@ class Distiller(keras.Model):
         return out
 
     def _terms(self, teacher_out, student_out, y, sample_weight, index, training, methods):
-        """Total (replica-scaled) loss and a dict of unscaled logged values."""
+        """Total (replica-scaled) loss and a dict of unscaled logged values (copies' rows: their method's)."""
+        stacked = (teacher_out, student_out)
+        teacher_out, student_out = (batch_copies.own_rows(out, self._copier, y) for out in stacked)
         logits = student_out[LOGITS]
         student_loss = self._compile_loss(y, logits, sample_weight)
         if student_loss is None:
@@ -243,7 +248,8 @@ class Distiller(keras.Model):
         )
         for method in methods:
             name = self.plan.entry(method).term
-            term = method.compute_loss(teacher_out, student_out, labels, context)
+            t_out, s_out = stacked if method is self._copier else (teacher_out, student_out)
+            term = method.compute_loss(t_out, s_out, labels, context)
             if isinstance(term, dict):
                 for key, value in term.items():
                     logs[f"{name}_{key}"] = value
@@ -278,6 +284,7 @@ class Distiller(keras.Model):
         images, index = split_inputs(x)
         y = self._checked_labels(y)
         self._check_index(index)
+        images = batch_copies.stack(images, self._copier)
         teacher_out = cached_teacher_outputs(x)
         if teacher_out is None:
             teacher_out = self._teacher_or_fail(images, y, self._teacher_train_tap)
@@ -296,6 +303,7 @@ class Distiller(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         images, index = split_inputs(x)
         y = self._checked_labels(y)
+        images = batch_copies.stack(images, self._copier)
         teacher_out = cached_teacher_outputs(x)
         if teacher_out is None:
             teacher_out = self.teacher_outputs(images, y)
@@ -319,6 +327,7 @@ class Distiller(keras.Model):
         return self.student(images, training=False)
 
     def _update_metrics(self, total, logs, teacher_out, student_out, y, sample_weight):
+        teacher_out, student_out = (batch_copies.own_rows(out, self._copier, y) for out in (teacher_out, student_out))
         logits = student_out[LOGITS]
         batch = tf.shape(logits)[0]
         unscaled = total * _num_replicas() if _num_replicas() > 1 else total
