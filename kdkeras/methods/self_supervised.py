@@ -198,13 +198,13 @@ class SSKD(_Rotating):
     (`teacher_head_term`) and read frozen here; the student's head trains
     with the student.
 
-    Which rows a ratio keeps (label 0 ranked 1st, 3rd, 2nd, 2nd; half the 3 wrong
-    rows, rounded down, are kept, the best ranked first):
+    Which rows a ratio keeps (label 0 ranked 1st, 3rd, 3rd, 2nd: of the 3 wrong rows
+    half, rounded down, is kept, the best ranked first):
 
     >>> import numpy as np
     >>> z = np.array([[3, 1, 0], [0, 1, 3], [0, 3, 1], [1, 0, 3]], "float32")
     >>> [float(v) for v in kept_rows(z, np.zeros(4, "int32"), 0.5)]
-    [1.0, 0.0, 1.0, 0.0]
+    [1.0, 0.0, 0.0, 1.0]
     """
 
     default_weight = 1.0
