@@ -12,7 +12,7 @@ from kdkeras.cache import CacheError, check_cacheable
 from kdkeras.methods import KD, SSKD, StepContext
 from kdkeras.methods.self_supervised import kept_rows, rotations
 from kdkeras.stages import default_stages, run_stages
-from tests.helpers import tiny_cnn, tiny_data
+from tests.helpers import TINY, needs_fashion_mnist, run_recipe, tiny_cnn, tiny_data
 
 B, K, D_T, D_S = 4, 5, 6, 3
 
@@ -287,3 +287,27 @@ def test_a_tiny_two_stage_fit_trains_the_teacher_head_then_the_student_and_its_h
     assert _same(h1, h2) and _same(h2, h3)  # read frozen in the main stage
     assert _all_changed(sh2, sh3) and _all_changed(s2, s3)  # the student and its head trained
     assert _same(t0, t1) and _same(t1, t3)  # the teacher never moved
+
+
+@pytest.mark.e2e
+@needs_fashion_mnist
+def test_the_distill_recipe_trains_the_teacher_head_stage_then_sskd(tiny_teacher, tmp_path):
+    m = run_recipe("distill", f"--teacher={tiny_teacher.path}", "--method=sskd", "--init_epochs=1",
+                   f"--output_dir={tmp_path}", *TINY).metrics
+    assert m["method"] == "sskd" and m["student_loss_weight"] == 0.1
+    assert list(m["history"]["stages"]) == ["sskd_teacher_head"]
+    assert all(np.isfinite(m["history"]["stages"]["sskd_teacher_head"]["sskd"]))
+    assert {"sskd_kd", "sskd_tf", "sskd_ss"} <= set(m["history"])
+    assert (tmp_path / "stages" / "00_sskd_teacher_head" / "done.json").exists()
+
+
+def test_tuning_sskd_runs_its_trials_without_a_teacher_cache(tmp_path):
+    from kdkeras.experiment import DistillSpec, RunConfig
+    from kdkeras.tune import TuneOptions, trial_inputs
+
+    config = RunConfig(output_dir=str(tmp_path), epochs=4)
+    options = TuneOptions(trials=2, trial_epochs=1, retrain=False, pruner="none")
+    for candidates, cached in [(["kd"], True), (["sskd"], False), (["kd", "sskd+kd"], False)]:
+        spec = DistillSpec(teacher="t.keras", method=",".join(candidates))
+        _, trial_spec = trial_inputs(config, spec, options, candidates, candidates[0], {}, 0)
+        assert (trial_spec.teacher_cache is not None) == cached, candidates
