@@ -232,7 +232,7 @@ class Distiller(keras.Model):
         return out
 
     def _terms(self, teacher_out, student_out, y, sample_weight, index, training, methods):
-        """Total (replica-scaled) loss and a dict of unscaled logged values (copies' rows: their method's)."""
+        """Total (replica-scaled) loss and logged values; only a copying method reads its copies' rows."""
         stacked = (teacher_out, student_out)
         teacher_out, student_out = (batch_copies.own_rows(out, self._copier, y) for out in stacked)
         logits = student_out[LOGITS]
