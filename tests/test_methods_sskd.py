@@ -311,3 +311,15 @@ def test_tuning_sskd_runs_its_trials_without_a_teacher_cache(tmp_path):
         spec = DistillSpec(teacher="t.keras", method=",".join(candidates))
         _, trial_spec = trial_inputs(config, spec, options, candidates, candidates[0], {}, 0)
         assert (trial_spec.teacher_cache is not None) == cached, candidates
+
+
+def test_under_two_replicas_the_per_row_parts_give_one_devices_step():
+    """The KD parts are per-row means (all rotated rows kept), so two replicas give one device's
+    step; the similarity part compares each replica's own rows (see docs), so it is left out."""
+    from tests.test_distribute import run_check
+
+    out = run_check([["sskd", {"ss_weight": 0.0, "tf_ratio": 1.0}]])
+    assert out["replicas"] == 2 and out["max_weight_change"] > 1e-3
+    assert abs(out["single_loss"] - out["mirrored_loss"]) < 1e-5 * max(1.0, abs(out["single_loss"]))
+    assert out["max_weight_diff"] < 1e-5
+    assert out["terms"]["sskd_tf"][0] > 0
