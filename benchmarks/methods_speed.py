@@ -34,7 +34,9 @@ resnet20 gives about 1.5x, so about 0.66 there).
 Targets (issue 3): `<method>_over_kd` <= 1.15 for the methods without an
 init stage (FT is timed in its transfer step, AB and FSP in the step of their
 init stage, whose term they are; AT's gradient mode needs second-order
-gradients by definition), and
+gradients by definition; a method making copies of the batch, SSKD, is timed
+on the batch and its copies and again as `<method>_same_rows` on as many rows
+as KD's, the batch cut to `1 / (copies + 1)`), and
 `fitnet_over_keras_feature` <= 0.6.
 
     python benchmarks/methods_speed.py --quick --json runs/methods_speed.json
@@ -154,8 +156,19 @@ def method_variants(batch):
         if method.requires_strong_view:  # the batch flipped left-right stands for its strong view
             inputs = {**(inputs if isinstance(inputs, dict) else {"image": x}), "image_strong": x[:, :, ::-1]}
         variants[name] = step_fn(distiller, inputs, y)
+        copies = len(method.batch_copies(x)) if method.has_batch_copies else 0
+        if copies:  # the extra work is the copies' rows: timed again with as many rows as KD's
+            rows = FLAGS.batch_size // (copies + 1)
+            same = compiled(kdkeras.Distiller(net, build(FLAGS.student, 2), [make_method(name)], 1.0))
+            sliced = {k: v[:rows] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[:rows]
+            variants[f"{name}_same_rows"] = step_fn(same, sliced, y[:rows])
+            notes[f"{name}_same_rows"] = (f"{rows} images and their {copies} copies: KD's rows through each "
+                                          "network (target n/a)")
         if method.requires_strong_view:
             notes[name] = "two views: each network runs on twice the batch (target n/a)"
+        elif copies:
+            notes[name] = (f"both networks run on the batch and its {copies} copies, {copies + 1}x KD's rows; "
+                           "has an init stage (target n/a); timed: its main step")
         elif getattr(method, "has_init_stage", False):
             timed = "transfer" if method.in_main_stage else "init-stage"
             notes[name] = f"has an init stage (target n/a); timed: its {timed} step"

@@ -10,8 +10,9 @@ once, hands both dictionaries of named tensors to every method, and minimises
 over the student's weights and the methods' own trainable parts. Every term
 is reduced per replica the way Keras scales a `Loss` under `tf.distribute`
 (divided by the number of replicas), so N replicas give the same update as
-one device on the same global batch. A batch with a strong view that a method
-reads (MLKD) runs each network once on both views (`kdkeras.two_views`).
+one device on the same global batch. A strong view that a method reads (MLKD)
+and copies of the batch a method makes (SSKD's rotations) run stacked with the
+batch, in the same single pass (`kdkeras.two_views`, `kdkeras.batch_copies`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from kdkeras import checks
+from kdkeras import batch_copies, checks
 from kdkeras import taps as taps_lib
 from kdkeras.keys import INPUT_TAP, LOGITS, TEACHER, grad_key, split_inputs
 from kdkeras.methods.base import Method, StepContext, check_weight, sparse_labels
@@ -139,6 +140,8 @@ class Distiller(keras.Model):
         # of Keras' tracking so weights are not listed (or saved) twice.
         object.__setattr__(self, "plan", plan)
         object.__setattr__(self, "_grad_keys", plan.gradient_keys)
+        object.__setattr__(self, "_copier", batch_copies.copying_method(
+            self.methods, self.teacher_cache, plan.gradient_keys))
         object.__setattr__(
             self, "_teacher_tap",
             taps_lib.build_tap_model(self.teacher, plan.teacher_outputs) if self.teacher is not None else None,
@@ -231,7 +234,9 @@ class Distiller(keras.Model):
         return out
 
     def _terms(self, teacher_out, student_out, y, sample_weight, index, training, methods):
-        """Total (replica-scaled) loss and a dict of unscaled logged values."""
+        """Total (replica-scaled) loss and logged values; only a copying method reads its copies' rows."""
+        stacked = (teacher_out, student_out)
+        teacher_out, student_out = (batch_copies.own_rows(out, self._copier, y) for out in stacked)
         student_loss = student_loss_on_views(self._compile_loss, y, student_out, sample_weight)
         if student_loss is None:
             student_loss = ops.zeros(())
@@ -239,12 +244,11 @@ class Distiller(keras.Model):
         logs = {"student_loss": student_loss * _num_replicas()}
         total = self.student_loss_weight * student_loss
         labels = sparse_labels(y)
-        context = StepContext(
-            training=training, index=index, epoch=self.epoch, epochs=self._fit_epochs
-        )
+        context = StepContext(training=training, index=index, epoch=self.epoch, epochs=self._fit_epochs)
         for method in methods:
             name = self.plan.entry(method).term
-            term = method.compute_loss(teacher_out, student_out, labels, context)
+            t_out, s_out = stacked if method is self._copier else (teacher_out, student_out)
+            term = method.compute_loss(t_out, s_out, labels, context)
             if isinstance(term, dict):
                 for key, value in term.items():
                     logs[f"{name}_{key}"] = value
@@ -280,6 +284,7 @@ class Distiller(keras.Model):
         y = self._checked_labels(y)
         self._check_index(index)
         strong = strong_view(x, self.methods, required=True)  # then both views run as one batch
+        images = batch_copies.stack(images, self._copier)
         teacher_out = cached_teacher_outputs(x)
         if teacher_out is None:
             teacher_out = run_on_views(lambda i, t: self._teacher_or_fail(i, t, self._teacher_train_tap),
@@ -301,6 +306,7 @@ class Distiller(keras.Model):
         images, index = split_inputs(x)
         y = self._checked_labels(y)
         strong = strong_view(x, self.methods, required=False)
+        images = batch_copies.stack(images, self._copier)
         teacher_out = cached_teacher_outputs(x)
         if teacher_out is None:
             teacher_out = run_on_views(self.teacher_outputs, images, strong, y)
@@ -314,9 +320,7 @@ class Distiller(keras.Model):
         if index is None:
             # Index-based methods (memory banks) cannot score held-out data.
             methods = [m for m in methods if not m.requires_index]
-        total, logs = self._terms(
-            teacher_out, student_out, y, sample_weight, index, False, methods
-        )
+        total, logs = self._terms(teacher_out, student_out, y, sample_weight, index, False, methods)
         return self._update_metrics(total, logs, teacher_out, student_out, y, sample_weight)
 
     def predict_step(self, data):
@@ -325,20 +329,17 @@ class Distiller(keras.Model):
         return self.student(images, training=False)
 
     def _update_metrics(self, total, logs, teacher_out, student_out, y, sample_weight):
+        teacher_out, student_out = (batch_copies.own_rows(out, self._copier, y) for out in (teacher_out, student_out))
         logits = student_out[LOGITS]
         batch = tf.shape(logits)[0]
         unscaled = total * _num_replicas() if _num_replicas() > 1 else total
         self._loss_tracker.update_state(unscaled, sample_weight=batch)
         for key, value in logs.items():
-            tracker = (
-                self._student_loss_tracker if key == "student_loss" else self._term_trackers[key]
-            )
+            tracker = self._student_loss_tracker if key == "student_loss" else self._term_trackers[key]
             tracker.update_state(value, sample_weight=batch)
         agreement = self._agreement_tracker is not None and teacher_out is not None and LOGITS in teacher_out
         if agreement:
-            same = ops.equal(
-                ops.argmax(teacher_out[LOGITS], axis=-1), ops.argmax(logits, axis=-1)
-            )
+            same = ops.equal(ops.argmax(teacher_out[LOGITS], axis=-1), ops.argmax(logits, axis=-1))
             self._agreement_tracker.update_state(ops.cast(same, "float32"))
         if self._compile_metrics is not None:
             self._compile_metrics.update_state(y, logits, sample_weight)

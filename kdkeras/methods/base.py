@@ -17,7 +17,9 @@ names a method:
   output (queries of the tap plan, `kdkeras.tap_plan`, which no method's
   settings are changed by);
 * `init_stages()`, `in_main_stage`: the stages its paper trains before the
-  main one (FT, AB, FSP), as `InitStage` data that `kdkeras.stages` runs;
+  main one (FT, AB, FSP, SSKD), as `InitStage` data that `kdkeras.stages` runs;
+* `batch_copies(images)`: copies of the batch both networks also run on
+  (SSKD's rotations), stacked with it by `kdkeras.batch_copies`;
 * `default_weight`, `default_student_loss_weight`: its published weights;
 * `run_length_defaults`: epoch-counted arguments the recipes scale with the run.
 """
@@ -118,6 +120,8 @@ class Method(keras.layers.Layer):
     in_main_stage: bool = True
     #: True when the class overrides `init_stages` (derived, never set by hand)
     has_init_stage: bool = False
+    #: True when the class overrides `batch_copies` (derived, never set by hand)
+    has_batch_copies: bool = False
     #: False for teacher-free methods (label smoothing, virtual teacher)
     requires_teacher: bool = True
     #: True for methods that read the dataset index of each sample (CRD)
@@ -147,6 +151,7 @@ class Method(keras.layers.Layer):
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
         cls.has_init_stage = cls.init_stages is not Method.init_stages
+        cls.has_batch_copies = cls.batch_copies is not Method.batch_copies
 
     def __init__(
         self,
@@ -246,6 +251,15 @@ class Method(keras.layers.Layer):
         student; stages of one name from several methods merge into one).
         Return the same objects on every call: the stages train them.
         """
+        return []
+
+    # -- copies of the batch ------------------------------------------------------
+    def batch_copies(self, images) -> list:
+        """Copies of the batch's images (each of their shape) that both networks also
+        run on, in the same pass; none by default. A method that makes some (SSKD's
+        rotations) receives in `compute_loss` the outputs of the stack `[images,
+        *copies]`, the batch's own rows first; everything else reads those rows only."""
+        del images
         return []
 
     # -- the term ---------------------------------------------------------------

@@ -19,7 +19,8 @@ import keras
 import optuna
 
 from kdkeras.experiment.config import DistillSpec, RunConfig
-from kdkeras.methods.registry import parse_method_args
+from kdkeras.methods.registry import from_spec, parse_method_args
+from kdkeras.tap_plan import uncacheable_reason
 from kdkeras.tune import spaces
 from kdkeras.tune.options import TuneOptions
 
@@ -66,6 +67,19 @@ def cache_folder(config: RunConfig, spec: DistillSpec) -> str | None:
     return spec.teacher_cache or os.path.join(config.output_dir, "teacher_cache")
 
 
+def cacheable(candidates: list[str], spec: DistillSpec) -> bool:
+    """Whether every candidate trains from a teacher cache, with the user's own method
+    arguments: not one whose methods read the teacher on copies of the batch (SSKD) or
+    its CE gradients; otherwise the trials run the teacher."""
+    nested = spec.method_args if isinstance(spec.method_args, dict) else parse_method_args(spec.method_args)
+    for candidate in candidates:
+        members = spaces.member_names(candidate)
+        methods = from_spec(candidate, {m: args for m, args in nested.items() if m in members})
+        if any(uncacheable_reason(m) for m in methods):
+            return False
+    return True
+
+
 def fixed_args(spec: DistillSpec) -> dict[str, Any]:
     """The user's own `method_args` as flat `{"kd.temperature": 2}`: fixed, never tuned."""
     nested = spec.method_args if isinstance(spec.method_args, dict) else parse_method_args(spec.method_args)
@@ -81,8 +95,8 @@ def trial_test_limit(config: RunConfig) -> int:
 def trial_inputs(config: RunConfig, spec: DistillSpec, options: TuneOptions, candidates: list[str],
                  candidate: str, settings: dict, number: int) -> tuple[RunConfig, DistillSpec]:
     """The (config, spec) of trial `number`: the trial fidelity, its own folder, one
-    batch of the test split, the shared teacher cache (holding every candidate's taps),
-    no baseline."""
+    batch of the test split, the shared teacher cache (holding every candidate's taps;
+    none when a candidate cannot be cached), no baseline."""
     args, ce_weight = spaces.split_settings(settings)
     members = spaces.member_names(candidate)
     args.update({k: v for k, v in fixed_args(spec).items() if k.split(".")[0] in members})
@@ -90,7 +104,7 @@ def trial_inputs(config: RunConfig, spec: DistillSpec, options: TuneOptions, can
         config, epochs=options.trial_epochs or config.epochs,
         train_limit=options.trial_train_limit or config.train_limit, test_limit=trial_test_limit(config),
         output_dir=os.path.join(config.output_dir, "trials", f"trial_{number:04d}"), overwrite=True, verbose=0)
-    cache = cache_folder(config, spec)
+    cache = cache_folder(config, spec) if cacheable(candidates, spec) else None
     trial_spec = dataclasses.replace(
         spec, method=candidate, method_args=spaces.method_args_text(args),
         student_loss_weight=spec.student_loss_weight if ce_weight is None else ce_weight, baseline=False,
