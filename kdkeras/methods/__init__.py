@@ -1,6 +1,7 @@
 """Distillation methods, one class per method; `get("kd")` builds one by name.
 
-Families: `logits` (KD, DIST), `soft_labels` (LSR, VirtualTeacher, WSL, DKD), `hints` (FitNet, AT, NST, VID),
+Families: `logits` (KD, DIST), `soft_labels` (LSR, VirtualTeacher, WSL, DKD), `normalized` (NKD
+and its teacher-free form USKD), `curriculum` (CTKD, CTDKD: KD and DKD at a learned temperature), `hints` (FitNet, AT, NST, VID),
 `staged` (the hint methods with an initialisation stage: FSP, FT, AB),
 `relations` (RKD, PKT, SP, CC), `contrastive` (CRD, its memory banks in `memory_bank`); `features` holds
 `FeatureMethod` and the tensor helpers the hint and relational methods share,
@@ -19,10 +20,12 @@ from kdkeras.methods.base import (
     method_settings,
 )
 from kdkeras.methods.contrastive import CRD
+from kdkeras.methods.curriculum import CTDKD, CTKD, CurriculumTemperature
 from kdkeras.methods.features import FeatureMethod
 from kdkeras.methods.hints import AT, NST, VID, FitNet
 from kdkeras.methods.logits import DIST, KD
 from kdkeras.methods.memory_bank import ContrastMemory
+from kdkeras.methods.normalized import NKD, USKD
 from kdkeras.methods.registry import (
     from_spec,
     get,
@@ -45,4 +48,5 @@ __all__ = [
     "LogitMethod", "standardize_logits",
     "KD", "DIST", "LSR", "VirtualTeacher", "WSL", "DKD", "FitNet", "AT", "NST", "FSP", "VID", "FT", "FTParaphraser", "AB", "RKD", "PKT", "SP", "CC",
     "CRD", "ContrastMemory", "connectors",
+    "NKD", "USKD", "CTKD", "CTDKD", "CurriculumTemperature",
 ]
