@@ -138,8 +138,10 @@ class USKD(Method):
                     "mu": Float(0.002, 0.5, log=True)}
     log_keys = ("target", "non_target", "weak")
 
-    def __init__(self, alpha: float = 0.1, beta: float = 0.1, mu: float = 0.1, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, alpha: float = 0.1, beta: float = 0.1, mu: float = 0.1, teacher_layers=None, **kwargs):
+        if teacher_layers:
+            raise ValueError(f"USKD reads no teacher: got teacher_layers={teacher_layers!r}.")
+        super().__init__(teacher_layers=[], **kwargs)
         self.alpha = check_weight(alpha, "USKD alpha")
         self.beta = check_weight(beta, "USKD beta")
         self.mu = check_weight(mu, "USKD mu")
