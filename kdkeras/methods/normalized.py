@@ -134,7 +134,7 @@ class USKD(Method):
     default_student_loss_weight = 1.0
     requires_teacher = False
     uses_teacher_logits = False
-    search_space = {"alpha": Float(0.02, 2.0, log=True), "beta": Float(0.02, 1.0, log=True),
+    search_space = {"weight": None, "alpha": Float(0.02, 2.0, log=True), "beta": Float(0.02, 1.0, log=True),
                     "mu": Float(0.002, 0.5, log=True)}
     log_keys = ("target", "non_target", "weak")
 
