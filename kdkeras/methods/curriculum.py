@@ -127,6 +127,13 @@ def curriculum_args(obj) -> dict:
     return {name: getattr(obj, name) for name in _ARGS}
 
 
+def _mirror_args(method) -> None:
+    """The temperature module's (checked) arguments as the method's own attributes, as each
+    method holds its hyper-parameters."""
+    for name, value in curriculum_args(method.temperature_module).items():
+        setattr(method, name, value)
+
+
 _CTKD_SPACE = {"t_range": Float(5.0, 40.0, log=True), "lambda_max": Float(0.25, 2.0, log=True),
                "curriculum_fraction": Float(0.01, 0.5)}
 
@@ -173,6 +180,7 @@ class CTKD(LogitMethod):
         self.temperature_module = CurriculumTemperature(
             t_min, t_range, initial_logit, lambda_max, curriculum_epochs, curriculum_fraction,
             name="temperature")
+        _mirror_args(self)
 
     def temperature_value(self) -> float:
         """The learned temperature now."""
@@ -213,6 +221,7 @@ class CTDKD(DKD):
         self.temperature_module = CurriculumTemperature(
             t_min, t_range, initial_logit, lambda_max, curriculum_epochs, curriculum_fraction,
             name="temperature")
+        _mirror_args(self)
 
     def temperature_value(self) -> float:
         """The learned temperature now."""
