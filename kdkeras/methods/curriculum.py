@@ -88,6 +88,12 @@ class CurriculumTemperature(keras.layers.Layer):
         if curriculum_fraction is not None and not 0.0 < curriculum_fraction <= 1.0:
             raise ValueError(f"CTKD curriculum_fraction must be in (0, 1], got {curriculum_fraction!r}.")
         self.curriculum_fraction = None if curriculum_fraction is None else float(curriculum_fraction)
+
+    def build(self, input_shape=None):
+        """Create `g`: in the method's `build_parts`, so under the Distiller's strategy scope
+        (or on the first call outside a Distiller)."""
+        if self.built:
+            return
         self.logit = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.initial_logit),
                                      name="logit", dtype="float32")
         self.built = True
@@ -113,6 +119,7 @@ class CurriculumTemperature(keras.layers.Layer):
 
     def value(self) -> float:
         """The current temperature, as a Python float (for logs and tests)."""
+        self.build()
         return float(self.t_min + self.t_range * ops.sigmoid(self.logit))
 
     def get_config(self):
@@ -186,6 +193,9 @@ class CTKD(LogitMethod):
         """The learned temperature now."""
         return self.temperature_module.value()
 
+    def build_parts(self, teacher_shapes, student_shapes):
+        self.temperature_module.build()
+
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         z_t, z_s = self.logit_pair(teacher, student)
         t = self.temperature_module(self.temperature_module.strength(context))
@@ -226,6 +236,9 @@ class CTDKD(DKD):
     def temperature_value(self) -> float:
         """The learned temperature now."""
         return self.temperature_module.value()
+
+    def build_parts(self, teacher_shapes, student_shapes):
+        self.temperature_module.build()
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         z_t, z_s = self.logit_pair(teacher, student)
