@@ -1,6 +1,8 @@
 """Distillation methods, one class per method; `get("kd")` builds one by name.
 
-Families: `logits` (KD, DIST), `multilevel` (MLKD, on a weak and a strong view), `soft_labels` (LSR, VirtualTeacher, WSL, DKD), `hints` (FitNet, AT, NST, VID),
+Families: `logits` (KD, DIST), `multilevel` (MLKD, on a weak and a strong view), `soft_labels` (LSR,
+VirtualTeacher, WSL, DKD), `normalized` (NKD and its teacher-free form USKD), `curriculum` (CTKD, CTDKD:
+KD and DKD at a learned temperature), `hints` (FitNet, AT, NST, VID),
 `staged` (the hint methods with an initialisation stage: FSP, FT, AB),
 `relations` (RKD, PKT, SP, CC), `contrastive` (CRD, its memory banks in `memory_bank`),
 `self_supervised` (SSKD: rotated copies of the batch, its heads and init stage); `features` holds
@@ -20,11 +22,13 @@ from kdkeras.methods.base import (
     method_settings,
 )
 from kdkeras.methods.contrastive import CRD
+from kdkeras.methods.curriculum import CTDKD, CTKD, CurriculumTemperature
 from kdkeras.methods.features import FeatureMethod
 from kdkeras.methods.hints import AT, NST, VID, FitNet
 from kdkeras.methods.logits import DIST, KD
 from kdkeras.methods.memory_bank import ContrastMemory
 from kdkeras.methods.multilevel import MLKD
+from kdkeras.methods.normalized import NKD, USKD
 from kdkeras.methods.registry import (
     from_spec,
     get,
@@ -48,4 +52,5 @@ __all__ = [
     "LogitMethod", "standardize_logits",
     "KD", "DIST", "MLKD", "LSR", "VirtualTeacher", "WSL", "DKD", "FitNet", "AT", "NST", "FSP", "VID", "FT", "FTParaphraser", "AB", "RKD", "PKT", "SP", "CC",
     "CRD", "ContrastMemory", "SSKD", "SSKDTeacherHead", "ProjectionHead", "connectors",
+    "NKD", "USKD", "CTKD", "CTDKD", "CurriculumTemperature",
 ]

@@ -28,6 +28,14 @@ def _check_positive(owner: str, name: str, value) -> float:
     return number
 
 
+def kd_loss(z_t, z_s, temperature):
+    """`T^2 * mean_b KL(softmax(z_t / T) || softmax(z_s / T))` on float32 logits; `temperature`
+    a number or a scalar tensor (CTKD's learned one)."""
+    log_pt = ops.log_softmax(z_t / temperature, axis=-1)
+    log_ps = ops.log_softmax(z_s / temperature, axis=-1)
+    return ops.mean(kl_div(log_pt, log_ps)) * (temperature * temperature)
+
+
 @register_method("kd")
 class KD(LogitMethod):
     """Hinton et al. (2015): `T^2 * KL(softmax(z_t / T) || softmax(z_s / T))`.
@@ -57,11 +65,8 @@ class KD(LogitMethod):
         self.temperature = _check_positive("KD", "temperature", self.setting("temperature", temperature, 4.0))
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
-        t = self.temperature
         z_t, z_s = self.logit_pair(teacher, student)
-        log_pt = ops.log_softmax(z_t / t, axis=-1)
-        log_ps = ops.log_softmax(z_s / t, axis=-1)
-        return ops.mean(kl_div(log_pt, log_ps)) * (t * t)
+        return kd_loss(z_t, z_s, self.temperature)
 
     def get_config(self):
         return {**super().get_config(), "temperature": self.temperature}

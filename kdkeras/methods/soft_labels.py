@@ -84,9 +84,10 @@ def dkd_per_sample(teacher_logits, student_logits, y, temperature: float = 4.0):
     TCKD is the binary KL between `[p_target, 1 - p_target]` of teacher and
     student at temperature T; NCKD the KL between their distributions over
     the non-target classes (target logit masked out, the rest renormalised).
-    Plain KD per sample equals `TCKD + (1 - p_t_target) * NCKD`.
+    Plain KD per sample equals `TCKD + (1 - p_t_target) * NCKD`. `temperature`: a
+    number, or a scalar tensor (CTKD's learned one).
     """
-    t = float(temperature)
+    t = float(temperature) if isinstance(temperature, (int, float)) else as_float32(temperature)
     z_t = as_float32(teacher_logits) / t
     z_s = as_float32(student_logits) / t
     mask = _one_hot(y, z_s.shape[-1])
