@@ -2,7 +2,8 @@
 
 Families: `logits` (KD, DIST), `soft_labels` (LSR, VirtualTeacher, WSL, DKD), `hints` (FitNet, AT, NST, VID),
 `staged` (the hint methods with an initialisation stage: FSP, FT, AB),
-`relations` (RKD, PKT, SP, CC), `contrastive` (CRD, its memory banks in `memory_bank`); `features` holds
+`relations` (RKD, PKT, SP, CC), `affinity` (ICKD, Affinity, KTA with its paraphraser term
+KTAParaphraser), `contrastive` (CRD, its memory banks in `memory_bank`); `features` holds
 `FeatureMethod` and the tensor helpers the hint and relational methods share,
 `connectors` the small trainable adapters they use, `standardize` logit
 standardisation (`LogitMethod`, the base of the logits methods that take
@@ -11,6 +12,7 @@ standardisation (`LogitMethod`, the base of the logits methods that take
 """
 
 from kdkeras.methods import connectors
+from kdkeras.methods.affinity import ICKD, KTA, Affinity, KTAParaphraser
 from kdkeras.methods.base import (
     InitStage,
     Method,
@@ -44,5 +46,5 @@ __all__ = [
     "parse_method_args", "register_method", "registered_methods",
     "LogitMethod", "standardize_logits",
     "KD", "DIST", "LSR", "VirtualTeacher", "WSL", "DKD", "FitNet", "AT", "NST", "FSP", "VID", "FT", "FTParaphraser", "AB", "RKD", "PKT", "SP", "CC",
-    "CRD", "ContrastMemory", "connectors",
+    "ICKD", "Affinity", "KTA", "KTAParaphraser", "CRD", "ContrastMemory", "connectors",
 ]
