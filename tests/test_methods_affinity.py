@@ -145,11 +145,10 @@ def test_kta_matches_numpy_and_logs_both_parts():
 
 
 def test_defaults_names_configs_and_bad_arguments():
-    expected = {"ickd": (ICKD, 500.0), "chsim": (ICKD, 500.0), "affinity": (Affinity, 1.0), "kta": (KTA, 1.0)}
+    expected = {"ickd": (ICKD, 500.0), "affinity": (Affinity, 1.0), "kta": (KTA, 1.0)}
     for name, (cls, weight) in expected.items():
         m = kdkeras.methods.get(name)
         assert type(m) is cls and m.weight == weight and m.default_student_loss_weight == 1.0
-    assert kdkeras.methods.get("chsim").name == "ickd"
     kta = KTA()
     assert (kta.adapt_weight, kta.affinity_weight, kta.factor_rate, kta.regularization) == (50.0, 1.0, 0.5, 1e-7)
     clone = KTA.from_config(KTA(adapt_weight=10.0, factor_rate=0.25).get_config())

@@ -50,7 +50,7 @@ class _LastStage(FeatureMethod):
         return tap_detection.stage_outputs(model)[-1:]
 
 
-@register_method("ickd", "chsim")
+@register_method("ickd")
 class ICKD(_LastStage):
     """Liu et al. (2021), inter-channel correlation (torchdistill's `ChSimLoss`).
 
