@@ -10,7 +10,8 @@ import kdkeras
 from kdkeras.methods import KD
 from kdkeras.methods.affinity import ICKD, KTA, Affinity, KTAParaphraser, affinity_distance
 from kdkeras.stages import default_stages, run_stages
-from tests.helpers import CallCounter, tiny_cnn, tiny_data
+from tests import test_cache as cache_helpers
+from tests.helpers import CallCounter, image_folder, tiny_cnn, tiny_data
 from tests.test_methods_hints import (
     built, check_gradients, counted_student, deep_cnn, f64, features, loss_of, np_bn, np_conv_layer,
     np_lrelu, np_match, np_normalize, randomize_bn,
@@ -240,3 +241,33 @@ def test_parts_are_saved_with_the_distiller(tmp_path):
         for v, lv in zip(m.weights, lm.weights):
             np.testing.assert_array_equal(np.array(v), np.array(lv))
     assert len(loaded.student.weights) == len(d.student.weights)
+
+
+# -- teacher cache ----------------------------------------------------------------------------
+
+
+def _fit(teacher, folder, cache=None):
+    keras.utils.set_random_seed(3)
+    student = tiny_cnn(width=3, num_classes=3, input_shape=(8, 8, 3), name="student")
+    methods = [ICKD(), Affinity(), KTA()]
+    if cache is None:
+        ds = cache_helpers._load(folder, replay=True, with_index=True, views=1)
+        d = kdkeras.Distiller(teacher, student, methods)
+    else:
+        ds = cache_helpers._load(folder, teacher_cache=cache)
+        d = kdkeras.Distiller(None, student, methods, teacher_cache=cache)
+    d.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    return d.fit(ds, epochs=1, verbose=0).history, student.get_weights()
+
+
+def test_a_teacher_cache_serves_them_as_the_online_teacher(tmp_path):
+    folder = image_folder(tmp_path / "images", size=(8, 8))
+    teacher = cache_helpers._teacher()
+    cache = cache_helpers._build(tmp_path / "cache", teacher, folder, [ICKD(), Affinity(), KTA()], views=1)
+    assert set(cache.method_taps) == {"ickd", "affinity", "kta"} and set(cache.entries) == {"logits", "relu2"}
+    h_online, w_online = _fit(teacher, folder)
+    h_cached, w_cached = _fit(teacher, folder, cache)
+    for key in ("loss", "ickd", "affinity", "kta_adapt", "kta_affinity"):
+        np.testing.assert_allclose(h_online[key], h_cached[key], rtol=1e-5)
+    for a, b in zip(w_online, w_cached):  # float noise, through the normalisations, after one epoch
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
