@@ -4,7 +4,8 @@ Families: `logits` (KD, DIST), `multilevel` (MLKD, on a weak and a strong view),
 VirtualTeacher, WSL, DKD), `normalized` (NKD and its teacher-free form USKD), `curriculum` (CTKD, CTDKD:
 KD and DKD at a learned temperature), `hints` (FitNet, AT, NST, VID),
 `staged` (the hint methods with an initialisation stage: FSP, FT, AB),
-`relations` (RKD, PKT, SP, CC), `contrastive` (CRD, its memory banks in `memory_bank`),
+`relations` (RKD, PKT, SP, CC), `affinity` (ICKD, Affinity, KTA with its paraphraser term
+KTAParaphraser), `contrastive` (CRD, its memory banks in `memory_bank`),
 `self_supervised` (SSKD: rotated copies of the batch, its heads and init stage); `features` holds
 `FeatureMethod` and the tensor helpers the hint and relational methods share,
 `connectors` the small trainable adapters they use, `standardize` logit
@@ -14,6 +15,7 @@ standardisation (`LogitMethod`, the base of the logits methods that take
 """
 
 from kdkeras.methods import connectors
+from kdkeras.methods.affinity import ICKD, KTA, Affinity, KTAParaphraser
 from kdkeras.methods.base import (
     InitStage,
     Method,
@@ -53,4 +55,5 @@ __all__ = [
     "KD", "DIST", "MLKD", "LSR", "VirtualTeacher", "WSL", "DKD", "FitNet", "AT", "NST", "FSP", "VID", "FT", "FTParaphraser", "AB", "RKD", "PKT", "SP", "CC",
     "CRD", "ContrastMemory", "SSKD", "SSKDTeacherHead", "ProjectionHead", "connectors",
     "NKD", "USKD", "CTKD", "CTDKD", "CurriculumTemperature",
+    "ICKD", "Affinity", "KTA", "KTAParaphraser",
 ]

@@ -255,9 +255,13 @@ class Paraphraser(keras.layers.Layer):
         """The teacher's factor."""
         return _run(self.encoder, x, training)
 
+    def decode(self, factor, training=False):
+        """The map rebuilt from a factor."""
+        return _run(self.decoder, factor, training)
+
     def call(self, x, training=False):
         """The reconstruction of `x` through the factor."""
-        return _run(self.decoder, self.encode(x, training), training)
+        return self.decode(self.encode(x, training), training)
 
     def get_config(self):
         return {
@@ -290,6 +294,39 @@ class Translator(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "use_bn": self.use_bn}
+
+
+@_register
+class Adapter3x3(keras.layers.Layer):
+    """3x3 conv (with bias) to `channels`, optionally + BN and an activation:
+    KTA's feature adapter (BN + ReLU) and the affinity adapters (conv alone)."""
+
+    def __init__(self, channels: int, use_bn: bool = False, activation: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+        self.use_bn = bool(use_bn)
+        self.activation = activation
+        self.conv = _conv(self.channels, 3, "conv")
+        self.bn = keras.layers.BatchNormalization(name="bn", **_BN) if self.use_bn else None
+        self.act = keras.activations.get(activation) if activation else None
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        if self.bn is not None:
+            self.bn.build((*tuple(input_shape)[:-1], self.channels))
+
+    def call(self, x, training=False):
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x, training=training)
+        return self.act(x) if self.act is not None else x
+
+    def compute_output_shape(self, input_shape):
+        return (*tuple(input_shape)[:-1], self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "use_bn": self.use_bn,
+                "activation": self.activation}
 
 
 def factor_channels(channels: int, factor_rate: float) -> int:
