@@ -26,6 +26,7 @@ from kdkeras import taps as taps_lib
 from kdkeras.keys import INPUT_TAP, LOGITS, TEACHER, grad_key, split_inputs
 from kdkeras.methods.base import Method, StepContext, check_weight, sparse_labels
 from kdkeras.nonfinite import StopOnNonFiniteLoss, has_nonfinite_stop
+from kdkeras.split_gradients import split_packer
 from kdkeras.tap_plan import TapPlan, plan_taps
 
 __all__ = ["Distiller", "cached_teacher_outputs"]
@@ -229,14 +230,18 @@ class Distiller(keras.Model):
         return out
 
     def _terms(self, teacher_out, student_out, y, sample_weight, index, training, methods):
-        """Total (replica-scaled) loss and a dict of unscaled logged values."""
+        """The replica-scaled task loss (the student's own, with its regularisers) and
+        distillation loss (the methods' terms and theirs), and the unscaled logs."""
         logits = student_out[LOGITS]
         student_loss = self._compile_loss(y, logits, sample_weight)
         if student_loss is None:
             student_loss = ops.zeros(())
         # The compiled loss is already divided by the replica count; log it whole.
         logs = {"student_loss": student_loss * _num_replicas()}
-        total = self.student_loss_weight * student_loss
+        task = self.student_loss_weight * student_loss
+        if self.student.losses:
+            task = task + _replica_scale(ops.sum(self.student.losses))
+        distill = ops.zeros(())
         labels = sparse_labels(y)
         context = StepContext(
             training=training, index=index, epoch=self.epoch, epochs=self._fit_epochs
@@ -250,13 +255,11 @@ class Distiller(keras.Model):
                 term = sum(term.values())
             term = ops.cast(term, "float32")
             logs[name] = term
-            total = total + method.weight * _replica_scale(term)
-        if self.student.losses:
-            total = total + _replica_scale(ops.sum(self.student.losses))
+            distill = distill + method.weight * _replica_scale(term)
         for method in methods:
             if method.losses:
-                total = total + _replica_scale(ops.sum(method.losses))
-        return total, logs
+                distill = distill + _replica_scale(ops.sum(method.losses))
+        return task, distill, logs
 
     def _teacher_or_fail(self, images, y, tap_model):
         out = self.teacher_outputs(images, y, tap_model)
@@ -281,14 +284,19 @@ class Distiller(keras.Model):
         teacher_out = cached_teacher_outputs(x)
         if teacher_out is None:
             teacher_out = self._teacher_or_fail(images, y, self._teacher_train_tap)
-        with tf.GradientTape() as tape:
+        # An optimiser that takes the task and distillation gradients apart gets both,
+        # from one forward pass (`kdkeras.split_gradients`); any other the sum's.
+        split = split_packer(self.optimizer)
+        with tf.GradientTape(persistent=split is not None) as tape:
             student_out = self._run(self._student_tap, images, y, training=True)
-            total, logs = self._terms(
+            task, distill, logs = self._terms(
                 teacher_out, student_out, y, sample_weight, index, True, self.methods
             )
-            scaled = self.optimizer.scale_loss(total)
+            total = task + distill
+            scaled = [self.optimizer.scale_loss(part) for part in ([total] if split is None else [task, distill])]
         variables = self.trainable_variables
-        grads = tape.gradient(scaled, variables)
+        grads = [tape.gradient(part, variables) for part in scaled]
+        grads = grads[0] if split is None else split(*grads, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
         return self._update_metrics(total, logs, teacher_out, student_out, y, sample_weight)
 
@@ -308,9 +316,10 @@ class Distiller(keras.Model):
         if index is None:
             # Index-based methods (memory banks) cannot score held-out data.
             methods = [m for m in methods if not m.requires_index]
-        total, logs = self._terms(
+        task, distill, logs = self._terms(
             teacher_out, student_out, y, sample_weight, index, False, methods
         )
+        total = task + distill
         return self._update_metrics(total, logs, teacher_out, student_out, y, sample_weight)
 
     def predict_step(self, data):
