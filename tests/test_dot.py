@@ -2,6 +2,8 @@
 and distillation gradients apart (and ordinary optimisers the sum, as before),
 mixed precision, MirroredStrategy, save/load and the --optimizer=dot setting."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from kdkeras.methods import KD, FitNet
 from kdkeras.methods.base import StepContext
 from kdkeras.split_gradients import split_packer
 from kdkeras.training import DOT
-from tests.helpers import tiny_cnn, tiny_data
+from tests.helpers import TINY, needs_fashion_mnist, run_recipe, tiny_cnn, tiny_data
 from tests.test_distribute import run_check
 
 LR, M, DELTA, WD = 0.1, 0.9, 0.075, 0.01
@@ -273,3 +275,26 @@ def test_optimizer_dot_with_its_delta_setting():
     assert training.TrainConfig(optimizer="dot", dot_delta=0.05).dot_delta == 0.05
     with pytest.raises(ValueError, match="dot_delta=0.05 applies to optimizer='dot' only.*'sgd'"):
         training.TrainConfig(optimizer="sgd", dot_delta=0.05)
+
+
+@pytest.mark.e2e
+@needs_fashion_mnist
+def test_the_distill_recipe_trains_with_optimizer_dot(tmp_path, monkeypatch):
+    from kdkeras.training import fitting
+
+    made = []
+
+    def spy(*args, **kwargs):
+        made.append(make_optimizer(*args, **kwargs))
+        return made[-1]
+
+    make_optimizer = fitting.make_optimizer
+    monkeypatch.setattr(fitting, "make_optimizer", spy)
+    m = run_recipe("distill", "--teacher=none", "--method=lsr", "--optimizer=dot", "--dot_delta=0.05",
+                   f"--output_dir={tmp_path}", *TINY).metrics
+    assert np.isfinite(m["history"]["loss"][0])
+    (opt,) = made
+    assert type(opt) is DOT and opt.delta == 0.05 and int(opt.iterations) == 2
+    assert all(np.abs(b.numpy()).max() > 0 for b in opt.distill_momentums)  # LSR reaches every weight
+    recorded = json.loads((tmp_path / "run_config.json").read_text())
+    assert (recorded["optimizer"], recorded["dot_delta"]) == ("dot", 0.05)
