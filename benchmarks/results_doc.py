@@ -49,7 +49,7 @@ FLOAT_NOISE = 1e-9
 BUDGET_KEYS = ("train_limit", "test_limit", "epochs", "batch_size", "lr")
 #: run_config.json settings that change results beyond the budget: runs that differ
 #: in them are never mixed in one section
-OTHER_KEYS = ("optimizer", "schedule", "weight_decay", "momentum", "augment", "image_size", "channels")
+OTHER_KEYS = ("optimizer", "dot_delta", "schedule", "weight_decay", "momentum", "augment", "image_size", "channels")
 
 
 class NoRunsError(ValueError):

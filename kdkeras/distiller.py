@@ -28,20 +28,12 @@ from kdkeras import taps as taps_lib
 from kdkeras.keys import INPUT_TAP, LOGITS, TEACHER, grad_key, split_inputs
 from kdkeras.methods.base import Method, StepContext, check_weight, sparse_labels
 from kdkeras.nonfinite import StopOnNonFiniteLoss, has_nonfinite_stop
+from kdkeras.replicas import num_replicas, replica_scale
+from kdkeras.split_gradients import split_packer
 from kdkeras.tap_plan import TapPlan, plan_taps
 from kdkeras.two_views import run_on_views, strong_view, student_loss_on_views
 
 __all__ = ["Distiller", "cached_teacher_outputs"]
-
-
-def _num_replicas() -> int:
-    return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def _replica_scale(value):
-    """Divide by the replica count, as `keras.losses.Loss` does."""
-    n = _num_replicas()
-    return value if n == 1 else value * (1.0 / n)
 
 
 def cached_teacher_outputs(x):
@@ -234,15 +226,20 @@ class Distiller(keras.Model):
         return out
 
     def _terms(self, teacher_out, student_out, y, sample_weight, index, training, methods):
-        """Total (replica-scaled) loss and logged values; only a copying method reads its copies' rows."""
+        """The replica-scaled task loss (the student's own, with its regularisers) and
+        distillation loss (the methods' terms and theirs), and the unscaled logs; only a
+        copying method reads its copies' rows."""
         stacked = (teacher_out, student_out)
         teacher_out, student_out = (batch_copies.own_rows(out, self._copier, y) for out in stacked)
         student_loss = student_loss_on_views(self._compile_loss, y, student_out, sample_weight)
         if student_loss is None:
             student_loss = ops.zeros(())
         # The compiled loss is already divided by the replica count; log it whole.
-        logs = {"student_loss": student_loss * _num_replicas()}
-        total = self.student_loss_weight * student_loss
+        logs = {"student_loss": student_loss * num_replicas()}
+        task = self.student_loss_weight * student_loss
+        if self.student.losses:
+            task = task + replica_scale(ops.sum(self.student.losses))
+        distill = ops.zeros(())
         labels = sparse_labels(y)
         context = StepContext(training=training, index=index, epoch=self.epoch, epochs=self._fit_epochs)
         for method in methods:
@@ -255,13 +252,11 @@ class Distiller(keras.Model):
                 term = sum(term.values())
             term = ops.cast(term, "float32")
             logs[name] = term
-            total = total + method.weight * _replica_scale(term)
-        if self.student.losses:
-            total = total + _replica_scale(ops.sum(self.student.losses))
+            distill = distill + method.weight * replica_scale(term)
         for method in methods:
             if method.losses:
-                total = total + _replica_scale(ops.sum(method.losses))
-        return total, logs
+                distill = distill + replica_scale(ops.sum(method.losses))
+        return task, distill, logs
 
     def _teacher_or_fail(self, images, y, tap_model):
         out = self.teacher_outputs(images, y, tap_model)
@@ -289,15 +284,19 @@ class Distiller(keras.Model):
         if teacher_out is None:
             teacher_out = run_on_views(lambda i, t: self._teacher_or_fail(i, t, self._teacher_train_tap),
                                        images, strong, y)
-        with tf.GradientTape() as tape:
+        # An optimiser that takes the task and distillation gradients apart gets both,
+        # from one forward pass (`kdkeras.split_gradients`); any other the sum's.
+        split = split_packer(self.optimizer)
+        with tf.GradientTape(persistent=split is not None) as tape:
             student_out = run_on_views(lambda i, t: self._run(self._student_tap, i, t, training=True),
                                        images, strong, y)
-            total, logs = self._terms(
-                teacher_out, student_out, y, sample_weight, index, True, self.methods
-            )
-            scaled = self.optimizer.scale_loss(total)
+            task, distill, logs = self._terms(teacher_out, student_out, y, sample_weight, index, True,
+                                              self.methods)
+            total = task + distill
+            scaled = [self.optimizer.scale_loss(part) for part in ([total] if split is None else [task, distill])]
         variables = self.trainable_variables
-        grads = tape.gradient(scaled, variables)
+        grads = [tape.gradient(part, variables) for part in scaled]
+        grads = grads[0] if split is None else split(*grads, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
         return self._update_metrics(total, logs, teacher_out, student_out, y, sample_weight)
 
@@ -320,7 +319,8 @@ class Distiller(keras.Model):
         if index is None:
             # Index-based methods (memory banks) cannot score held-out data.
             methods = [m for m in methods if not m.requires_index]
-        total, logs = self._terms(teacher_out, student_out, y, sample_weight, index, False, methods)
+        task, distill, logs = self._terms(teacher_out, student_out, y, sample_weight, index, False, methods)
+        total = task + distill
         return self._update_metrics(total, logs, teacher_out, student_out, y, sample_weight)
 
     def predict_step(self, data):
@@ -332,7 +332,7 @@ class Distiller(keras.Model):
         teacher_out, student_out = (batch_copies.own_rows(out, self._copier, y) for out in (teacher_out, student_out))
         logits = student_out[LOGITS]
         batch = tf.shape(logits)[0]
-        unscaled = total * _num_replicas() if _num_replicas() > 1 else total
+        unscaled = total * num_replicas() if num_replicas() > 1 else total
         self._loss_tracker.update_state(unscaled, sample_weight=batch)
         for key, value in logs.items():
             tracker = self._student_loss_tracker if key == "student_loss" else self._term_trackers[key]

@@ -1,7 +1,8 @@
 """Run one Distiller step on one device and under MirroredStrategy over two
 logical CPUs, on the same global batch; print the max differences as JSON.
 With a second argument `cache`, both steps read the teacher's outputs from a
-teacher cache (no teacher model), and the online one-device step is compared too.
+teacher cache (no teacher model), and the online one-device step is compared too;
+with `dot`, two steps of `kdkeras.training.DOT` (its two momenta) instead of one of SGD.
 
 Run as `python -m tests.dist_step_check` (a fresh process: logical devices must be set before TF starts).
 """
@@ -26,7 +27,8 @@ import kdkeras  # noqa: E402
 from tests.helpers import tiny_cnn, tiny_data  # noqa: E402
 
 
-def one_step(strategy, weights_t, weights_s, methods_spec, cache=None):
+def one_step(strategy, weights_t, weights_s, methods_spec, cache=None, dot=False):
+    keras.utils.set_random_seed(1)  # connectors (VID's regressors) start alike in every run
     with strategy.scope():
         teacher = tiny_cnn(width=8, name="teacher", batchnorm=False)
         student = tiny_cnn(width=4, name="student", batchnorm=False)
@@ -35,11 +37,12 @@ def one_step(strategy, weights_t, weights_s, methods_spec, cache=None):
         methods = [kdkeras.methods.get(name, **kw) for name, kw in methods_spec]
         d = kdkeras.Distiller(None if cache else teacher, student, methods, student_loss_weight=0.3,
                               teacher_cache=cache)
-        d.compile(optimizer=keras.optimizers.SGD(0.5))
+        opt = kdkeras.training.DOT(0.5, weight_decay=0.01) if dot else keras.optimizers.SGD(0.5)
+        d.compile(optimizer=opt)
     ds = indexed_data()
     if cache is not None:
         ds = ds.map(lambda x, y: (cache.attach(x, tf.constant(0, tf.int64)), y))
-    hist = d.fit(ds, epochs=1, verbose=0)
+    hist = d.fit(ds, epochs=2 if dot else 1, verbose=0)
     return hist.history, [w.numpy() for w in d.student.weights]
 
 
@@ -67,18 +70,19 @@ def main():
     ws = tiny_cnn(width=4, name="s0", batchnorm=False).get_weights()
     spec = json.loads(sys.argv[1]) if len(sys.argv) > 1 else [["kd", {"temperature": 4.0, "weight": 0.7}]]
     cache = build_cache(wt, spec) if sys.argv[2:] == ["cache"] else None
-    online, w0 = one_step(tf.distribute.get_strategy(), wt, ws, spec)
-    single, w1 = one_step(tf.distribute.get_strategy(), wt, ws, spec, cache)
+    dot = sys.argv[2:] == ["dot"]
+    online, w0 = one_step(tf.distribute.get_strategy(), wt, ws, spec, dot=dot)
+    single, w1 = one_step(tf.distribute.get_strategy(), wt, ws, spec, cache, dot=dot)
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    multi, w2 = one_step(mirrored, wt, ws, spec, cache)
+    multi, w2 = one_step(mirrored, wt, ws, spec, cache, dot=dot)
     out = {
         "replicas": mirrored.num_replicas_in_sync,
-        "single_loss": single["loss"][0],
-        "mirrored_loss": multi["loss"][0],
+        "single_loss": single["loss"][-1],
+        "mirrored_loss": multi["loss"][-1],
         "max_weight_diff": float(max(np.abs(a - b).max() for a, b in zip(w1, w2))),
         "max_weight_change": float(max(np.abs(a - b).max() for a, b in zip(w1, ws))),
-        "terms": {k: [single[k][0], multi[k][0]] for k in single},
-        "online_loss": online["loss"][0],
+        "terms": {k: [single[k][-1], multi[k][-1]] for k in single},
+        "online_loss": online["loss"][-1],
         "max_weight_diff_online": float(max(np.abs(a - b).max() for a, b in zip(w0, w2))),
     }
     print("RESULT " + json.dumps(out))

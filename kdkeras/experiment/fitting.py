@@ -100,7 +100,7 @@ def distill(
     def optimizer_fn(stage):
         return training.make_optimizer(
             train_config.optimizer, train_config.lr, steps * max(stage.epochs, 1),
-            train_config.schedule, train_config.momentum, train_config.weight_decay,
+            train_config.schedule, train_config.momentum, train_config.weight_decay, train_config.dot_delta,
         )
 
     with strategy.scope():

@@ -17,7 +17,7 @@ from kdkeras.distiller import Distiller
 from kdkeras.settings import setting
 from kdkeras.training.callbacks import HistoryKeeper, StopOnNonFiniteLoss, callbacks_for
 from kdkeras.training.evaluation import steps_in
-from kdkeras.training.optimizers import OPTIMIZERS, SCHEDULES, make_optimizer
+from kdkeras.training.optimizers import DEFAULT_DELTA, OPTIMIZERS, SCHEDULES, make_optimizer
 from kdkeras.training.strategy import STRATEGIES, batchnorm_synced
 
 
@@ -35,6 +35,10 @@ class TrainConfig:
              "of 240).")
     weight_decay: float = setting(5e-4, help="Weight decay.", group="train", lower_bound=0.0)
     momentum: float = setting(0.9, help="SGD momentum.")
+    dot_delta: float | None = setting(
+        None, group="train", lower_bound=0.0,
+        help="--optimizer=dot: the distillation gradient's momentum is the momentum (0.9) plus this, the "
+             f"task gradient's the momentum minus it (default {DEFAULT_DELTA}, the paper's).")
     strategy: str = setting("default", help="tf.distribute strategy.", group="train", choices=STRATEGIES,
                             fingerprint=False)
     tensorboard: bool = setting(False, help="Write TensorBoard logs under output_dir/tensorboard.",
@@ -51,6 +55,9 @@ class TrainConfig:
 
     def __post_init__(self):
         check_train_settings(self.epochs, self.lr, self.weight_decay)
+        if self.dot_delta is not None and self.optimizer != "dot":
+            raise ValueError(f"dot_delta={self.dot_delta!r} applies to optimizer='dot' only, got "
+                             f"optimizer={self.optimizer!r}; leave dot_delta None or choose 'dot'.")
 
 
 def check_train_settings(epochs: Any, lr: Any, weight_decay: Any = 0.0) -> None:
@@ -92,6 +99,7 @@ def compile_and_fit(
         schedule=config.schedule,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
+        dot_delta=config.dot_delta,
     )
     kwargs = {"metrics": ["accuracy"], "run_eagerly": config.run_eagerly}
     if not is_distiller(model):

@@ -1,11 +1,14 @@
 """Optimisers and learning-rate schedules: SGD with momentum and a cosine or step
-schedule as the published tables train, Adam and AdamW."""
+schedule as the published tables train, Adam, AdamW, and DOT (`kdkeras.training.dot`:
+separate task and distillation momenta)."""
 
 from __future__ import annotations
 
 import keras
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+from kdkeras.training.dot import DEFAULT_DELTA, DOT
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "dot")
 SCHEDULES = ("cosine", "step", "constant")
 
 
@@ -37,14 +40,19 @@ def make_optimizer(
     schedule: str = "cosine",
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
+    dot_delta: float | None = None,
 ) -> keras.optimizers.Optimizer:
-    """SGD (momentum, weight decay), Adam or AdamW with a schedule."""
+    """SGD (momentum, weight decay), Adam, AdamW or DOT (momentum -/+ `dot_delta`
+    for the task/distillation gradients; None: `DEFAULT_DELTA`) with a schedule."""
     rate = make_schedule(lr, schedule, total_steps)
     wd = weight_decay or None
     if name == "sgd":
         return keras.optimizers.SGD(rate, momentum=momentum, nesterov=False, weight_decay=wd)
     if name == "adam":
         return keras.optimizers.Adam(rate, weight_decay=wd)
+    if name == "dot":
+        return DOT(rate, momentum=momentum, delta=DEFAULT_DELTA if dot_delta is None else dot_delta,
+                   weight_decay=wd)
     if name == "adamw":
         return keras.optimizers.AdamW(rate, weight_decay=weight_decay)
     raise ValueError(f"Unknown optimizer {name!r}; accepted: {list(OPTIMIZERS)}.")
