@@ -103,7 +103,11 @@ def unique_terms(names: Iterable[str]) -> list[str]:
 
 def uncacheable_reason(method) -> str | None:
     """Why a teacher cache cannot serve `method` (it reads the teacher's CE
-    gradients, computed online in every step), or None when it can."""
+    gradients, computed online in every step, or the teacher's weights at setup),
+    or None when it can."""
+    if getattr(method, "reads_teacher_weights", False):
+        return (f"Method {method.name!r} reads the teacher's weights at setup (`read_teacher`), "
+                "which a teacher cache does not hold: run it with the teacher.")
     if not method.gradient_keys:
         return None
     return (f"Method {method.name!r} reads the teacher's CE gradients ({list(method.gradient_keys)}), "

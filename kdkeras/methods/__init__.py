@@ -2,6 +2,7 @@
 
 Families: `logits` (KD, DIST), `soft_labels` (LSR, VirtualTeacher, WSL, DKD), `hints` (FitNet, AT, NST, VID),
 `staged` (the hint methods with an initialisation stage: FSP, FT, AB),
+`regression` (OFD, PADL2, SRD: feature regression through a trained connector), `svd` (KDSVD),
 `relations` (RKD, PKT, SP, CC), `contrastive` (CRD, its memory banks in `memory_bank`); `features` holds
 `FeatureMethod` and the tensor helpers the hint and relational methods share,
 `connectors` the small trainable adapters they use, `standardize` logit
@@ -33,10 +34,12 @@ from kdkeras.methods.registry import (
     register_method,
     registered_methods,
 )
+from kdkeras.methods.regression import OFD, PADL2, SRD
 from kdkeras.methods.relations import CC, PKT, RKD, SP
 from kdkeras.methods.soft_labels import DKD, LSR, WSL, VirtualTeacher
 from kdkeras.methods.staged import AB, FSP, FT, FTParaphraser
 from kdkeras.methods.standardize import LogitMethod, standardize_logits
+from kdkeras.methods.svd import KDSVD
 
 __all__ = [
     "Method", "StepContext", "InitStage", "FeatureMethod", "default_student_loss_weight",
@@ -44,5 +47,5 @@ __all__ = [
     "parse_method_args", "register_method", "registered_methods",
     "LogitMethod", "standardize_logits",
     "KD", "DIST", "LSR", "VirtualTeacher", "WSL", "DKD", "FitNet", "AT", "NST", "FSP", "VID", "FT", "FTParaphraser", "AB", "RKD", "PKT", "SP", "CC",
-    "CRD", "ContrastMemory", "connectors",
+    "CRD", "ContrastMemory", "connectors", "OFD", "PADL2", "SRD", "KDSVD",
 ]
