@@ -56,10 +56,26 @@ def ofd_margin(gamma, beta) -> np.ndarray:
     return np.asarray(out, "float32")
 
 
+def _parents(layer) -> list:
+    return [n.operation for n in layer._inbound_nodes[0].parent_nodes] if layer._inbound_nodes else []
+
+
+def _chain_length(layer, limit: int = 64) -> int:
+    """How many layers lead to `layer` in a single chain from the last fork (the
+    block input): a residual branch is longer than its projection shortcut."""
+    n = 0
+    while n < limit:
+        parents = _parents(layer)
+        if len(parents) != 1 or len(parents[0]._outbound_nodes) > 1:
+            break
+        layer, n = parents[0], n + 1
+    return n
+
+
 def bn_before(model: keras.Model, name: str) -> keras.layers.BatchNormalization:
     """The BatchNormalization layer whose output reaches pre-ReLU tap `name`: the
-    tap itself, else (through activations) the last BN input of the Add it is
-    (`stage1_block3_preact` -> `stage1_block3_bn2`, `conv2_block3_add` ->
+    tap itself, else (through activations) the BN input of the Add it is, that of
+    the residual branch where the shortcut has one too (`stage1_block3_preact` -> `stage1_block3_bn2`, `conv2_block3_add` ->
     `conv2_block3_3_bn`); a ValueError naming the tap when there is none."""
     from kdkeras.taps import find_layer  # kdkeras.taps imports nothing of the methods
 
@@ -69,10 +85,12 @@ def bn_before(model: keras.Model, name: str) -> keras.layers.BatchNormalization:
         seen += 1
         if isinstance(layer, keras.layers.BatchNormalization):
             return layer
-        parents = [n.operation for n in layer._inbound_nodes[0].parent_nodes] if layer._inbound_nodes else []
+        parents = _parents(layer)
         bns = [p for p in parents if isinstance(p, keras.layers.BatchNormalization)]
-        if bns:
-            return bns[-1]
+        if bns:  # the residual branch's: it feeds only the Add (an identity shortcut feeds
+            # the branch too) and is the longer chain (a projection shortcut is conv + BN)
+            only = [b for b in bns if len(b._outbound_nodes) == 1] or bns
+            return max(only, key=_chain_length)
         if len(parents) != 1:
             break
         layer = parents[0]

@@ -20,13 +20,17 @@ def _finite(x):
     return ops.where(ops.isfinite(x), x, ops.zeros_like(x))
 
 
-def top_singular(f, n: int):
+def top_singular(f, n: int, fix_signs: bool = False):
     """The `n` leading right singular vectors of each sample's (HW, C) matrix,
     L2-normalised, (B, C, n), and its `n` leading singular values L2-normalised
-    together, (B, n)."""
+    together, (B, n). `fix_signs` flips each vector so that its entry of largest
+    magnitude is positive (an SVD's signs are otherwise the solver's choice)."""
     _, s, vh = ops.svd(channel_vectors(f), full_matrices=False)
-    v = ops.transpose(_finite(vh), (0, 2, 1))[:, :, :n]
-    return l2_normalize(v, axis=1), l2_normalize(_finite(s)[:, :n], axis=1)
+    v = l2_normalize(ops.transpose(_finite(vh), (0, 2, 1))[:, :, :n], axis=1)
+    if fix_signs:
+        peak = ops.take_along_axis(v, ops.expand_dims(ops.argmax(ops.abs(v), axis=1), 1), axis=1)
+        v = v * ops.where(peak < 0, -1.0, 1.0)
+    return v, l2_normalize(_finite(s)[:, :n], axis=1)
 
 
 def align_signs(v_s, v_t):
@@ -49,7 +53,8 @@ class KDSVD(FeatureMethod):
     """Lee et al. (ECCV 2018), self-supervised KD with singular value decomposition.
 
     Per stage, `k` leading right singular vectors of the teacher's map and `k + 3`
-    of the student's (`top_singular`); each teacher vector takes its best-aligned
+    of the student's (`top_singular`; the teacher's signed so that each vector's
+    largest entry is positive); each teacher vector takes its best-aligned
     student vector, sign-corrected (`align_signs`); both are scaled by the teacher's
     normalised singular values. For each consecutive stage pair, the RBF
     `exp(-(v_i - v_{i-1})^2 / 8)` between every channel of one and of the other is
@@ -88,7 +93,7 @@ class KDSVD(FeatureMethod):
         total, previous = 0.0, None
         batch = None
         for t, s in self.tap_pairs(teacher, student):
-            v_t, s_t = top_singular(ops.stop_gradient(t), self.k)
+            v_t, s_t = top_singular(ops.stop_gradient(t), self.k, fix_signs=True)
             v_s, _ = top_singular(s, self.k + 3)
             v_s = align_signs(v_s, v_t)
             scale = s_t[:, None, :]
