@@ -126,9 +126,8 @@ class OFD(FeatureMethod):
 
     Example:
 
-    >>> import numpy as np
     >>> [round(float(v), 4) for v in ofd_margin([1.0, 2.0], [0.0, -1.0])]
-    [-0.7979, -2.0503]
+    [-0.7979, -2.0183]
     """
 
     default_weight = 1e-3
