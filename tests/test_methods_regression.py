@@ -214,8 +214,11 @@ def np_kdsvd(ts, ss, k):
 
 @pytest.mark.parametrize("k", [1, 2])
 def test_kdsvd_matches_numpy(k):
-    t = {"t1": RNG.normal(size=(3, 4, 4, 6)), "t2": RNG.normal(size=(3, 3, 3, 5))}
-    s = {"s1": RNG.normal(size=(3, 4, 4, 6)), "s2": RNG.normal(size=(3, 2, 4, 5))}
+    # tall (HW >= C: the Gram's eigenvectors) and wide (HW < C: an SVD) maps
+    t = {"t1": RNG.normal(size=(3, 4, 4, 6)), "t2": RNG.normal(size=(3, 3, 3, 5)),
+         "t3": RNG.normal(size=(3, 2, 3, 7))}
+    s = {"s1": RNG.normal(size=(3, 4, 4, 6)), "s2": RNG.normal(size=(3, 2, 4, 5)),
+         "s3": RNG.normal(size=(3, 2, 3, 7))}
     kdsvd = KDSVD(k=k, teacher_layers=list(t), student_layers=list(s))
     kdsvd.build_from_taps(shapes(**t), shapes(**s))
     got = kdsvd.compute_loss({a: v.astype("float32") for a, v in t.items()},

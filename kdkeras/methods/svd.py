@@ -23,10 +23,17 @@ def _finite(x):
 def top_singular(f, n: int, fix_signs: bool = False):
     """The `n` leading right singular vectors of each sample's (HW, C) matrix,
     L2-normalised, (B, C, n), and its `n` leading singular values L2-normalised
-    together, (B, n). `fix_signs` flips each vector so that its entry of largest
+    together, (B, n): from the eigenvectors and eigenvalues of its (C, C) Gram
+    matrix when HW >= C, from an SVD otherwise. `fix_signs` flips each vector so that its entry of largest
     magnitude is positive (an SVD's signs are otherwise the solver's choice)."""
-    _, s, vh = ops.svd(channel_vectors(f), full_matrices=False)
-    v = l2_normalize(ops.transpose(_finite(vh), (0, 2, 1))[:, :, :n], axis=1)
+    x = channel_vectors(f)
+    if x.shape[1] >= x.shape[2]:  # tall: the (C, C) Gram's eigenvectors, ~3x faster than an SVD
+        e, v = ops.eigh(ops.matmul(ops.transpose(x, (0, 2, 1)), x))
+        v, s = ops.flip(v, axis=-1), ops.sqrt(ops.maximum(ops.flip(e, axis=-1), 0.0))
+    else:
+        _, s, vh = ops.svd(x, full_matrices=False)
+        v = ops.transpose(vh, (0, 2, 1))
+    v = l2_normalize(_finite(v)[:, :, :n], axis=1)
     if fix_signs:
         peak = ops.take_along_axis(v, ops.expand_dims(ops.argmax(ops.abs(v), axis=1), 1), axis=1)
         v = v * ops.where(peak < 0, -1.0, 1.0)
