@@ -20,6 +20,8 @@ names a method:
   main one (FT, AB, FSP), as `InitStage` data that `kdkeras.stages` runs;
 * `default_weight`, `default_student_loss_weight`: its published weights;
 * `run_length_defaults`: epoch-counted arguments the recipes scale with the run.
+* `reads_teacher_weights` / `read_teacher(teacher)`: what it reads from the
+  teacher's weights once at setup (OFD's BN margins); a teacher cache cannot serve it.
 """
 
 from __future__ import annotations
