@@ -142,6 +142,8 @@ class Distiller(keras.Model):
         object.__setattr__(self, "_teacher_train_tap", self._cut_teacher_tap())
         for method in self.methods:
             method.build_from_taps(*plan.build_shapes(method))
+            if method.reads_teacher_weights and self.teacher is not None:
+                method.read_teacher(self.teacher)
 
     def _cut_teacher_tap(self):
         """The teacher model `train_step` runs: when no method reads the teacher's

@@ -104,11 +104,14 @@ def unique_terms(names: Iterable[str]) -> list[str]:
 def uncacheable_reason(method) -> str | None:
     """Why a teacher cache cannot serve `method` (it reads the teacher's CE
     gradients, or its outputs on copies of the batch, both made online in every
-    step), or None when it can."""
+    step, or the teacher's weights at setup), or None when it can."""
     if getattr(method, "has_batch_copies", False):
         return (f"Method {method.name!r} reads the teacher on copies of each batch made in the training step "
                 "(kdkeras.batch_copies), but a teacher cache holds its outputs on the batch's own images only: "
                 "it cannot train from a teacher cache. Run it with the teacher.")
+    if getattr(method, "reads_teacher_weights", False):
+        return (f"Method {method.name!r} reads the teacher's weights at setup (`read_teacher`), "
+                "which a teacher cache does not hold: run it with the teacher.")
     if not method.gradient_keys:
         return None
     return (f"Method {method.name!r} reads the teacher's CE gradients ({list(method.gradient_keys)}), "

@@ -310,9 +310,10 @@ def _own_methods():
 def test_one_dot_step_with_every_method(name):
     """Any method: the step runs, every trained weight moves and stays finite."""
     keras.utils.set_random_seed(0)
-    teacher = tiny_cnn(width=4 if name == "fsp" else 8, name="teacher", batchnorm=False)  # FSP: equal widths
+    # FSP and KDSVD compare equal widths; OFD reads the margins of the teacher's BN before its tap
+    teacher = tiny_cnn(width=4 if name in ("fsp", "kdsvd") else 8, name="teacher", batchnorm=name == "ofd")
     student = tiny_cnn(width=4, name="student")
-    kwargs = {"num_examples": 16} if name == "crd" else {}
+    kwargs = {"crd": {"num_examples": 16}, "ofd": {"teacher_layers": ["bn1"], "student_layers": ["bn1"]}}.get(name, {})
     d = kdkeras.Distiller(teacher, student, [kdkeras.methods.get(name, **kwargs)], student_loss_weight=0.5)
     d.compile(optimizer=DOT(0.05, weight_decay=WD))
     x, y = tiny_data(16)

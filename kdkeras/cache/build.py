@@ -54,7 +54,7 @@ def weights_fingerprint(model: keras.Model) -> str:
 def teacher_taps(teacher: keras.Model, methods: Sequence) -> tuple[list[str], dict[str, list[str]]]:
     """The teacher layers `methods` read, by their tap plan on `teacher` (defaults
     resolved, before pairing with a student): in total, and per method name as the
-    cache records them. Methods that read gradients cannot be cached."""
+    cache records them. Methods that read gradients or the teacher's weights cannot be cached."""
     check_cacheable(methods)
     per_method = plan_taps(methods, teacher).method_taps
     union = list(dict.fromkeys(name for names in per_method.values() for name in names))
@@ -62,8 +62,9 @@ def teacher_taps(teacher: keras.Model, methods: Sequence) -> tuple[list[str], di
 
 
 def check_cacheable(methods: Sequence) -> None:
-    """Refuse methods that read the teacher's CE gradients: computed online in every
-    step, they cannot come from a cache (a `CacheError`, a ValueError, naming them)."""
+    """Refuse methods that read the teacher's CE gradients (computed online in every
+    step) or its weights (OFD's BN margins): they cannot come from a cache (a
+    `CacheError`, a ValueError, naming them)."""
     for method in methods:
         reason = uncacheable_reason(method)
         if reason:

@@ -4,6 +4,7 @@ Families: `logits` (KD, DIST), `multilevel` (MLKD, on a weak and a strong view),
 VirtualTeacher, WSL, DKD), `normalized` (NKD and its teacher-free form USKD), `curriculum` (CTKD, CTDKD:
 KD and DKD at a learned temperature), `hints` (FitNet, AT, NST, VID),
 `staged` (the hint methods with an initialisation stage: FSP, FT, AB),
+`regression` (OFD, PADL2, SRD: feature regression through a trained connector), `svd` (KDSVD),
 `relations` (RKD, PKT, SP, CC), `affinity` (ICKD, Affinity, KTA with its paraphraser term
 KTAParaphraser), `contrastive` (CRD, its memory banks in `memory_bank`),
 `self_supervised` (SSKD: rotated copies of the batch, its heads and init stage); `features` holds
@@ -41,11 +42,13 @@ from kdkeras.methods.registry import (
     register_method,
     registered_methods,
 )
+from kdkeras.methods.regression import OFD, PADL2, SRD
 from kdkeras.methods.relations import CC, PKT, RKD, SP
 from kdkeras.methods.self_supervised import SSKD, ProjectionHead, SSKDTeacherHead
 from kdkeras.methods.soft_labels import DKD, LSR, WSL, VirtualTeacher
 from kdkeras.methods.staged import AB, FSP, FT, FTParaphraser
 from kdkeras.methods.standardize import LogitMethod, standardize_logits
+from kdkeras.methods.svd import KDSVD
 
 __all__ = [
     "Method", "StepContext", "InitStage", "FeatureMethod", "default_student_loss_weight",
@@ -56,4 +59,5 @@ __all__ = [
     "CRD", "ContrastMemory", "SSKD", "SSKDTeacherHead", "ProjectionHead", "connectors",
     "NKD", "USKD", "CTKD", "CTDKD", "CurriculumTemperature",
     "ICKD", "Affinity", "KTA", "KTAParaphraser",
+    "OFD", "PADL2", "SRD", "KDSVD",
 ]

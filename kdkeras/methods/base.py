@@ -22,6 +22,8 @@ names a method:
   (SSKD's rotations), stacked with it by `kdkeras.batch_copies`;
 * `default_weight`, `default_student_loss_weight`: its published weights;
 * `run_length_defaults`: epoch-counted arguments the recipes scale with the run.
+* `reads_teacher_weights` / `read_teacher(teacher)`: what it reads from the
+  teacher's weights once at setup (OFD's BN margins); a teacher cache cannot serve it.
 """
 
 from __future__ import annotations
@@ -147,6 +149,10 @@ class Method(keras.layers.Layer):
     #: taps (or `keys.INPUT_TAP`) whose CE-loss gradient the method reads, as
     #: `keys.grad_key(tap)` in both output dicts (gradient-based attention)
     gradient_keys: tuple = ()
+    #: True for methods that read the teacher's weights once at setup (`read_teacher`:
+    #: OFD's margins from its BN statistics); a teacher cache holds no weights, so it
+    #: cannot serve them
+    reads_teacher_weights: bool = False
 
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
@@ -241,6 +247,13 @@ class Method(keras.layers.Layer):
             self.build_parts(teacher_shapes, student_shapes)
             self._parts_built = True
         self.built = True
+
+    def read_teacher(self, teacher: keras.Model) -> None:
+        """Read what the method needs from the teacher's weights, once, after its
+        parts are built (the Distiller calls it when `reads_teacher_weights`); the
+        default reads nothing. Keep what is read in non-trainable weights of the
+        method, so that it is saved with the Distiller."""
+        del teacher
 
     # -- stages -----------------------------------------------------------------
     def init_stages(self) -> list[InitStage]:

@@ -332,3 +332,41 @@ class Adapter3x3(keras.layers.Layer):
 def factor_channels(channels: int, factor_rate: float) -> int:
     """FT's factor width: `int(channels * factor_rate)`, at least 1."""
     return max(1, int(channels * factor_rate))
+
+
+@_register
+class LinearBN(keras.layers.Layer):
+    """Flatten, Dense to `units`, BatchNorm1d: SRD's projector (BN without affine
+    parameters, epsilon 1e-4) and PAD's variance estimator (BN with them)."""
+
+    def __init__(self, units: int, affine: bool = True, epsilon: float = 1e-5, use_dense: bool = True,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.affine = bool(affine)
+        self.epsilon = float(epsilon)
+        self.use_dense = bool(use_dense)
+        self.dense = keras.layers.Dense(self.units, name="dense") if self.use_dense else None
+        self.bn = keras.layers.BatchNormalization(
+            momentum=_BN["momentum"], epsilon=self.epsilon, center=self.affine, scale=self.affine, name="bn")
+
+    def build(self, input_shape):
+        flat = (input_shape[0], math.prod(input_shape[1:]))
+        if self.dense is not None:
+            self.dense.build(flat)
+        elif flat[-1] != self.units:
+            raise ValueError(f"LinearBN(use_dense=False) normalises {self.units} features, got shape {input_shape}.")
+        self.bn.build((input_shape[0], self.units))
+
+    def call(self, x, training=False):
+        x = flatten(x)
+        if self.dense is not None:
+            x = self.dense(x)
+        return self.bn(x, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "affine": self.affine,
+                "epsilon": self.epsilon, "use_dense": self.use_dense}
