@@ -81,7 +81,7 @@ def test_hcl_levels_below_the_map_size_weigh_half_the_previous_one(size, norm):
     np.testing.assert_allclose(float(hcl_loss([zeros + 0.5], [zeros])), 0.25, rtol=1e-6)
 
 
-@pytest.mark.parametrize("size_in, size_out", [((4, 4), (8, 8)), ((8, 6), (3, 4)), ((1, 1), (4, 4)), ((5, 5), (5, 5))])
+@pytest.mark.parametrize("size_in, size_out", [((4, 4), (8, 8)), ((8, 6), (3, 4)), ((1, 1), (4, 4)), ((5, 5), (5, 5)), ((8, 8), (2, 4)), ((4, 6), (8, 3))])
 def test_resize_nearest_reads_the_rows_pytorch_reads(size_in, size_out):
     x = np.arange(2 * size_in[0] * size_in[1] * 3, dtype="float32").reshape(2, *size_in, 3)
     got = np.asarray(resize_nearest(x, size_out))

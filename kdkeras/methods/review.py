@@ -34,10 +34,14 @@ def resize_nearest(x, size: Sequence[int]):
     `interpolate(mode="nearest")`: output row `i` reads input row `floor(i * H / H_out)`
     (TF's half-pixel nearest picks other rows when shrinking)."""
     (h, w), (th, tw) = x.shape[1:3], tuple(int(v) for v in size)
-    if (h, w) != (th, tw):
-        x = ops.take(x, [(i * h) // th for i in range(th)], axis=1)
-        x = ops.take(x, [(j * w) // tw for j in range(tw)], axis=2)
-    return x
+    if (h, w) == (th, tw):
+        return x
+    if th % h == 0 and tw % w == 0:  # k-fold upsampling: each row repeated k times (cheap to differentiate)
+        return ops.repeat(ops.repeat(x, th // h, axis=1), tw // w, axis=2)
+    if h % th == 0 and w % tw == 0:  # k-fold shrinking: every k-th row from the first
+        return x[:, :: h // th, :: w // tw]
+    x = ops.take(x, [(i * h) // th for i in range(th)], axis=1)
+    return ops.take(x, [(j * w) // tw for j in range(tw)], axis=2)
 
 
 def as_map(x):
@@ -56,13 +60,19 @@ def hcl_loss(student_maps: Sequence, teacher_maps: Sequence, levels: Sequence[in
     """
     total = 0.0
     for s, t in zip(student_maps, teacher_maps):
-        s, t = as_float32(s), as_float32(t)
-        loss, weight, norm = ops.mean(ops.square(s - t)), 1.0, 1.0
+        # Average pooling is linear: the pooled difference is the difference of the pools;
+        # a level whose blocks tile an exact block pool of the map pools that pool instead.
+        diff = as_float32(s) - as_float32(t)
+        loss, weight, norm, block = ops.mean(ops.square(diff)), 1.0, 1.0, diff
         for level in levels:
-            if level >= s.shape[1]:
+            if level >= diff.shape[1]:
                 continue
             weight /= 2.0
-            loss = loss + weight * ops.mean(ops.square(pool_to(s, (level, level)) - pool_to(t, (level, level))))
+            exact = not (diff.shape[1] % level or diff.shape[2] % level)
+            reuse = exact and not (block.shape[1] % level or block.shape[2] % level)
+            source = pool_to(block if reuse else diff, (level, level))
+            block = source if exact else block
+            loss = loss + weight * ops.mean(ops.square(source))
             norm += weight
         total = total + loss / norm
     return total
@@ -118,12 +128,21 @@ class ABF(keras.layers.Layer):
         if self.att_conv is not None:
             if residual is None:
                 raise ValueError(f"ABF {self.name!r} fuses a deeper stage: give its fused map as `residual`.")
-            r = ops.cast(resize_nearest(residual, x.shape[1:3]), x.dtype)
-            a = ops.sigmoid(self.att_conv(ops.concatenate([x, r], axis=-1)))
-            x = x * a[..., 0:1] + r * a[..., 1:2]
+            x = self._fuse(x, ops.cast(residual, x.dtype))
         if size is not None:
             x = resize_nearest(x, size)
         return self.bn2(self.conv2(x), training=training), x
+
+    def _fuse(self, x, residual):
+        """`x * a_0 + up(r) * a_1`, `a = sigmoid(conv1x1([x, up(r)]))`. The 1x1 conv splits into
+        its `x` and `r` halves, and the `r` half is applied before the nearest upsampling
+        (they commute), which spares a concatenation and half the conv at the larger size."""
+        kernel = ops.cast(self.att_conv.kernel, x.dtype)[0, 0]  # (2 * mid, 2)
+        mid, size = self.mid_channels, x.shape[1:3]
+        logits_x = ops.matmul(x, kernel[:mid]) + ops.cast(self.att_conv.bias, x.dtype)
+        logits_r = resize_nearest(ops.matmul(residual, kernel[mid:]), size)
+        a = ops.sigmoid(logits_x + logits_r)
+        return x * a[..., 0:1] + resize_nearest(residual, size) * a[..., 1:2]
 
     def get_config(self):
         return {**super().get_config(), "mid_channels": self.mid_channels, "out_channels": self.out_channels,
