@@ -51,6 +51,15 @@ def as_map(x):
     return ops.reshape(x, (-1, 1, 1, math.prod(x.shape[1:])))
 
 
+def _pool(x, level: int):
+    """Average-pool an NHWC map to `level x level`: one pooling op when the size divides
+    (far cheaper to differentiate on CPU than a 6-D reduce), `pool_to` otherwise."""
+    h, w = x.shape[1:3]
+    if (h, w) != (level, level) and h % level == 0 and w % level == 0:
+        return ops.average_pool(x, (h // level, w // level), strides=(h // level, w // level), padding="valid")
+    return pool_to(x, (level, level))
+
+
 def hcl_loss(student_maps: Sequence, teacher_maps: Sequence, levels: Sequence[int] = HCL_LEVELS):
     """The hierarchical context loss, summed over map pairs of equal shapes (NHWC).
 
@@ -70,7 +79,7 @@ def hcl_loss(student_maps: Sequence, teacher_maps: Sequence, levels: Sequence[in
             weight /= 2.0
             exact = not (diff.shape[1] % level or diff.shape[2] % level)
             reuse = exact and not (block.shape[1] % level or block.shape[2] % level)
-            source = pool_to(block if reuse else diff, (level, level))
+            source = _pool(block if reuse else diff, level)
             block = source if exact else block
             loss = loss + weight * ops.mean(ops.square(source))
             norm += weight
