@@ -31,7 +31,7 @@ So the 0.6 target needs a pair where Keras' extra student pass costs about
 0.65 of a step or more (the issue measured 2.0x; here resnet8 behind a
 resnet20 gives about 1.5x, so about 0.66 there).
 
-Targets (issue 3): `<method>_over_kd` <= 1.15 for the methods without an
+Targets (issue 3): `<method>_over_kd` <= 1.15 (ReviewKD: 1.6, `METHOD_TARGETS`) for the methods without an
 init stage (FT is timed in its transfer step, AB and FSP in the step of their
 init stage, whose term they are; AT's gradient mode needs second-order
 gradients by definition; a method making copies of the batch, SSKD, is timed
@@ -86,6 +86,9 @@ flags.DEFINE_bool("quick", False, "Fewer rounds and steps (under ~3 minutes on 2
 flags.DEFINE_string("json", None, "Write the ratios and timings to this JSON file.")
 
 KD_TARGET = 1.15
+#: methods whose step does extra work by definition, with the issue's target for them
+#: (ReviewKD: its ABF convolutions at every student stage and the pyramid loss)
+METHOD_TARGETS = {"reviewkd": 1.6, "sskd_same_rows": 1.6}
 KERAS_FEATURE_TARGET = 0.6
 #: extra variants that are modes of a registry method: name -> (registry name, kwargs,
 #: why the 1.15 target does not apply, or None when it does)
@@ -278,7 +281,8 @@ def main(argv):
     for name in variants:
         if name != "kd":
             r = ratios[f"{name}_over_kd"]
-            print(f"{name:<17}{1000 * med[name]:>9.1f}{r:>8.2f}  {verdict(r, KD_TARGET, notes.get(name))}")
+            target = METHOD_TARGETS.get(name, KD_TARGET)
+            print(f"{name:<17}{1000 * med[name]:>9.1f}{r:>8.2f}  {verdict(r, target, notes.get(name))}")
     for name, reason in skipped.items():
         print(f"{name:<17}{'skipped':>9}          {reason}")
 
@@ -317,7 +321,8 @@ def main(argv):
     if FLAGS.json:
         training.write_json(FLAGS.json, {
             **result,
-            "targets": {"over_kd": KD_TARGET, "fitnet_over_keras_feature": KERAS_FEATURE_TARGET},
+            "targets": {"over_kd": KD_TARGET, "fitnet_over_keras_feature": KERAS_FEATURE_TARGET,
+                        **{f"{name}_over_kd": t for name, t in METHOD_TARGETS.items()}},
             "target_notes": notes,
             "skipped": skipped,
             "median_step_seconds": med,

@@ -7,7 +7,8 @@ KD and DKD at a learned temperature), `hints` (FitNet, AT, NST, VID),
 `regression` (OFD, PADL2, SRD: feature regression through a trained connector), `svd` (KDSVD),
 `relations` (RKD, PKT, SP, CC), `affinity` (ICKD, Affinity, KTA with its paraphraser term
 KTAParaphraser), `contrastive` (CRD, its memory banks in `memory_bank`),
-`self_supervised` (SSKD: rotated copies of the batch, its heads and init stage); `features` holds
+`self_supervised` (SSKD: rotated copies of the batch, its heads and init stage), `review` (ReviewKD and
+its ABF fusion modules); `features` holds
 `FeatureMethod` and the tensor helpers the hint and relational methods share,
 `connectors` the small trainable adapters they use, `standardize` logit
 standardisation (`LogitMethod`, the base of the logits methods that take
@@ -44,6 +45,7 @@ from kdkeras.methods.registry import (
 )
 from kdkeras.methods.regression import OFD, PADL2, SRD
 from kdkeras.methods.relations import CC, PKT, RKD, SP
+from kdkeras.methods.review import ABF, ReviewKD
 from kdkeras.methods.self_supervised import SSKD, ProjectionHead, SSKDTeacherHead
 from kdkeras.methods.soft_labels import DKD, LSR, WSL, VirtualTeacher
 from kdkeras.methods.staged import AB, FSP, FT, FTParaphraser
@@ -60,4 +62,5 @@ __all__ = [
     "NKD", "USKD", "CTKD", "CTDKD", "CurriculumTemperature",
     "ICKD", "Affinity", "KTA", "KTAParaphraser",
     "OFD", "PADL2", "SRD", "KDSVD",
+    "ReviewKD", "ABF",
 ]

@@ -91,6 +91,25 @@ def is_training(context: StepContext | None) -> bool:
     return context is not None and bool(context.training)
 
 
+def epoch_warmup(context: StepContext | None, warmup_epochs: int, warmup_fraction: float | None = None):
+    """A linear warm-up factor in (0, 1], a float32 scalar: `min((epoch + 1) / length, 1)`
+    at the context's 0-based epoch (mdistiller's `min(epoch / warmup, 1)` with epochs
+    counted from 1). `length` is `max(1, ceil(warmup_fraction * epochs))` when the
+    fraction and the run's length are known, else `warmup_epochs`; 1 (no warm-up) for
+    `warmup_epochs=0` without a fraction, and outside a Distiller (no epoch)."""
+    epoch = None if context is None else context.epoch
+    if epoch is None:
+        return ops.convert_to_tensor(1.0, "float32")
+    if warmup_fraction is not None and context.epochs is not None:
+        run = ops.cast(context.epochs, "float32")
+        length = ops.maximum(ops.ceil(warmup_fraction * run), 1.0)
+    elif warmup_epochs == 0:
+        return ops.convert_to_tensor(1.0, "float32")
+    else:
+        length = float(warmup_epochs)
+    return ops.minimum((ops.cast(epoch, "float32") + 1.0) / length, 1.0)
+
+
 class Method(keras.layers.Layer):
     """A distillation term: `weight * compute_loss(teacher, student, y, context)`.
 

@@ -21,6 +21,7 @@ from kdkeras.methods.base import (
     Method,
     StepContext,
     as_float32,
+    epoch_warmup,
     kl_div,
     log_softmax_t,
     sparse_labels,
@@ -281,17 +282,7 @@ class DKD(LogitMethod):
 
     def warmup_factor(self, context: StepContext | None = None):
         """The warm-up multiplier at `context`'s epoch, a float32 scalar in (0, 1]."""
-        epoch = None if context is None else context.epoch
-        if epoch is None:
-            return ops.convert_to_tensor(1.0, "float32")
-        if self.warmup_fraction is not None and context.epochs is not None:
-            run = ops.cast(context.epochs, "float32")
-            length = ops.maximum(ops.ceil(self.warmup_fraction * run), 1.0)
-        elif self.warmup_epochs == 0:
-            return ops.convert_to_tensor(1.0, "float32")
-        else:
-            length = float(self.warmup_epochs)
-        return ops.minimum((ops.cast(epoch, "float32") + 1.0) / length, 1.0)
+        return epoch_warmup(context, self.warmup_epochs, self.warmup_fraction)
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         z_t, z_s = self.logit_pair(teacher, student)
