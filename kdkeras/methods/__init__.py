@@ -2,7 +2,8 @@
 
 Families: `logits` (KD, DIST), `soft_labels` (LSR, VirtualTeacher, WSL, DKD), `hints` (FitNet, AT, NST, VID),
 `staged` (the hint methods with an initialisation stage: FSP, FT, AB),
-`relations` (RKD, PKT, SP, CC), `contrastive` (CRD, its memory banks in `memory_bank`); `features` holds
+`relations` (RKD, PKT, SP, CC), `contrastive` (CRD, its memory banks in `memory_bank`), `token` (DeiT,
+for vision-transformer students with a distillation token); `features` holds
 `FeatureMethod` and the tensor helpers the hint and relational methods share,
 `connectors` the small trainable adapters they use, `standardize` logit
 standardisation (`LogitMethod`, the base of the logits methods that take
@@ -37,6 +38,7 @@ from kdkeras.methods.relations import CC, PKT, RKD, SP
 from kdkeras.methods.soft_labels import DKD, LSR, WSL, VirtualTeacher
 from kdkeras.methods.staged import AB, FSP, FT, FTParaphraser
 from kdkeras.methods.standardize import LogitMethod, standardize_logits
+from kdkeras.methods.token import DeiT
 
 __all__ = [
     "Method", "StepContext", "InitStage", "FeatureMethod", "default_student_loss_weight",
@@ -44,5 +46,5 @@ __all__ = [
     "parse_method_args", "register_method", "registered_methods",
     "LogitMethod", "standardize_logits",
     "KD", "DIST", "LSR", "VirtualTeacher", "WSL", "DKD", "FitNet", "AT", "NST", "FSP", "VID", "FT", "FTParaphraser", "AB", "RKD", "PKT", "SP", "CC",
-    "CRD", "ContrastMemory", "connectors",
+    "CRD", "ContrastMemory", "DeiT", "connectors",
 ]
