@@ -57,6 +57,8 @@ class DeiT(Method):
     search_space = {"weight": None, "alpha": Float(0.1, 0.9), "tau": Float(0.5, 8.0, log=True),
                     "variant": Choice(VARIANTS)}
     log_keys = ("cls", "dist")
+    #: the student must have a distillation token and head (benchmarks pick a ViT for it)
+    requires_distillation_token = True
 
     def __init__(self, variant: str = "hard", alpha: float = 0.5, tau: float = 1.0, **kwargs):
         teacher_layers = kwargs.pop("teacher_layers", None)
