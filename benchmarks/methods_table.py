@@ -93,9 +93,14 @@ def method_list() -> list[str]:
     """KD (with the baseline) first, then the others in the order given."""
     names = FLAGS.methods
     if not names:  # every registered method once (aliases such as tfkd_reg dropped)
-        from kdkeras.methods import registered_methods
+        from kdkeras.methods import method_class, registered_methods
 
         names = registered_methods()
+        # deit needs a student with a distillation token (zoo deit_*): left out for a CNN student
+        token = [n for n in names if getattr(method_class(n), "requires_distillation_token", False)]
+        if token and not FLAGS.student.lower().startswith("deit_"):
+            print(f"{token} left out: they need a student with a distillation token (--student=deit_tiny)")
+            names = [n for n in names if n not in token]
     names = [n.strip().lower() for n in names if n.strip()]
     return [REFERENCE] + [n for n in dict.fromkeys(names) if n != REFERENCE]
 

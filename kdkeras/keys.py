@@ -18,6 +18,10 @@ from typing import Any
 
 #: a tap model's entry holding the network's logits
 LOGITS = "logits"
+#: the layers of a student with a distillation token (DeiT) holding its two heads' logits:
+#: the class head (trained on the labels) and the distillation head (on the teacher)
+CLS_HEAD = "cls_logits"
+DIST_HEAD = "dist_logits"
 #: prefix of the entries holding the gradient of a network's CE loss w.r.t. a tap
 GRAD_PREFIX = "grad:"
 #: the tap name under which methods ask for the gradient w.r.t. the input images

@@ -28,6 +28,10 @@ model through its compiled graph with TensorFlow's default threads), plus
 `max_abs_logit_diff` for `float32`, and `checks`: the issue's targets with
 their measured values and pass/fail.
 
+A vision-transformer student ships the same way: `--student=deit_tiny
+--method=deit` distils a ViT with a distillation token (its output, the mean of
+its two heads, is what every variant exports and is checked on).
+
 `--qat_epochs=N` (default 0, off) adds quantisation-aware distillation: the
 distilled student's fake-quant twin (`kdkeras.quantize.prepare_qat`, weight
 scales per `--qat_weights`, by default `auto`) is distilled from the same teacher with the same

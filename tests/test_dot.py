@@ -313,6 +313,9 @@ def test_one_dot_step_with_every_method(name):
     # FSP and KDSVD compare equal widths; OFD reads the margins of the teacher's BN before its tap
     teacher = tiny_cnn(width=4 if name in ("fsp", "kdsvd") else 8, name="teacher", batchnorm=name == "ofd")
     student = tiny_cnn(width=4, name="student")
+    if name == "deit":  # a student with a distillation token
+        student = kdkeras.models.build_vit((8, 8, 1), 3, dim=8, depth=1, heads=2, distillation_token=True,
+                                           name="student")
     kwargs = {"crd": {"num_examples": 16}, "ofd": {"teacher_layers": ["bn1"], "student_layers": ["bn1"]}}.get(name, {})
     d = kdkeras.Distiller(teacher, student, [kdkeras.methods.get(name, **kwargs)], student_loss_weight=0.5)
     d.compile(optimizer=DOT(0.05, weight_decay=WD))

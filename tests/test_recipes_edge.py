@@ -57,6 +57,26 @@ def test_edge_recipe_exports_and_checks_all_variants(tiny_teacher, tmp_path):
         assert report[q]["names_stripped"] and report[q]["size_breakdown"]["tensor_name_bytes"] == 0
 
 
+def test_edge_recipe_exports_a_distilled_deit_student(tiny_teacher, tmp_path):
+    """A ViT student with a distillation token, distilled with `deit`, ships as the
+    four LiteRT variants; the float32 file gives the Keras model's averaged heads."""
+    report = run_recipe(
+        "edge_mobilenetv2", f"--teacher={tiny_teacher.path}", "--input_size=32", "--student=deit_micro",
+        "--method=deit", "--num_representative=16", "--latency_runs=2", "--warmup_runs=1",
+        f"--output_dir={tmp_path}", *TINY,
+    )
+    assert report["student"] == "deit_micro()" and report["method"] == "deit"
+    assert set(CHECKS) == set(report["checks"])
+    assert report["float32"]["max_abs_logit_diff"] <= 1e-3
+    assert report["checks"]["float32_top1_matches_keras"]["pass"]
+    from kdkeras.experiment import RunConfig, setup_data
+
+    test = setup_data(RunConfig(dataset="fashion_mnist", test_limit=64, batch_size=64), (32, 32, 3)).test
+    for q in VARIANTS[1:]:
+        again = export.evaluate_tflite(str(tmp_path / report[q]["file"]), test, latency_runs=1, warmup_runs=0)
+        assert report[q]["top1"] == pytest.approx(again["top1"]), q
+
+
 def _save_tiny_run(tmp_path):
     """Tiny teacher/baseline/student CNNs and a distill.py-like metrics.json."""
     paths = {}

@@ -8,7 +8,8 @@ KD and DKD at a learned temperature), `hints` (FitNet, AT, NST, VID),
 `relations` (RKD, PKT, SP, CC), `affinity` (ICKD, Affinity, KTA with its paraphraser term
 KTAParaphraser), `contrastive` (CRD, its memory banks in `memory_bank`),
 `self_supervised` (SSKD: rotated copies of the batch, its heads and init stage), `review` (ReviewKD and
-its ABF fusion modules); `features` holds
+its ABF fusion modules), `token` (DeiT, for vision-transformer students with a distillation token);
+`features` holds
 `FeatureMethod` and the tensor helpers the hint and relational methods share,
 `connectors` the small trainable adapters they use, `standardize` logit
 standardisation (`LogitMethod`, the base of the logits methods that take
@@ -51,6 +52,7 @@ from kdkeras.methods.soft_labels import DKD, LSR, WSL, VirtualTeacher
 from kdkeras.methods.staged import AB, FSP, FT, FTParaphraser
 from kdkeras.methods.standardize import LogitMethod, standardize_logits
 from kdkeras.methods.svd import KDSVD
+from kdkeras.methods.token import DeiT
 
 __all__ = [
     "Method", "StepContext", "InitStage", "FeatureMethod", "default_student_loss_weight",
@@ -63,4 +65,5 @@ __all__ = [
     "ICKD", "Affinity", "KTA", "KTAParaphraser",
     "OFD", "PADL2", "SRD", "KDSVD",
     "ReviewKD", "ABF",
+    "DeiT",
 ]

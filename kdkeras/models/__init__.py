@@ -14,8 +14,15 @@ Layer-naming contract (distillation methods tap layers by these names):
   BN) and ``stage{s}_out`` (the last ReLU, before the group's max-pool).
 * ``resnet50`` / ``mobilenetv2``: keras.applications' own layer names
   (``conv4_block6_out``, ``block_12_add``, ``out_relu``, ...).
-* All models: ``embedding`` (global average pool) and ``logits`` (Dense);
+* All CNNs: ``embedding`` (global average pool) and ``logits`` (Dense);
   ``dropout`` sits between them when ``dropout > 0``.
+* Vision transformers (``vit_micro``, ``vit_tiny``; with DeiT's distillation
+  token ``deit_micro``, ``deit_tiny``; patch 4, for 28-32 px images):
+  ``patch_embed``, ``tokens``, per block ``block{b}_attn_add`` and
+  ``block{b}_out`` (the Adds), ``final_norm``, ``embedding`` (the class token);
+  ``vit_*`` end in the ``logits`` Dense, ``deit_*`` in two heads, ``cls_logits``
+  and ``dist_logits`` (on ``dist_embedding``, the distillation token), and
+  ``logits``, their average (DeiT's test-time prediction).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import keras
 from .adapt import adapt_input
 from .applications import APPLICATION_MODELS, build_mobilenetv2, build_resnet50, set_bn_momentum
 from .cifar import CIFAR_MODELS, build_resnet, build_vgg, build_wrn, check_num_classes
+from .vit import VIT_MODELS, ClassTokens, TakeToken, build_vit
 
 __all__ = [
     "adapt_input",
@@ -39,10 +47,13 @@ __all__ = [
     "build_vgg",
     "build_resnet50",
     "build_mobilenetv2",
+    "build_vit",
+    "ClassTokens",
+    "TakeToken",
     "set_bn_momentum",
 ]
 
-_REGISTRY: dict[str, tuple] = {**CIFAR_MODELS, **APPLICATION_MODELS}
+_REGISTRY: dict[str, tuple] = {**CIFAR_MODELS, **APPLICATION_MODELS, **VIT_MODELS}
 
 
 def available() -> list[str]:
@@ -57,7 +68,7 @@ def get(
 
     Optional kwargs: ``dropout`` (before the logits, default 0),
     ``weight_decay`` (L2 on kernels, default 0), ``width_multiplier`` for the
-    CIFAR nets, ``alpha`` (or ``width_multiplier``) for ``mobilenetv2``,
+    CIFAR nets and ViTs, ``alpha`` (or ``width_multiplier``) for ``mobilenetv2``,
     ``bn_momentum`` for ``resnet50``/``mobilenetv2`` (default 0.9; None keeps
     keras.applications' own).
     Unsupported kwargs raise ``TypeError``.
