@@ -151,8 +151,31 @@ def _refuse_temperature(owner: str, temperature) -> None:
                          "t_min and t_range (the range it is learned in) instead.")
 
 
+class LearnedTemperature:
+    """What CTKD and CTDKD share: the `CurriculumTemperature` part they own and read."""
+
+    def _learn_temperature(self, owner: str, temperature, t_min, t_range, initial_logit, lambda_max,
+                           curriculum_epochs, curriculum_fraction) -> None:
+        _refuse_temperature(owner, temperature)
+        self.temperature_module = CurriculumTemperature(
+            t_min, t_range, initial_logit, lambda_max, curriculum_epochs, curriculum_fraction,
+            name="temperature")
+        _mirror_args(self)
+
+    def temperature_value(self) -> float:
+        """The learned temperature now."""
+        return self.temperature_module.value()
+
+    def build_parts(self, teacher_shapes, student_shapes):
+        self.temperature_module.build()
+
+    def step_temperature(self, context):
+        """This step's temperature, its gradient reversed at the curriculum's strength."""
+        return self.temperature_module(self.temperature_module.strength(context))
+
+
 @register_method("ctkd")
-class CTKD(LogitMethod):
+class CTKD(LearnedTemperature, LogitMethod):
     """KD at a learned, adversarial temperature: `T^2 * KL(softmax(z_t / T) || softmax(z_s / T))`.
 
     `T = t_min + t_range * sigmoid(g)` (`CurriculumTemperature`, a trainable part
@@ -182,31 +205,20 @@ class CTKD(LogitMethod):
     def __init__(self, t_min: float = 1.0, t_range: float = 20.0, initial_logit: float = 1.0,
                  lambda_max: float = 1.0, curriculum_epochs: int = 10,
                  curriculum_fraction: float | None = None, temperature=None, **kwargs):
-        _refuse_temperature("CTKD", temperature)
         super().__init__(**kwargs)
-        self.temperature_module = CurriculumTemperature(
-            t_min, t_range, initial_logit, lambda_max, curriculum_epochs, curriculum_fraction,
-            name="temperature")
-        _mirror_args(self)
-
-    def temperature_value(self) -> float:
-        """The learned temperature now."""
-        return self.temperature_module.value()
-
-    def build_parts(self, teacher_shapes, student_shapes):
-        self.temperature_module.build()
+        self._learn_temperature("CTKD", temperature, t_min, t_range, initial_logit, lambda_max,
+                                curriculum_epochs, curriculum_fraction)
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         z_t, z_s = self.logit_pair(teacher, student)
-        t = self.temperature_module(self.temperature_module.strength(context))
-        return kd_loss(z_t, z_s, t)
+        return kd_loss(z_t, z_s, self.step_temperature(context))
 
     def get_config(self):
         return {**super().get_config(), **curriculum_args(self.temperature_module)}
 
 
 @register_method("ctdkd")
-class CTDKD(DKD):
+class CTDKD(LearnedTemperature, DKD):
     """DKD at CTKD's learned temperature: `warmup * (alpha * TCKD + beta * NCKD)` at `T`.
 
     `T` as in `CTKD` (`CurriculumTemperature`, adversarial, cosine curriculum); the rest,
@@ -225,25 +237,14 @@ class CTDKD(DKD):
     def __init__(self, t_min: float = 1.0, t_range: float = 20.0, initial_logit: float = 1.0,
                  lambda_max: float = 1.0, curriculum_epochs: int = 10,
                  curriculum_fraction: float | None = None, temperature=None, **kwargs):
-        _refuse_temperature("CTDKD", temperature)
         super().__init__(**kwargs)
         self.temperature = None  # learned: see temperature_module
-        self.temperature_module = CurriculumTemperature(
-            t_min, t_range, initial_logit, lambda_max, curriculum_epochs, curriculum_fraction,
-            name="temperature")
-        _mirror_args(self)
-
-    def temperature_value(self) -> float:
-        """The learned temperature now."""
-        return self.temperature_module.value()
-
-    def build_parts(self, teacher_shapes, student_shapes):
-        self.temperature_module.build()
+        self._learn_temperature("CTDKD", temperature, t_min, t_range, initial_logit, lambda_max,
+                                curriculum_epochs, curriculum_fraction)
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         z_t, z_s = self.logit_pair(teacher, student)
-        t = self.temperature_module(self.temperature_module.strength(context))
-        tckd, nckd = dkd_per_sample(z_t, z_s, y, t)
+        tckd, nckd = dkd_per_sample(z_t, z_s, y, self.step_temperature(context))
         factor = self.warmup_factor(context)
         return {"tckd": factor * self.alpha * ops.mean(tckd), "nckd": factor * self.beta * ops.mean(nckd)}
 
