@@ -594,7 +594,8 @@ def markdown(sections: list[dict], command: str, experiments: list[str] | None =
         f"A budget is large enough when the baseline's seed-to-seed std is below {MAX_BASELINE_SPREAD} "
         "point; a method flagged ⚠ loses to the baseline on average. Nothing is picked on the test "
         "split: every row runs with the settings listed under its table (the methods' published "
-        "defaults unless the row names its arguments), no search, no best-epoch choice; the final "
+        "defaults unless the row names its arguments; a `(tuned)` row's, chosen per seed on a "
+        "validation split carved from the training examples), no best-epoch choice; the final "
         "student is the last epoch's.",
         "",
     ]
