@@ -42,3 +42,12 @@ def tiny_teacher(tmp_path_factory):
     run_recipe("train_teacher", "--model=resnet8", f"--output_dir={directory}", *TINY)
     keras.backend.clear_session()
     return TinyTeacher(directory)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files holding end-to-end (`e2e`) tests first, each file's tests in their own order.
+    Under `-n 2 --dist loadfile --no-loadscope-reorder` (scripts/test.sh) the long files
+    start first and the many short ones even out the two workers' ends; xdist's default
+    order (files by test count, most first) starts the long files, which hold few tests, last."""
+    long_files = {item.path for item in items if item.get_closest_marker("e2e")}
+    items.sort(key=lambda item: item.path not in long_files)  # stable: the rest keep their order
