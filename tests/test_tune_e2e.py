@@ -52,7 +52,8 @@ def test_the_same_settings_are_chosen_when_the_test_labels_are_shuffled(tmp_path
             shuffle_test_labels(tmp_path / "data")
         keras.backend.clear_session()
         config = base.replace(output_dir=str(tmp_path / run))
-        options = TuneOptions(trials=3, pruner="none", candidates=("kd", "dkd"))
+        # the choice is all the shuffled run is compared on: no retrained winner (it reads the test split)
+        options = TuneOptions(trials=3, pruner="none", candidates=("kd", "dkd"), retrain=run == "plain")
         results.append(tune_distillation(config, DistillSpec(teacher=str(teacher), method="auto"), options))
         rows = json.loads((tmp_path / run / "trials.json").read_text())
         assert [r["state"] for r in rows] == ["complete"] * 3
@@ -61,6 +62,7 @@ def test_the_same_settings_are_chosen_when_the_test_labels_are_shuffled(tmp_path
                .read_text())] for run in ("plain", "shuffled")]
     assert tables[0] == tables[1]
     assert (results[0].method, results[0].settings) == (results[1].method, results[1].settings)
+    assert results[1].final is None
     final = results[0].final.metrics
     assert final["epochs"] == 1 and final["validation_examples"] == 6 and "baseline_top1" in final
     assert results[0].report["student_top1"] == final["student_top1"]
