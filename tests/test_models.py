@@ -6,7 +6,7 @@ import pytest
 
 from kdkeras import models
 
-VIT_NAMES = ["vit_micro", "vit_tiny", "deit_micro", "deit_tiny"]
+VIT_NAMES = ["vit_micro", "vit_tiny", "deit_micro", "deit_tiny", "hub_deit_micro"]
 CIFAR_NAMES = [n for n in models.available() if n not in ("resnet50", "mobilenetv2", *VIT_NAMES)]
 
 

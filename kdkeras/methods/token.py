@@ -85,7 +85,8 @@ class DeiT(Method):
                 f"DeiT reads the student's class and distillation heads, layers {CLS_HEAD!r} and "
                 f"{DIST_HEAD!r}, but model {model.name!r} lacks {missing}: use a student with a "
                 "distillation token (zoo deit_micro or deit_tiny, kdkeras.models.build_vit("
-                "distillation_token=True)) or give student_layers=[class head, distillation head].")
+                "distillation_token=True), or a keras-hub ViT through kdkeras.models.deit_from_keras_hub) "
+                "or give student_layers=[class head, distillation head].")
         return [CLS_HEAD, DIST_HEAD]
 
     def match_taps(self, teacher_layers, student_layers):

@@ -23,6 +23,11 @@ Layer-naming contract (distillation methods tap layers by these names):
   ``vit_*`` end in the ``logits`` Dense, ``deit_*`` in two heads, ``cls_logits``
   and ``dist_logits`` (on ``dist_embedding``, the distillation token), and
   ``logits``, their average (DeiT's test-time prediction).
+* keras-hub students (``hub_deit_micro``: ``deit_micro``'s sizes on a random
+  ``keras_hub.models.ViTBackbone``; any keras-hub ViT or DeiT backbone through
+  :func:`deit_from_keras_hub`): ``backbone`` (the backbone's final sequence,
+  class then distillation token), then ``embedding``, ``dist_embedding``,
+  ``cls_logits``, ``dist_logits`` and ``logits`` as ``deit_*``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import keras
 from .adapt import adapt_input
 from .applications import APPLICATION_MODELS, build_mobilenetv2, build_resnet50, set_bn_momentum
 from .cifar import CIFAR_MODELS, build_resnet, build_vgg, build_wrn, check_num_classes
+from .hub import HUB_MODELS, DistillationTokenEncoder, deit_from_keras_hub
 from .vit import VIT_MODELS, ClassTokens, TakeToken, build_vit
 
 __all__ = [
@@ -50,10 +56,12 @@ __all__ = [
     "build_vit",
     "ClassTokens",
     "TakeToken",
+    "deit_from_keras_hub",
+    "DistillationTokenEncoder",
     "set_bn_momentum",
 ]
 
-_REGISTRY: dict[str, tuple] = {**CIFAR_MODELS, **APPLICATION_MODELS, **VIT_MODELS}
+_REGISTRY: dict[str, tuple] = {**CIFAR_MODELS, **APPLICATION_MODELS, **VIT_MODELS, **HUB_MODELS}
 
 
 def available() -> list[str]:
@@ -67,7 +75,7 @@ def get(
     """Build the zoo model ``name`` (case-insensitive) for ``input_shape`` (H, W, C).
 
     Optional kwargs: ``dropout`` (before the logits, default 0),
-    ``weight_decay`` (L2 on kernels, default 0), ``width_multiplier`` for the
+    ``weight_decay`` (L2 on kernels, default 0; on ``hub_*`` the heads' only), ``width_multiplier`` for the
     CIFAR nets and ViTs, ``alpha`` (or ``width_multiplier``) for ``mobilenetv2``,
     ``bn_momentum`` for ``resnet50``/``mobilenetv2`` (default 0.9; None keeps
     keras.applications' own).
