@@ -117,3 +117,28 @@ def collect_batches(ds):
     if isinstance(xs[0], dict):
         return {k: np.concatenate([x[k].numpy() for x in xs]) for k in xs[0]}, np.concatenate(ys)
     return np.concatenate([x.numpy() for x in xs]), np.concatenate(ys)
+
+
+class StageSpy(keras.callbacks.Callback):
+    """Records `parts()` in `seen` as each stage's fit begins (`"stage_<name>_begin"`)
+    and ends (`"stage_<name>"`): what a stage trained and what it left alone."""
+
+    def __init__(self, parts):
+        super().__init__()
+        self.parts, self.seen = parts, {}
+
+    def on_train_begin(self, logs=None):
+        self.seen[self.model.name + "_begin"] = self.parts()
+
+    def on_train_end(self, logs=None):
+        self.seen[self.model.name] = self.parts()
+
+
+def same(a, b):
+    """Two weight snapshots are equal, array by array."""
+    return all(np.array_equal(u, v) for u, v in zip(a, b))
+
+
+def all_changed(a, b):
+    """A non-empty snapshot every array of which differs in the other."""
+    return bool(a) and all(not np.array_equal(u, v) for u, v in zip(a, b))

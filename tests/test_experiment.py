@@ -132,6 +132,9 @@ def test_key_value_parsers():
     assert parse_kwargs("a=1, b=0.5,c=true,d=none,e=relu") == {"a": 1, "b": 0.5, "c": True, "d": None, "e": "relu"}
     assert parse_kwargs("") == {}
     assert parse_method_args("kd.temperature=2,AT.weight=500") == {"kd": {"temperature": 2}, "at": {"weight": 500}}
+    nested = {"kd": {"temperature": 2}}
+    parsed = parse_method_args(nested)  # the nested form as it is, each method's dict a copy
+    assert parsed == nested and parsed["kd"] is not nested["kd"]
     with pytest.raises(ValueError, match="'width_multiplier'"):
         parse_kwargs("width_multiplier")
     with pytest.raises(ValueError, match="METHOD.ARG=VALUE"):

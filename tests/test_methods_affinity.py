@@ -11,7 +11,7 @@ from kdkeras.methods import KD
 from kdkeras.methods.affinity import ICKD, KTA, Affinity, KTAParaphraser, affinity_distance
 from kdkeras.stages import default_stages, run_stages
 from tests import test_cache as cache_helpers
-from tests.helpers import CallCounter, image_folder, tiny_cnn, tiny_data
+from tests.helpers import CallCounter, StageSpy, all_changed, image_folder, same, tiny_cnn, tiny_data
 from tests.test_methods_hints import (
     built, check_gradients, counted_student, deep_cnn, f64, features, loss_of, np_bn, np_conv_layer,
     np_lrelu, np_match, np_normalize, randomize_bn,
@@ -185,37 +185,24 @@ def test_kta_paraphraser_trains_in_its_stage_then_stays_fixed_while_the_adapters
     assert not stage.train_student and stage.student_loss_weight == 0.0 and kta.in_main_stage
     x, y = tiny_data(16)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
-    seen = {}
 
     def weights(layers):
         return [np.array(w) for layer in layers for w in layer.trainable_weights]
 
-    class Spy(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            seen[self.model.name + "_begin"] = self._parts()
-
-        def on_train_end(self, logs=None):
-            seen[self.model.name] = self._parts()
-
-        def _parts(self):
-            adapters = kta.feature_adapters + kta.affinity_adapters
-            return weights([kta.paraphraser_term]), weights(adapters), weights([student])
-
+    spy = StageSpy(lambda: (weights([kta.paraphraser_term]), weights(kta.feature_adapters + kta.affinity_adapters),
+                            weights([student])))
+    seen = spy.seen
     stages = default_stages([kta], init_epochs=1, epochs=1, student_loss_weight=1.0)
     hist = run_stages(teacher, student, stages, ds, optimizer_fn=lambda s: keras.optimizers.Adam(1e-2),
-                      output_dir=str(tmp_path), callbacks=[Spy()], verbose=0)
+                      output_dir=str(tmp_path), callbacks=[spy], verbose=0)
     assert "kta" in hist["kta_paraphraser"] and {"kta_adapt", "kta_affinity"} <= set(hist["main"])
     p0, _, s0 = seen["stage_kta_paraphraser_begin"]
     p1, _, s1 = seen["stage_kta_paraphraser"]
-    assert p0 and not any(np.array_equal(u, v) for u, v in zip(p0, p1)) and same(s0, s1)
+    assert all_changed(p0, p1) and same(s0, s1)
     p2, a2, s2 = seen["stage_main_begin"]
     p3, a3, s3 = seen["stage_main"]
     assert same(p1, p2) and same(p2, p3)  # read frozen in the main stage
-    assert a2 and not any(np.array_equal(u, v) for u, v in zip(a2, a3)) and not same(s2, s3)
-
-
-def same(a, b):
-    return all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert all_changed(a2, a3) and not same(s2, s3)
 
 
 def test_with_kd_each_network_runs_once_per_step():

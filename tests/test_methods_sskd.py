@@ -12,7 +12,7 @@ from kdkeras.cache import CacheError, check_cacheable
 from kdkeras.methods import KD, SSKD, StepContext
 from kdkeras.methods.self_supervised import kept_rows, rotations
 from kdkeras.stages import default_stages, run_stages
-from tests.helpers import TINY, needs_fashion_mnist, run_recipe, tiny_cnn, tiny_data
+from tests.helpers import TINY, StageSpy, all_changed, needs_fashion_mnist, run_recipe, same, tiny_cnn, tiny_data
 
 B, K, D_T, D_S = 4, 5, 6, 3
 
@@ -246,47 +246,33 @@ def _weights(ws):
     return [np.array(w) for w in ws]
 
 
-def _same(a, b):
-    return all(np.array_equal(u, v) for u, v in zip(a, b))
-
-
-def _all_changed(a, b):
-    return a and all(not np.array_equal(u, v) for u, v in zip(a, b))
-
-
 def test_a_tiny_two_stage_fit_trains_the_teacher_head_then_the_student_and_its_head(tmp_path):
     teacher, student = tiny_cnn(width=8, name="teacher"), tiny_cnn(width=4, name="student")
     sskd = SSKD()
     x, y = tiny_data(16)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
-    seen = {}
 
-    class Spy(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            seen[self.model.name + "_begin"] = self._parts()
+    def parts():
+        s_head = sskd.student_head.weights if sskd.student_head is not None else []
+        return (_weights(sskd.teacher_head_term.head.weights), _weights(s_head),
+                _weights(student.weights), _weights(teacher.weights))
 
-        def on_train_end(self, logs=None):
-            seen[self.model.name] = self._parts()
-
-        def _parts(self):
-            s_head = sskd.student_head.weights if sskd.student_head is not None else []
-            return (_weights(sskd.teacher_head_term.head.weights), _weights(s_head),
-                    _weights(student.weights), _weights(teacher.weights))
-
+    spy = StageSpy(parts)
+    seen = spy.seen
     stages = default_stages([sskd], init_epochs=2, epochs=2, student_loss_weight=0.1)
-    hist = run_stages(teacher, student, stages, ds, val_ds=ds, output_dir=str(tmp_path), callbacks=[Spy()],
+    hist = run_stages(teacher, student, stages, ds, val_ds=ds, output_dir=str(tmp_path), callbacks=[spy],
                       optimizer_fn=lambda s: keras.optimizers.Adam(1e-2), verbose=0)
     assert {"sskd", "val_sskd"} <= set(hist["sskd_teacher_head"])
     assert {"sskd_kd", "sskd_tf", "sskd_ss", "val_sskd_ss"} <= set(hist["main"])
     assert all(np.isfinite(v).all() for v in hist["main"].values())
     h0, _, s0, t0 = seen["stage_sskd_teacher_head_begin"]
     h1, _, s1, t1 = seen["stage_sskd_teacher_head"]
-    assert _all_changed(h0, h1) and _same(s0, s1)  # the teacher head trained, the student not
+    assert all_changed(h0, h1) and same(s0, s1)  # the teacher head trained, the student not
     h2, sh2, s2, _ = seen["stage_main_begin"]
     h3, sh3, s3, t3 = seen["stage_main"]
-    assert _same(h1, h2) and _same(h2, h3)  # read frozen in the main stage
-    assert _all_changed(sh2, sh3) and _all_changed(s2, s3)  # the student and its head trained
-    assert _same(t0, t1) and _same(t1, t3)  # the teacher never moved
+    assert same(h1, h2) and same(h2, h3)  # read frozen in the main stage
+    assert all_changed(sh2, sh3) and all_changed(s2, s3)  # the student and its head trained
+    assert same(t0, t1) and same(t1, t3)  # the teacher never moved
 
 
 @pytest.mark.e2e

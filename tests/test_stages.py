@@ -11,7 +11,7 @@ import tensorflow as tf
 import kdkeras
 from kdkeras.methods import KD, Method, register_method
 from kdkeras.stages import Stage, run_stages
-from tests.helpers import tiny_cnn, tiny_data
+from tests.helpers import StageSpy, all_changed, same, tiny_cnn, tiny_data
 
 
 @register_method("test_connector_l2")
@@ -44,15 +44,11 @@ def test_init_stage_trains_parts_only_then_main_stage_trains_student(tmp_path):
         Stage("init", [conn], epochs=1, student_loss_weight=0.0, train_student=False),
         Stage("main", [conn, KD()], epochs=1, student_loss_weight=0.1, frozen=[conn]),
     ]
-    seen = {}
-
-    class Spy(keras.callbacks.Callback):
-        def on_train_end(self, logs=None):
-            seen[self.model.name] = (_weights(student.trainable_weights), _weights(conn.weights))
-
+    spy = StageSpy(lambda: (_weights(student.trainable_weights), _weights(conn.weights)))
+    seen = spy.seen
     t0 = _weights(teacher.weights)
     hist = run_stages(teacher, student, stages, ds, optimizer_fn=lambda s: keras.optimizers.Adam(1e-2),
-                      output_dir=str(tmp_path), callbacks=[Spy()], verbose=0)
+                      output_dir=str(tmp_path), callbacks=[spy], verbose=0)
     assert set(hist) == {"init", "main"} and "test_connector_l2" in hist["init"]
     s_init, c_init = seen["stage_init"]
     s_main, c_main = seen["stage_main"]
@@ -71,7 +67,7 @@ def test_init_stage_trains_parts_only_then_main_stage_trains_student(tmp_path):
         Stage("main", [conn2, KD()], epochs=1, student_loss_weight=0.1, frozen=[conn2]),
     ]
     seen.clear()
-    run_stages(teacher, student2, stages2, ds, output_dir=str(tmp_path), callbacks=[Spy()], verbose=0)
+    run_stages(teacher, student2, stages2, ds, output_dir=str(tmp_path), callbacks=[spy], verbose=0)
     assert not seen  # nothing trained again
     for a, w in zip(s_main, student2.trainable_weights):
         np.testing.assert_array_equal(a, w.numpy())
@@ -141,39 +137,25 @@ def test_ft_paraphraser_trains_in_its_stage_then_stays_fixed_while_the_translato
     ft = FT(teacher_layers=["relu2"], student_layers=["relu2"])
     x, y = tiny_data(16)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
-    seen = {}
 
-    class Spy(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            seen[self.model.name + "_begin"] = self._parts()
+    def parts():
+        translators = [w for t in ft.translators for w in t.trainable_weights]
+        return _weights(ft.paraphraser_term.weights), _weights(translators), _weights(student.trainable_weights)
 
-        def on_train_end(self, logs=None):
-            seen[self.model.name] = self._parts()
-
-        def _parts(self):
-            translators = [w for t in ft.translators for w in t.trainable_weights]
-            return _weights(ft.paraphraser_term.weights), _weights(translators), _weights(student.trainable_weights)
-
+    spy = StageSpy(parts)
+    seen = spy.seen
     stages = default_stages([ft], init_epochs=1, epochs=1, student_loss_weight=1.0)
     hist = run_stages(teacher, student, stages, ds, optimizer_fn=lambda s: keras.optimizers.Adam(1e-2),
-                      output_dir=str(tmp_path), callbacks=[Spy()], verbose=0)
+                      output_dir=str(tmp_path), callbacks=[spy], verbose=0)
     assert set(hist["ft_paraphraser"]) >= {"ft", "loss"}  # the term logged under FT's name
     p0, _, s0 = seen["stage_ft_paraphraser_begin"]
     p1, _, s1 = seen["stage_ft_paraphraser"]
-    assert p0 and _all_changed(p0, p1) and _same(s0, s1)  # the paraphraser trained, the student not
+    assert all_changed(p0, p1) and same(s0, s1)  # the paraphraser trained, the student not
     p2, t2, s2 = seen["stage_main_begin"]
     p3, t3, s3 = seen["stage_main"]
-    assert _same(p1, p2) and _same(p2, p3)  # FT read it frozen
-    assert t2 and _all_changed(t2, t3) and _all_changed(s2, s3)  # and trained its translator and the student
+    assert same(p1, p2) and same(p2, p3)  # FT read it frozen
+    assert all_changed(t2, t3) and all_changed(s2, s3)  # and trained its translator and the student
     assert all(v.trainable for v in ft.paraphrasers[0].weights)  # flags restored for the caller
-
-
-def _same(a, b):
-    return all(np.array_equal(u, v) for u, v in zip(a, b))
-
-
-def _all_changed(a, b):
-    return all(not np.array_equal(u, v) for u, v in zip(a, b))
 
 
 class _CrashIn(keras.callbacks.Callback):

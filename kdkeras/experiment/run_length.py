@@ -18,8 +18,7 @@ def run_length_args(method: str, method_args: str | dict | None) -> tuple[dict, 
     """(`method_args` as a per-method dict with the run-length defaults added,
     {method: the defaults added}): what the recipes build their methods from, so
     that warm-ups scale with the run unless the user fixed them."""
-    args = (methods_lib.parse_method_args(method_args) if not isinstance(method_args, dict)
-            else {k: dict(v) for k, v in method_args.items()})
+    args = methods_lib.parse_method_args(method_args)
     names = dict.fromkeys(n.strip().lower() for n in str(method).split("+") if n.strip())
     known = set(methods_lib.method_names())  # other names ("ce" of bias_variance) are the caller's
     added = {}

@@ -11,7 +11,8 @@ KTAParaphraser), `contrastive` (CRD, its memory banks in `memory_bank`),
 its ABF fusion modules), `token` (DeiT, for vision-transformer students with a distillation token);
 `features` holds
 `FeatureMethod` and the tensor helpers the hint and relational methods share,
-`connectors` the small trainable adapters they use, `standardize` logit
+`connectors` the small trainable adapters they use, `paraphrased` the paraphraser
+stage FT and KTA share, `standardize` logit
 standardisation (`LogitMethod`, the base of the logits methods that take
 `standardize`). `base` defines the contract every method follows (`Method`, `StepContext`, `InitStage`);
 `registry` the names methods are built by (`get`, `from_spec`, `registered_methods`).

@@ -12,13 +12,13 @@ a teacher cache serves them. Formulas as computed: docs/methods.md.
 
 from __future__ import annotations
 
-import keras
 from keras import ops
 
 from kdkeras import tap_detection
-from kdkeras.methods.base import InitStage, StepContext, as_float32, check_weight, is_training
-from kdkeras.methods.connectors import Adapter3x3, Connector1x1, Paraphraser, factor_channels
+from kdkeras.methods.base import StepContext, as_float32, check_weight, is_training
+from kdkeras.methods.connectors import Adapter3x3, Connector1x1, factor_channels
 from kdkeras.methods.features import FeatureMethod, flatten, l2_normalize, match_spatial
+from kdkeras.methods.paraphrased import ParaphrasedMethod, ParaphraserTerm
 from kdkeras.methods.registry import register_method
 from kdkeras.search_space import Float
 
@@ -75,12 +75,8 @@ class ICKD(_LastStage):
 
     def build_parts(self, teacher_shapes, student_shapes):
         self.check_4d(teacher_shapes, student_shapes)
-        embeds = []
-        for i, (t_shape, s_shape) in enumerate(self.shape_pairs(teacher_shapes, student_shapes)):
-            e = Connector1x1(t_shape[-1], name=f"embed_{i}")
-            e.build(s_shape)
-            embeds.append(e)
-        self.embeds = embeds
+        self.embeds = self.build_per_pair(
+            teacher_shapes, student_shapes, embed=lambda t, name: Connector1x1(t[-1], name=name))
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         total, training = 0.0, is_training(context)
@@ -109,12 +105,8 @@ class Affinity(_LastStage):
 
     def build_parts(self, teacher_shapes, student_shapes):
         self.check_4d(teacher_shapes, student_shapes)
-        adapters = []
-        for i, (t_shape, s_shape) in enumerate(self.shape_pairs(teacher_shapes, student_shapes)):
-            a = Adapter3x3(t_shape[-1], name=f"adapter_{i}")
-            a.build(s_shape)
-            adapters.append(a)
-        self.adapters = adapters
+        self.adapters = self.build_per_pair(
+            teacher_shapes, student_shapes, adapter=lambda t, name: Adapter3x3(t[-1], name=name))
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         total = 0.0
@@ -125,7 +117,7 @@ class Affinity(_LastStage):
 
 
 @register_method()
-class KTAParaphraser(_LastStage):
+class KTAParaphraser(ParaphraserTerm):
     """KTA's initialisation-stage term: `sum_taps mean((P(f_t) - f_t)^2) +
     regularization * sum(|P.encode(f_t)|)` (the L1 norm summed over the batch,
     as the reference), through which the paraphrasers `P` learn the factor.
@@ -134,23 +126,11 @@ class KTAParaphraser(_LastStage):
     reads frozen.
     """
 
-    default_weight = 1.0
+    paraphraser_bn = True
 
     def __init__(self, factor_rate: float = 0.5, regularization: float = 1e-7, **kwargs):
-        super().__init__(**kwargs)
-        self.factor_rate = float(factor_rate)
+        super().__init__(factor_rate, **kwargs)
         self.regularization = check_weight(regularization, "KTAParaphraser regularization")
-        self.paraphrasers = []
-
-    def build_parts(self, teacher_shapes, student_shapes):
-        self.check_4d(teacher_shapes, student_shapes)
-        paraphrasers = []
-        for i, name in enumerate(self.tap_names()[0]):
-            shape = tuple(teacher_shapes[name])
-            p = Paraphraser(shape[-1], self.factor_rate, use_bn=True, name=f"paraphraser_{i}")
-            p.build(shape)
-            paraphrasers.append(p)
-        self.paraphrasers = paraphrasers
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         total, training = 0.0, is_training(context)
@@ -163,12 +143,11 @@ class KTAParaphraser(_LastStage):
         return total
 
     def get_config(self):
-        return {**super().get_config(), "factor_rate": self.factor_rate,
-                "regularization": self.regularization}
+        return {**super().get_config(), "regularization": self.regularization}
 
 
 @register_method("kta")
-class KTA(_LastStage):
+class KTA(ParaphrasedMethod):
     """He et al. (2019), knowledge translation and adaptation + affinity
     distillation (torchdistill's `KTALoss` and `AffinityLoss`, as its KTAAD
     recipe combines them).
@@ -184,6 +163,7 @@ class KTA(_LastStage):
     """
 
     default_weight = 1.0
+    paraphraser_stage = "kta_paraphraser"
     log_keys = ("adapt", "affinity")
     search_space = {"weight": None, "adapt_weight": Float(12.5, 200.0, log=True),
                     "affinity_weight": Float(0.25, 4.0, log=True)}
@@ -191,54 +171,23 @@ class KTA(_LastStage):
     def __init__(self, adapt_weight: float = 50.0, affinity_weight: float = 1.0, factor_rate: float = 0.5,
                  regularization: float = 1e-7, **kwargs):
         super().__init__(**kwargs)
-        if not 0 < factor_rate <= 1:
-            raise ValueError(f"KTA factor_rate must be in (0, 1], got {factor_rate!r}.")
         self.adapt_weight = check_weight(adapt_weight, "KTA adapt_weight")
         self.affinity_weight = check_weight(affinity_weight, "KTA affinity_weight")
-        self.factor_rate = float(factor_rate)
         self.regularization = check_weight(regularization, "KTA regularization")
-        self.paraphrasers, self.feature_adapters, self.affinity_adapters = [], [], []
-        # Not a tracked sublayer: KTA's weights hold the paraphrasers once, and
-        # training KTA must not train the paraphraser term.
-        term = KTAParaphraser(self.factor_rate, self.regularization, teacher_layers=self.teacher_layers,
-                              student_layers=self.student_layers, name=self.name)
-        object.__setattr__(self, "_paraphraser_term", term)
-
-    @property
-    def paraphraser_term(self) -> KTAParaphraser:
-        """The init stage's term, sharing KTA's paraphraser layers."""
-        return self._paraphraser_term
-
-    def init_stages(self) -> list[InitStage]:
-        """The paraphraser stage: reconstruction + L1 on the factor, no CE, student frozen."""
-        return [InitStage("kta_paraphraser", (self._paraphraser_term,), train_student=False,
-                          student_loss_weight=0.0)]
+        self._init_paraphraser(factor_rate, KTAParaphraser, regularization=self.regularization)
+        self.feature_adapters, self.affinity_adapters = [], []
 
     def build_parts(self, teacher_shapes, student_shapes):
         self.check_4d(teacher_shapes, student_shapes)
-        term = self._paraphraser_term
-        teacher_layers, student_layers = self.tap_names()
-        if not term._parts_built:  # no paraphraser stage ran: build the term for KTA's taps
-            term.teacher_layers, term.student_layers = teacher_layers, student_layers
-            term.build_from_taps(teacher_shapes, student_shapes)
-        elif term.tap_names()[0] != teacher_layers:
-            raise ValueError(
-                f"KTA {self.name!r} reads teacher taps {teacher_layers}, but its paraphrasers were "
-                f"trained on {term.tap_names()[0]}: give KTA teacher_layers and student_layers of "
-                "equal length.")
-        features, affinities = [], []
-        for i, (t_shape, s_shape) in enumerate(self.shape_pairs(teacher_shapes, student_shapes)):
-            k = factor_channels(t_shape[-1], self.factor_rate)
-            f = Adapter3x3(k, use_bn=True, activation="relu", name=f"feature_adapter_{i}")
-            a = Adapter3x3(k, name=f"affinity_adapter_{i}")
-            f.build(s_shape)
-            a.build(s_shape)
-            features.append(f)
-            affinities.append(a)
-        self.paraphrasers = list(term.paraphrasers)
-        self.feature_adapters, self.affinity_adapters = features, affinities
-        for p in self.paraphrasers:  # read, never trained, by KTA's own term
-            p.trainable = False
+        self.build_paraphrasers(teacher_shapes, student_shapes)
+
+        def width(t):
+            return factor_channels(t[-1], self.factor_rate)
+
+        self.feature_adapters, self.affinity_adapters = self.build_per_pair(
+            teacher_shapes, student_shapes,
+            feature_adapter=lambda t, name: Adapter3x3(width(t), use_bn=True, activation="relu", name=name),
+            affinity_adapter=lambda t, name: Adapter3x3(width(t), name=name))
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         training = is_training(context)

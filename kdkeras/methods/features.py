@@ -10,7 +10,7 @@ attention map of AT and FT.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Callable, Collection, Mapping
 
 from keras import ops
 
@@ -102,6 +102,21 @@ class FeatureMethod(Method):
             (tuple(teacher_shapes[t]), tuple(student_shapes[s]))
             for t, s in zip(*self.tap_names())
         ]
+
+    def build_per_pair(self, teacher_shapes: Mapping, student_shapes: Mapping, *, pool: bool = False,
+                       on_teacher: Collection[str] = (), **makers: Callable) -> list | tuple[list, ...]:
+        """Each pair's trainable parts: for tap pair `i` and each maker, in the makers'
+        order, `makers[key](teacher_shape, name=f"{key}_{i}")` built on the student's map
+        shape (pooled to the pair's common spatial size with `pool`; the teacher's for a
+        key in `on_teacher`). One maker gives its list, several a tuple of lists."""
+        parts = {key: [] for key in makers}
+        for i, (t_shape, s_shape) in enumerate(self.shape_pairs(teacher_shapes, student_shapes)):
+            pooled = (s_shape[0], *common_size(t_shape, s_shape), s_shape[-1]) if pool else s_shape
+            for key, make in makers.items():
+                layer = make(t_shape, name=f"{key}_{i}")
+                layer.build(t_shape if key in on_teacher else pooled)
+                parts[key].append(layer)
+        return parts[next(iter(makers))] if len(makers) == 1 else tuple(parts.values())
 
     def check_4d(self, teacher_shapes: Mapping, student_shapes: Mapping) -> None:
         """Raise a ValueError naming the first tap that is not an NHWC map."""

@@ -21,7 +21,6 @@ from kdkeras.methods.connectors import ConvRegressor, VIDRegressor
 from kdkeras.methods.features import (  # noqa: F401  (flatten, pool_to: re-exported)
     FeatureMethod,
     channel_vectors,
-    common_size,
     flatten,
     l2_normalize,
     match_spatial,
@@ -54,12 +53,8 @@ class FitNet(FeatureMethod):
 
     def build_parts(self, teacher_shapes, student_shapes):
         self.check_4d(teacher_shapes, student_shapes)
-        regressors = []
-        for t_shape, s_shape in self.shape_pairs(teacher_shapes, student_shapes):
-            r = ConvRegressor(t_shape[-1], t_shape[1:3], name=f"regressor_{len(regressors)}")
-            r.build(s_shape)
-            regressors.append(r)
-        self.regressors = regressors
+        self.regressors = self.build_per_pair(
+            teacher_shapes, student_shapes, regressor=lambda t, name: ConvRegressor(t[-1], t[1:3], name=name))
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         total, training = 0.0, is_training(context)
@@ -211,17 +206,9 @@ class VID(FeatureMethod):
 
     def build_parts(self, teacher_shapes, student_shapes):
         self.check_4d(teacher_shapes, student_shapes)
-        regressors = []
-        for t_shape, s_shape in self.shape_pairs(teacher_shapes, student_shapes):
-            size = common_size(t_shape, s_shape)
-            r = VIDRegressor(
-                t_shape[-1],
-                init_variance=self.init_variance,
-                name=f"regressor_{len(regressors)}",
-            )
-            r.build((s_shape[0], *size, s_shape[-1]))
-            regressors.append(r)
-        self.regressors = regressors
+        self.regressors = self.build_per_pair(
+            teacher_shapes, student_shapes, pool=True,
+            regressor=lambda t, name: VIDRegressor(t[-1], init_variance=self.init_variance, name=name))
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         total = 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import keras
@@ -91,8 +92,11 @@ def parse_kwargs(text: str | None, example: str = "'width_multiplier=0.5,dropout
     return out
 
 
-def parse_method_args(text: str | None) -> dict[str, dict[str, Any]]:
-    """`"kd.temperature=2,at.weight=500"` -> `{"kd": {"temperature": 2}, "at": {"weight": 500}}`."""
+def parse_method_args(text: str | Mapping | None) -> dict[str, dict[str, Any]]:
+    """`"kd.temperature=2,at.weight=500"` -> `{"kd": {"temperature": 2}, "at": {"weight": 500}}`;
+    an already nested mapping is returned as a copy (one dict per method)."""
+    if isinstance(text, Mapping):
+        return {method: dict(args) for method, args in text.items()}
     out: dict[str, dict[str, Any]] = {}
     example = "'kd.temperature=2' or 'at.weight=500'"
     for key, value in parse_kwargs(text, example).items():
@@ -114,7 +118,7 @@ def from_spec(spec: str, args: str | dict | None = None, **common: Any) -> list[
     names = [n.strip().lower() for n in str(spec).split("+") if n.strip()]
     if not names:
         raise ValueError(f"Empty method spec {spec!r}; accepted names: {method_names()}.")
-    per_method = parse_method_args(args) if not isinstance(args, dict) else dict(args)
+    per_method = parse_method_args(args)
     unknown = set(per_method) - set(names)
     if unknown:
         raise ValueError(

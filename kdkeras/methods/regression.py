@@ -143,13 +143,11 @@ class OFD(FeatureMethod):
 
     def build_parts(self, teacher_shapes, student_shapes):
         self.check_4d(teacher_shapes, student_shapes)
-        self.connectors, self.margins = [], []
-        for i, (t_shape, s_shape) in enumerate(self.shape_pairs(teacher_shapes, student_shapes)):
-            r = Connector1x1(t_shape[-1], name=f"connector_{i}")
-            r.build(s_shape)
-            self.connectors.append(r)
-            self.margins.append(self.add_weight(shape=(t_shape[-1],), initializer="zeros",
-                                                trainable=False, name=f"margin_{i}"))
+        self.connectors = self.build_per_pair(
+            teacher_shapes, student_shapes, connector=lambda t, name: Connector1x1(t[-1], name=name))
+        self.margins = [
+            self.add_weight(shape=(c.channels,), initializer="zeros", trainable=False, name=f"margin_{i}")
+            for i, c in enumerate(self.connectors)]
 
     def read_teacher(self, teacher):
         for name, margin in zip(self.tap_names()[0], self.margins):

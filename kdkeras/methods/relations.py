@@ -169,15 +169,10 @@ class CC(_EmbeddingMethod):
         self.teacher_embeds = []
 
     def build_parts(self, teacher_shapes, student_shapes):
-        s_embeds, t_embeds = [], []
-        for i, (t_shape, s_shape) in enumerate(self.shape_pairs(teacher_shapes, student_shapes)):
-            e_s = LinearEmbed(self.embed_dim, name=f"student_embed_{i}")
-            e_s.build(s_shape)
-            e_t = LinearEmbed(self.embed_dim, name=f"teacher_embed_{i}")
-            e_t.build(t_shape)
-            s_embeds.append(e_s)
-            t_embeds.append(e_t)
-        self.student_embeds, self.teacher_embeds = s_embeds, t_embeds
+        self.student_embeds, self.teacher_embeds = self.build_per_pair(
+            teacher_shapes, student_shapes, on_teacher=("teacher_embed",),
+            student_embed=lambda t, name: LinearEmbed(self.embed_dim, name=name),
+            teacher_embed=lambda t, name: LinearEmbed(self.embed_dim, name=name))
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         total = 0.0

@@ -14,14 +14,14 @@ from keras import ops
 
 from kdkeras import tap_detection
 from kdkeras.methods.base import InitStage, StepContext, as_float32, is_training
-from kdkeras.methods.connectors import Connector1x1, Paraphraser, Translator, factor_channels
+from kdkeras.methods.connectors import Connector1x1, Translator, factor_channels
 from kdkeras.methods.features import (
     FeatureMethod,
     channel_vectors,
-    common_size,
     match_spatial,
     spatial_attention,
 )
+from kdkeras.methods.paraphrased import ParaphrasedMethod, ParaphraserTerm
 from kdkeras.methods.registry import register_method
 
 
@@ -88,35 +88,14 @@ class FSP(_InitStageTerm):
 
 
 @register_method()
-class FTParaphraser(FeatureMethod):
+class FTParaphraser(ParaphraserTerm):
     """FT's initialisation-stage term: `sum_taps mean((paraphraser(f_t) - f_t)^2)`,
     weight 1, through which the paraphrasers learn to reconstruct the teacher's map.
 
     `FT` makes one (named as itself, so the stage logs the term under FT's name)
-    holding the very paraphraser layers FT then reads frozen. It taps the
-    student as FT does only so that both pair their taps alike; it reads the
+    holding the very paraphraser layers FT then reads frozen. It reads the
     teacher's maps alone.
     """
-
-    default_weight = 1.0
-
-    def __init__(self, factor_rate: float = 0.5, **kwargs):
-        super().__init__(**kwargs)
-        self.factor_rate = float(factor_rate)
-        self.paraphrasers = []
-
-    def default_taps(self, model, role):
-        return tap_detection.stage_outputs(model)[-1:]
-
-    def build_parts(self, teacher_shapes, student_shapes):
-        self.check_4d(teacher_shapes, student_shapes)
-        paraphrasers = []
-        for i, name in enumerate(self.tap_names()[0]):
-            shape = tuple(teacher_shapes[name])
-            p = Paraphraser(shape[-1], self.factor_rate, name=f"paraphraser_{i}")
-            p.build(shape)
-            paraphrasers.append(p)
-        self.paraphrasers = paraphrasers
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         total, training = 0.0, is_training(context)
@@ -125,12 +104,9 @@ class FTParaphraser(FeatureMethod):
             total = total + ops.mean(ops.square(as_float32(p(t, training=training)) - t))
         return total
 
-    def get_config(self):
-        return {**super().get_config(), "factor_rate": self.factor_rate}
-
 
 @register_method("ft")
-class FT(FeatureMethod):
+class FT(ParaphrasedMethod):
     """Kim et al. (2018), factor transfer on the last stage.
 
     The paraphraser (a conv autoencoder of the teacher's map, bottleneck
@@ -145,54 +121,19 @@ class FT(FeatureMethod):
     """
 
     default_weight = 200.0
+    paraphraser_stage = "ft_paraphraser"
 
     def __init__(self, factor_rate: float = 0.5, **kwargs):
         super().__init__(**kwargs)
-        if not 0 < factor_rate <= 1:
-            raise ValueError(f"FT factor_rate must be in (0, 1], got {factor_rate!r}.")
-        self.factor_rate = float(factor_rate)
-        self.paraphrasers = []
+        self._init_paraphraser(factor_rate, FTParaphraser)
         self.translators = []
-        # Not tracked as a sublayer: FT's weights hold the paraphrasers once
-        # (`paraphrasers`), and making FT trainable must not train the term.
-        term = FTParaphraser(self.factor_rate, teacher_layers=self.teacher_layers,
-                             student_layers=self.student_layers, name=self.name)
-        object.__setattr__(self, "_paraphraser_term", term)
-
-    @property
-    def paraphraser_term(self) -> FTParaphraser:
-        """The init stage's term, sharing FT's paraphraser layers."""
-        return self._paraphraser_term
-
-    def init_stages(self) -> list[InitStage]:
-        """The paraphraser stage: it learns to reconstruct the teacher's map
-        (weight 1, no CE) while the student stays frozen."""
-        return [InitStage("ft_paraphraser", (self._paraphraser_term,), train_student=False,
-                          student_loss_weight=0.0)]
-
-    def default_taps(self, model, role):
-        return tap_detection.stage_outputs(model)[-1:]
 
     def build_parts(self, teacher_shapes, student_shapes):
         self.check_4d(teacher_shapes, student_shapes)
-        term = self._paraphraser_term
-        teacher_layers, student_layers = self.tap_names()
-        if not term._parts_built:  # no paraphraser stage ran: build FT's own term for FT's taps
-            term.teacher_layers, term.student_layers = teacher_layers, student_layers
-            term.build_from_taps(teacher_shapes, student_shapes)
-        elif term.tap_names()[0] != teacher_layers:
-            raise ValueError(
-                f"FT {self.name!r} reads teacher taps {teacher_layers}, but its paraphrasers were "
-                f"trained on {term.tap_names()[0]}: give FT teacher_layers and student_layers of "
-                "equal length.")
-        translators = []
-        for i, (t_shape, s_shape) in enumerate(self.shape_pairs(teacher_shapes, student_shapes)):
-            tr = Translator(factor_channels(t_shape[-1], self.factor_rate), name=f"translator_{i}")
-            tr.build(s_shape)
-            translators.append(tr)
-        self.paraphrasers, self.translators = list(term.paraphrasers), translators
-        for p in self.paraphrasers:  # read, never trained, by FT's own term
-            p.trainable = False
+        self.build_paraphrasers(teacher_shapes, student_shapes)
+        self.translators = self.build_per_pair(
+            teacher_shapes, student_shapes,
+            translator=lambda t, name: Translator(factor_channels(t[-1], self.factor_rate), name=name))
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         training = is_training(context)
@@ -236,13 +177,8 @@ class AB(_InitStageTerm):
 
     def build_parts(self, teacher_shapes, student_shapes):
         self.check_4d(teacher_shapes, student_shapes)
-        connectors = []
-        for t_shape, s_shape in self.shape_pairs(teacher_shapes, student_shapes):
-            size = common_size(t_shape, s_shape)
-            c = Connector1x1(t_shape[-1], name=f"connector_{len(connectors)}")
-            c.build((s_shape[0], *size, s_shape[-1]))
-            connectors.append(c)
-        self.connectors = connectors
+        self.connectors = self.build_per_pair(
+            teacher_shapes, student_shapes, pool=True, connector=lambda t, name: Connector1x1(t[-1], name=name))
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         m, training = self.margin, is_training(context)

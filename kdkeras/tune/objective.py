@@ -71,7 +71,7 @@ def cacheable(candidates: list[str], spec: DistillSpec) -> bool:
     """Whether every candidate trains from a teacher cache, with the user's own method
     arguments: not one whose methods read the teacher on copies of the batch (SSKD) or
     its CE gradients; otherwise the trials run the teacher."""
-    nested = spec.method_args if isinstance(spec.method_args, dict) else parse_method_args(spec.method_args)
+    nested = parse_method_args(spec.method_args)
     for candidate in candidates:
         members = spaces.member_names(candidate)
         methods = from_spec(candidate, {m: args for m, args in nested.items() if m in members})
@@ -82,7 +82,7 @@ def cacheable(candidates: list[str], spec: DistillSpec) -> bool:
 
 def fixed_args(spec: DistillSpec) -> dict[str, Any]:
     """The user's own `method_args` as flat `{"kd.temperature": 2}`: fixed, never tuned."""
-    nested = spec.method_args if isinstance(spec.method_args, dict) else parse_method_args(spec.method_args)
+    nested = parse_method_args(spec.method_args)
     return {f"{m}.{arg}": v for m, args in nested.items() for arg, v in args.items()}
 
 
