@@ -3,11 +3,12 @@
 Trains (or loads) a teacher, builds the teacher-output cache once (timed apart:
 `cache_build_seconds`), then times, on the same data at the trial fidelity:
 
-- a sweep of N trials of `kdkeras.tune` from that cache (no pruning, no retrain),
-  resumed one trial at a time,
+- one sweep of N trials of `kdkeras.tune` from that cache (no pruning, no retrain),
+  as a user runs it: the study opened once, the trials table and plot written once,
 - N student-alone runs on a trial's data (data, model, fit, evaluation: what a
-  trial does without a teacher), one before each trial, so that load on the
-  machine hits both alike; their mean is taken.
+  trial does without a teacher), one at the start of each trial (run by the
+  sweep's runner, so that load on the machine hits both alike, and their time
+  taken out of the sweep's); their mean is taken.
 
 Prints `tune_sweep_over_student_runs` = sweep seconds / (N x student-alone seconds);
 the issue's target is <= 1.2. `--json PATH` writes the numbers.
@@ -79,13 +80,16 @@ def measure() -> dict:
     cache_seconds = warm.metrics["teacher_cache_seconds"]
     alone = warm_config.replace(output_dir=os.path.join(work, "alone"))  # a trial's data, no teacher
     sweep_config = config.replace(output_dir=os.path.join(work, "sweep"))
-    student, sweep_parts = [], []
-    for done in range(1, FLAGS.trials + 1):  # interleaved: a student-alone run, then the sweep resumed for one trial
+    student = []
+
+    def runner(trial_config, trial_spec, callbacks=()):
+        """Interleaved: a student-alone run (timed apart), then the trial."""
         student.append(student_alone(alone, FLAGS.student))
-        start = time.perf_counter()
-        tune_distillation(sweep_config, spec, options.replace(trials=done))
-        sweep_parts.append(time.perf_counter() - start)
-    sweep = sum(sweep_parts)
+        return experiment.run_distillation(trial_config, trial_spec, callbacks=callbacks)
+
+    start = time.perf_counter()
+    tune_distillation(sweep_config, spec, options, runner=runner)
+    sweep = time.perf_counter() - start - sum(student)  # the sweep alone: its N trials, study and report
     per_student = sum(student) / len(student)
     out = {"tune_sweep_over_student_runs": sweep / (FLAGS.trials * per_student),
            "cache_build_seconds": cache_seconds, "sweep_seconds": sweep, "student_run_seconds": student,

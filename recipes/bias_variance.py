@@ -22,6 +22,7 @@ DIR/bias_variance.md (table), DIR/bias_variance.png and DIR/bias_variance.json.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -94,26 +95,29 @@ def run(fv: flags.FlagValues):
 
     logits = {n: [] for n in names}
     top1s = {n: [] for n in names}
+    val_top1s = {n: [] for n in names}  # on the validation split, with one
     total, step = len(names) * fv.num_models, 0
     for i in range(fv.num_models):
         train_i = data_lib.resampled(indexed, data.num_train, fv.resample, config.seed + i,
                                      config.batch_size)
-        data_i = experiment.DataSetup(data.info, train_i, data.test, data.input_shape, data.num_train,
-                                      config)
+        data_i = dataclasses.replace(data, train=train_i, clock=None)  # its validation split kept
         for name in names:
             step += 1
             print(f"[{step}/{total}] {name}: model {i + 1}/{fv.num_models} ({fv.resample})")
             with strategy.scope():
                 student = experiment.build_model(fv.student, data, seed=config.seed + i, **student_kwargs)
             method, ce_weight = build_method(name, method_args)
-            if method is None:
+            if method is None:  # watching the validation split when there is one, as distill does
                 with strategy.scope():
-                    experiment.fit(student, train_i, data.test, config.train_config(),
-                                   config.output_dir, tag=f"{name}_{i}")
+                    out = experiment.fit(student, train_i, data.validation_data, config.train_config(),
+                                         config.output_dir, tag=f"{name}_{i}",
+                                         test_ds=None if data.validation is None else data.test)
             else:
-                experiment.distill(teacher.model if method.requires_teacher else None, student,
-                                   [method], data_i, config, student_loss_weight=ce_weight,
-                                   tag=f"{name}_{i}", strategy=strategy)
+                out = experiment.distill(teacher.model if method.requires_teacher else None, student,
+                                         [method], data_i, config, student_loss_weight=ce_weight,
+                                         tag=f"{name}_{i}", strategy=strategy)
+            if "val_top1" in out:
+                val_top1s[name].append(out["val_top1"])
             z, y = training.predict_logits(student, data.test)
             labels = y if labels is None else labels
             if not np.array_equal(y, labels):
@@ -125,6 +129,8 @@ def run(fv: flags.FlagValues):
     summaries, teacher_worse = analysis.compare_methods(logits, labels, teacher_logits)
     for name in names:
         summaries[name].update(top1_std=float(np.std(top1s[name])), top1_per_model=top1s[name])
+        if val_top1s[name]:
+            summaries[name].update(val_top1=float(np.mean(val_top1s[name])), val_top1_per_model=val_top1s[name])
     text = analysis.summary_table(summaries)
     notes = (
         f"{fv.student} students, {data.num_train} training examples ({fv.resample} resamples), "
@@ -143,7 +149,9 @@ def run(fv: flags.FlagValues):
         config.output_dir, "bias_variance", f"Bias-variance decomposition on {config.dataset}",
         [("Results", [text, notes]), ("Plot", png), ("Command", f"`{command}`")],
         {"dataset": config.dataset, "student": fv.student, "teacher": fv.teacher,
-         "teacher_top1": teacher.top1 if teacher else None, "methods": names,
+         "teacher_top1": teacher.top1 if teacher else None,
+         **experiment.validation_keys(data, teacher_val_top1=teacher.val_top1 if teacher else None),
+         "methods": names,
          "method_args": fv.method_args, "num_models": fv.num_models, "resample": fv.resample,
          "epochs": config.epochs, "train_limit": config.train_limit, "test_examples": int(len(labels)),
          "seed": config.seed,

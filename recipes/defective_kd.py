@@ -91,8 +91,8 @@ def defective_teacher(level, data, fv, strategy):
         note = f"{epochs} epochs, {100 * level:.0f}% random labels"
     else:
         train, note = data.load(limit=level, augment=None), f"{epochs} epochs on {level} examples"
-    with strategy.scope():
-        experiment.fit(teacher, train, data.test, config.train_config(epochs), config.output_dir,
+    with strategy.scope():  # watching the validation split when there is one: the test split is read at the end
+        experiment.fit(teacher, train, data.validation_data, config.train_config(epochs), config.output_dir,
                        tag=f"teacher_{fv.defect}_{level}")
     return teacher, note
 
@@ -112,23 +112,27 @@ def run(fv: flags.FlagValues):
     runs = list(levels) + (["full"] if fv.full_teacher else [])
     total = 1 + 2 * len(runs)
     print(f"[1/{total}] baseline: {fv.student} alone")
-    with strategy.scope():
-        baseline = experiment.fit(student(), data.train, data.test, config.train_config(),
-                                  config.output_dir, tag="baseline", callbacks=data.callbacks())["top1"]
+    with strategy.scope():  # watching the validation split when there is one, as the KD runs do
+        alone = experiment.fit_data(student(), data, config.train_config(), config.output_dir, tag="baseline")
+    baseline = alone["top1"]
     print(f"    baseline top1={baseline:.4f}")
     points = []
     for i, level in enumerate(runs):
         print(f"[{2 + 2 * i}/{total}] teacher {fv.teacher}, {fv.defect}={level}")
         teacher, note = defective_teacher(level, data, fv, strategy)
         teacher_top1 = training.evaluate_top1(teacher, data.test)
+        teacher_val = None if data.validation is None else training.evaluate_top1(teacher, data.validation)
         print(f"    teacher top1={teacher_top1:.4f} ({note})")
         print(f"[{3 + 2 * i}/{total}] student {fv.student} with KD from it")
-        student_top1 = experiment.distill(
+        distilled = experiment.distill(
             teacher, student(), [KD(temperature=fv.kd_temperature, weight=fv.kd_alpha)], data, config,
-            student_loss_weight=1.0 - fv.kd_alpha, tag=f"student_{level}", strategy=strategy)["top1"]
+            student_loss_weight=1.0 - fv.kd_alpha, tag=f"student_{level}", strategy=strategy)
+        student_top1 = distilled["top1"]
         print(f"    student top1={student_top1:.4f} (baseline {baseline:.4f})")
         points.append({"level": level, "teacher": note, "teacher_top1": teacher_top1,
-                       "student_top1": student_top1, "gain": student_top1 - baseline})
+                       "student_top1": student_top1, "gain": student_top1 - baseline,
+                       **{k: v for k, v in (("teacher_val_top1", teacher_val),
+                                            ("student_val_top1", distilled.get("val_top1"))) if v is not None}})
 
     rows = [[str(p["level"]), p["teacher"], vis.pct(p["teacher_top1"]), vis.pct(p["student_top1"]),
              f"{100 * p['gain']:+.2f}"] for p in points]
@@ -148,7 +152,9 @@ def run(fv: flags.FlagValues):
         {"dataset": config.dataset, "teacher": fv.teacher, "student": fv.student,
          "defect": fv.defect, "epochs": config.epochs, "teacher_epochs": fv.teacher_epochs,
          "train_limit": config.train_limit, "seed": config.seed, "kd_temperature": fv.kd_temperature,
-         "kd_alpha": fv.kd_alpha, "baseline_top1": baseline, "points": points, "command": command})
+         "kd_alpha": fv.kd_alpha, "baseline_top1": baseline,
+         **experiment.validation_keys(data, baseline_val_top1=alone.get("val_top1")),
+         "points": points, "command": command})
     print(table)
     print(f"RESULT baseline={baseline:.4f} " + " ".join(
         f"{p['level']}:{p['teacher_top1']:.4f}->{p['student_top1']:.4f}" for p in points))

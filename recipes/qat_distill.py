@@ -74,6 +74,8 @@ def run(fv: flags.FlagValues) -> dict:
         "method_args": fv.method_args, "weights": fv.weights, "epochs": qat["epochs"],
         "lr": qat["lr"], "train_limit": config.train_limit, "num_train": data.num_train,
         "train_seconds": qat["train_seconds"], "float_top1": float_top1,
+        **experiment.validation_keys(data, student_val_top1=qat.get("val_top1"),
+                                     teacher_val_top1=None if self_taught else teacher.val_top1),
         export.QAT_VARIANT: entry,
     }
     table = results_table(payload)

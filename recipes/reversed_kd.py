@@ -67,9 +67,8 @@ def run(fv: flags.FlagValues):
         if step.endswith("alone"):
             role = step.split()[0]
             models[role] = build(role)
-            with strategy.scope():
-                out = experiment.fit(models[role], data.train, data.test, config.train_config(),
-                                     config.output_dir, tag=role, callbacks=data.callbacks())
+            with strategy.scope():  # watching the validation split when there is one, as KD does
+                out = experiment.fit_data(models[role], data, config.train_config(), config.output_dir, tag=role)
         elif step == "Re-KD":
             out = kd(models["weak"], build("strong"), "rekd")
         else:
@@ -107,7 +106,9 @@ def run(fv: flags.FlagValues):
          "train_limit": config.train_limit, "seed": config.seed, "kd_temperature": fv.kd_temperature,
          "kd_alpha": fv.kd_alpha, "command": command, "weak_top1": weak, "strong_top1": strong,
          "rekd_top1": results["Re-KD"]["top1"], "rekd_gain": results["Re-KD"]["top1"] - strong,
-         "results": {k: {"top1": r["top1"], "train_seconds": r["train_seconds"],
+         **experiment.validation_keys(data, **{f"{key}_val_top1": results[step].get("val_top1") for key, step in (
+             ("weak", "weak alone"), ("strong", "strong alone"), ("rekd", "Re-KD"))}),
+         "results": {k: {**{key: r[key] for key in ("top1", "val_top1", "train_seconds") if key in r},
                          "history": r["history"]} for k, r in results.items()}})
     print(table)
     print(experiment.result_line({"weak_top1": weak, "strong_top1": strong,

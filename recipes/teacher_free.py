@@ -88,9 +88,8 @@ def run(fv: flags.FlagValues):
             student = experiment.build_model(fv.student, data, seed=config.seed, **kwargs)
             student.set_weights(initial)
         if run == "baseline":
-            with strategy.scope():
-                out = experiment.fit(student, data.train, data.test, config.train_config(),
-                                     config.output_dir, tag="baseline", callbacks=data.callbacks())
+            with strategy.scope():  # watching the validation split when there is one, as the others do
+                out = experiment.fit_data(student, data, config.train_config(), config.output_dir, tag="baseline")
             baseline_model = student
         else:
             if run_teacher == "self":
@@ -118,8 +117,10 @@ def run(fv: flags.FlagValues):
         {"dataset": config.dataset, "student": fv.student, "epochs": config.epochs,
          "train_limit": config.train_limit, "seed": config.seed, "teacher": fv.teacher,
          "teacher_top1": teacher.top1 if teacher else None, "baseline_top1": baseline,
+         **experiment.validation_keys(data, baseline_val_top1=results["baseline"].get("val_top1"),
+                                      teacher_val_top1=teacher.val_top1 if teacher else None),
          "command": command,
-         "results": {run: {"top1": r["top1"], "train_seconds": r["train_seconds"],
+         "results": {run: {**{k: r[k] for k in ("top1", "val_top1", "train_seconds") if k in r},
                            "settings": runs[run][3], "history": r["history"]}
                      for run, r in results.items()}})
     print(table)

@@ -46,9 +46,8 @@ def run(fv: flags.FlagValues):
         "train_seconds": result["train_seconds"], "params": model.count_params(),
         "input_shape": list(data.input_shape), "seed": config.seed, "history": result["history"],
     }
-    if data.validation is not None:  # the epochs watched it; the test split is read once, here
-        metrics.update(validation_split=config.validation_split, validation_examples=data.num_validation,
-                       val_top1=result["val_top1"])
+    # with a validation split the epochs watched it; the test split is read once, here
+    metrics.update(experiment.validation_keys(data, val_top1=result.get("val_top1")))
     training.write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
     print(f"top1={result['top1']:.4f}  saved {path}")
     experiment.finish_worker(config, strategy)

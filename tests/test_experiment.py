@@ -3,6 +3,7 @@ data helpers the recipes share, on tiny image folders made here: fast, no e2e.""
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -68,6 +69,17 @@ def test_get_teacher_none_a_saved_one_and_an_adapted_input(folder, tmp_path):
     assert teacher.source == str(saved) and teacher.trained_epochs is None
     assert teacher.model.input_shape[1:] == (12, 12, 3)
     assert teacher.top1 == pytest.approx(training.evaluate_top1(teacher.model, data.test))
+
+
+def test_model_input_shape_reads_the_saved_config_and_falls_back_to_loading(tmp_path, monkeypatch):
+    functional = str(tmp_path / "f.keras")
+    tiny_cnn(width=4, num_classes=CLASSES, input_shape=(8, 6, 1)).save(functional)
+    sequential = str(tmp_path / "s.keras")
+    keras.Sequential([keras.Input((5, 7, 3)), keras.layers.Flatten(), keras.layers.Dense(2)]).save(sequential)
+    loads = []
+    monkeypatch.setattr(training, "load_model", lambda path: loads.append(path) or keras.models.load_model(path))
+    assert experiment.model_input_shape(functional) == (8, 6, 1) and loads == []  # no model built
+    assert experiment.model_input_shape(sequential) == (5, 7, 3) and loads == [sequential]
 
 
 def test_adapt_input_resizes_and_takes_luminance():
@@ -253,9 +265,9 @@ def test_the_resume_fingerprint_leaves_out_exactly_the_fields_marked_so():
 
     config, spec = experiment.RunConfig(), experiment.DistillSpec()
     every = {f.name for part in (config, spec) for f in dataclasses.fields(part)}
-    left_out = {"output_dir", "verbose", "tensorboard", "run_eagerly", "overwrite", "strategy", "deterministic",
-                "sync_batchnorm", "baseline", "saved_dir", "teacher_cache_max_gb", "rebuild_teacher_cache",
-                "teacher_cache_methods"}
+    left_out = {"output_dir", "verbose", "tensorboard", "backup", "run_eagerly", "overwrite", "strategy",
+                "deterministic", "sync_batchnorm", "baseline", "saved_dir", "teacher_cache_max_gb",
+                "rebuild_teacher_cache", "teacher_cache_methods"}
     settings = experiment.run_settings(config, spec, {"model": "resnet8"})
     assert set(settings) == (every - left_out) | {"model"}
     for name, value in (("rebuild_teacher_cache", True), ("teacher_cache_methods", "at"), ("baseline", True)):

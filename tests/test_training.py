@@ -235,6 +235,24 @@ def test_compile_and_fit_one_epoch(tmp_path):
     assert not os.path.exists(tmp_path / "backup")
 
 
+def test_compile_and_fit_backs_up_each_epoch_unless_told_not_to(tmp_path):
+    ds = _learnable_data()
+
+    class Seen(keras.callbacks.Callback):  # what the backup folder holds after each epoch
+        def __init__(self):
+            super().__init__()
+            self.found = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.found.append(sorted(os.listdir(tmp_path / "backup")) if (tmp_path / "backup").exists() else [])
+
+    for backup in (True, False):
+        seen = Seen()
+        config = training.TrainConfig(epochs=1, lr=0.1, verbose=0, backup=backup)
+        training.compile_and_fit(_dense(), ds, ds, config, output_dir=str(tmp_path), tag="t", callbacks=[seen])
+        assert seen.found == ([["t", "t.history.json"]] if backup else [[]]), backup
+
+
 def test_compile_and_fit_learns_and_decays_to_zero():
     ds = _learnable_data()  # 4 batches per epoch
     config = training.TrainConfig(epochs=3, lr=0.1, schedule="cosine", weight_decay=0.0, verbose=0)

@@ -214,3 +214,53 @@ def test_the_recipes_take_the_flag_and_record_the_split(tmp_path):
     t = run_recipe("train_teacher", "--model=resnet8", "--model_args=width_multiplier=0.25",
                    "--validation_split=16", f"--output_dir={tmp_path / 't'}", *TINY)
     assert t["validation_examples"] == 16 and t["history"]["val_accuracy"][-1] == pytest.approx(t["val_top1"])
+
+
+def test_validation_keys_are_empty_without_a_split_and_name_each_top1_with_one(tmp_path):
+    name = _split_folder(tmp_path / "d")
+    without = experiment.setup_data(experiment.RunConfig(dataset=name, batch_size=16))
+    assert experiment.validation_keys(without, student_val_top1=0.5) == {}
+    data = experiment.setup_data(experiment.RunConfig(dataset=name, batch_size=16, validation_split=6))
+    assert experiment.validation_keys(data, student_val_top1=0.5, teacher_val_top1=None) == {
+        "validation_split": 6, "validation_examples": 6, "student_val_top1": 0.5}
+
+
+#: (recipe, its flags, {key of its JSON: what must be there with a split})
+EXPERIMENTS = {
+    "teacher_free": (["--student_args=width_multiplier=0.25"], ["baseline_val_top1"]),
+    "reversed_kd": (["--weak_args=width_multiplier=0.25", "--strong=resnet8", "--strong_args=width_multiplier=0.5",
+                     "--nonormal_kd"], ["weak_val_top1", "strong_val_top1", "rekd_val_top1"]),
+    "defective_kd": (["--teacher=resnet8", "--teacher_args=width_multiplier=0.25",
+                      "--student_args=width_multiplier=0.25", "--levels=1", "--nofull_teacher"],
+                     ["baseline_val_top1"]),
+    "bias_variance": (["--student_args=width_multiplier=0.25", "--methods=ce,lsr", "--num_models=2"], []),
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not HAVE_FASHION, reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.parametrize("recipe", list(EXPERIMENTS))
+def test_the_experiment_recipes_record_the_split_and_watch_it(recipe, tmp_path):
+    """Every recipe that trains records the validation keys distill.py records, and each
+    of its fits (the student alone's too) watched the validation split, not the test split."""
+    import json
+
+    from tests.helpers import TINY, run_recipe
+
+    args, keys = EXPERIMENTS[recipe]
+    run_recipe(recipe, *args, "--validation_split=32", f"--output_dir={tmp_path}", *TINY)
+    payload = json.loads((tmp_path / f"{recipe}.json").read_text())
+    assert (payload["validation_split"], payload["validation_examples"]) == (32, 32)
+    assert all(0 <= payload[k] <= 1 for k in keys), keys
+    rows = payload.get("results", {})
+    for row in rows.values():  # each fit's last val_* is the validation split's top-1
+        if "history" in row:
+            assert row["history"]["val_accuracy"][-1] == pytest.approx(row["val_top1"])
+        else:
+            assert len(row["val_top1_per_model"]) == 2 and row["val_top1"] == np.mean(row["val_top1_per_model"])
+    for point in payload.get("points", []):
+        assert {"student_val_top1", "teacher_val_top1"} <= set(point)
+    if recipe == "teacher_free":
+        assert payload["baseline_val_top1"] == rows["baseline"]["val_top1"]
+    if recipe == "reversed_kd":
+        assert payload["rekd_val_top1"] == rows["Re-KD"]["val_top1"]

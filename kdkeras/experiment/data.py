@@ -90,6 +90,17 @@ class DataSetup:
         return data_lib.load(c.dataset, split, **kwargs)
 
 
+def validation_keys(data: DataSetup, **top1s: float | None) -> dict:
+    """The validation split's keys of a run's metrics: the setting, its size, and each
+    top-1 on it given by name (`student_val_top1=...`; None ones left out). Empty
+    without a validation split, so a run without one records what it always did.
+    Every recipe that trains records the split through this one function."""
+    if data.validation is None:
+        return {}
+    return {"validation_split": data.config.validation_split, "validation_examples": data.num_validation,
+            **{name: float(value) for name, value in top1s.items() if value is not None}}
+
+
 def setup_data(
     config: RunConfig,
     input_shape: Sequence[int] | None = None,

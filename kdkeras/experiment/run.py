@@ -16,7 +16,7 @@ from kdkeras import methods as methods_lib
 from kdkeras import training
 from kdkeras.experiment.cache import CachedRun, with_teacher_cache
 from kdkeras.experiment.config import DistillSpec, RunConfig
-from kdkeras.experiment.data import DataSetup, setup_data
+from kdkeras.experiment.data import DataSetup, setup_data, validation_keys
 from kdkeras.experiment.fitting import distill, fit
 from kdkeras.experiment.output import (
     check_output_dir, command_line, finish_worker, run_settings, start, worker_config,
@@ -157,7 +157,7 @@ def run_metrics(spec: DistillSpec, config: RunConfig, teacher: Teacher | None, s
                 result: dict, cached: CachedRun | None, command: str | None,
                 data: DataSetup | None = None) -> dict:
     """metrics.json of the distillation (the baseline adds its own); with a validation
-    split in `data`, its keys too (`validation_metrics`)."""
+    split in `data`, its keys too (`validation_keys`)."""
     metrics = {
         "method": spec.method,
         "method_args": spec.method_args,
@@ -186,22 +186,13 @@ def run_metrics(spec: DistillSpec, config: RunConfig, teacher: Teacher | None, s
         metrics["run_length_defaults"] = student.run_length_defaults
     if "init_epochs" in result:
         metrics["init_epochs"] = result["init_epochs"]
-    if data is not None and data.validation is not None:
-        metrics.update(validation_metrics(config, data, teacher, result))
+    if data is not None:  # the validation split's keys (`validation_keys`: none without one)
+        metrics.update(validation_keys(data, student_val_top1=result.get("val_top1"),
+                                       teacher_val_top1=teacher.val_top1 if teacher else None))
     if cached is not None:
         metrics.update(teacher_cache=spec.teacher_cache, teacher_cache_views=cached.train_cache.views,
                        teacher_cache_storage=cached.train_cache.storage, teacher_cache_seconds=cached.seconds)
     return metrics
-
-
-def validation_metrics(config: RunConfig, data: DataSetup, teacher: Teacher | None, result: dict) -> dict:
-    """The validation split's keys of metrics.json: the setting, its size, and the
-    student's and teacher's top-1 on it (what a tuner chooses by)."""
-    out = {"validation_split": config.validation_split, "validation_examples": data.num_validation,
-           "student_val_top1": result["val_top1"]}
-    if teacher is not None and teacher.val_top1 is not None:
-        out["teacher_val_top1"] = teacher.val_top1
-    return out
 
 
 def train_baseline(spec: DistillSpec, config: RunConfig, data: DataSetup, student: Student, strategy,

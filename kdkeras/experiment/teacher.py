@@ -3,7 +3,9 @@ loaded (adapted to the data's input) or trained here."""
 
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 from dataclasses import dataclass
 
 import keras
@@ -21,8 +23,29 @@ def is_model_path(spec: str) -> bool:
 
 
 def model_input_shape(path: str) -> tuple:
-    """The (H, W, C) input of a saved model."""
-    return tuple(training.load_model(path).input_shape[1:])
+    """The (H, W, C) input of a saved model: read from the `.keras` file's config when
+    it is a one-input functional model (no layers built, no weights read: every run of
+    a sweep asks it), else from the model loaded."""
+    shape = _saved_input_shape(path)
+    return shape if shape is not None else tuple(training.load_model(path).input_shape[1:])
+
+
+def _saved_input_shape(path: str) -> tuple | None:
+    """The input shape recorded in a `.keras` file's config.json (None when it is not
+    a readable one-input functional model: the caller loads the model instead)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+        inner = config["config"]
+        names = inner["input_layers"]
+        names = names[0] if isinstance(names[0], list) and len(names) == 1 else names
+        if not isinstance(names[0], str):
+            return None
+        layer = next(l for l in inner["layers"] if l["class_name"] == "InputLayer" and l["name"] == names[0])
+        shape = layer["config"]["batch_shape"][1:]
+    except (OSError, KeyError, IndexError, TypeError, StopIteration, ValueError, zipfile.BadZipFile):
+        return None
+    return tuple(shape) if shape and all(isinstance(d, int) for d in shape) else None
 
 
 def build_model(

@@ -47,6 +47,10 @@ class TrainConfig:
     run_eagerly: bool = setting(
         False, group="train", fingerprint=False,
         help="Run Keras steps eagerly: for debugging, and faster on tiny smoke runs where tracing dominates.")
+    backup: bool = setting(
+        True, fingerprint=False,
+        help="Back up each epoch under output_dir/backup (weights and history) so that a killed fit resumes; "
+             "off for fits that are never resumed (a tuner's trials: a killed one is failed and replaced).")
     sync_batchnorm: bool = setting(
         True, group="train", fingerprint=False,  # acts only under several replicas, like the strategy
         help="Under --strategy=mirrored/multiworker, BatchNorm normalises with the global batch's "
@@ -105,7 +109,8 @@ def compile_and_fit(
     if not is_distiller(model):
         kwargs["loss"] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     kwargs.update(compile_kwargs or {})
-    keeper = HistoryKeeper(os.path.join(output_dir, "backup", f"{tag}.history.json")) if output_dir else None
+    backup = bool(output_dir) and config.backup
+    keeper = HistoryKeeper(os.path.join(output_dir, "backup", f"{tag}.history.json")) if backup else None
     with batchnorm_synced(model, config.sync_batchnorm):
         model.compile(optimizer=optimizer, **kwargs)
         start = time.perf_counter()
@@ -116,7 +121,7 @@ def compile_and_fit(
             # the keeper records an epoch before its backup is written: a crash between the
             # two redoes that epoch (and replaces its record) instead of losing it from the history
             callbacks=[StopOnNonFiniteLoss()] + ([keeper] if keeper else [])
-            + callbacks_for(output_dir, config.tensorboard, tag=tag) + list(callbacks),
+            + callbacks_for(output_dir, config.tensorboard, backup=backup, tag=tag) + list(callbacks),
             verbose=config.verbose,
         )
     seconds = time.perf_counter() - start

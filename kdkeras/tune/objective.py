@@ -103,7 +103,8 @@ def trial_inputs(config: RunConfig, spec: DistillSpec, options: TuneOptions, can
     trial_config = dataclasses.replace(
         config, epochs=options.trial_epochs or config.epochs,
         train_limit=options.trial_train_limit or config.train_limit, test_limit=trial_test_limit(config),
-        output_dir=os.path.join(config.output_dir, "trials", f"trial_{number:04d}"), overwrite=True, verbose=0)
+        output_dir=os.path.join(config.output_dir, "trials", f"trial_{number:04d}"), overwrite=True, verbose=0,
+        backup=False)  # a trial is never resumed (a killed one is failed and replaced): no per-epoch backups
     cache = cache_folder(config, spec) if cacheable(candidates, spec) else None
     trial_spec = dataclasses.replace(
         spec, method=candidate, method_args=spaces.method_args_text(args),
@@ -135,7 +136,9 @@ def distillation_objective(config: RunConfig, spec: DistillSpec, options: TuneOp
         trial.set_user_attr("settings", settings)
         trial_config, trial_spec = trial_inputs(config, spec, options, candidates, candidate, settings,
                                                 trial.number)
-        keras.backend.clear_session()  # the last trial's models and graphs go; a long sweep stays flat
+        # the last trial's models and graphs go, so a long sweep stays flat; Optuna's gc_after_trial
+        # has collected them already (a second gc.collect here cost half a second a trial)
+        keras.backend.clear_session(free_memory=False)
         print(f"[tune] trial {trial.number} starts: {candidate} {spaces.method_args_text(settings)}", flush=True)
         start = time.perf_counter()
         try:
