@@ -20,7 +20,10 @@ def run_check(spec, *extra):
     return json.loads(line[0][len("RESULT "):])
 
 
-@pytest.mark.parametrize("spec", [[["kd", {"temperature": 4.0, "weight": 0.7}]]])
+# dist: its per-class correlation, and uskd: its soft target's batch mean, are statistics over
+# the batch, taken over the global batch gathered from the replicas
+@pytest.mark.parametrize("spec", [[["kd", {"temperature": 4.0, "weight": 0.7}]], [["dist", {"weight": 2.0}]],
+                                  [["uskd", {"alpha": 1.0}]]], ids=["kd", "dist", "uskd"])
 def test_mirrored_step_matches_single_device(spec):
     out = run_check(spec)
     assert out["replicas"] == 2

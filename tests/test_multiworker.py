@@ -213,6 +213,55 @@ def test_two_workers_equal_one_process_on_the_same_global_batch(runs, method):
     assert not (runs["dir"] / "run_multiworker_mix" / ".worker1").exists()  # the other worker's folder is gone
 
 
+#: the methods of mdistiller/torchdistill, NKD/USKD and CTKD trained at once (one Distiller, one
+#: job, so one setup for them all): DIST's per-class correlation and USKD's soft target are
+#: statistics of the global batch (gathered from the replicas), ReviewKD's fusion modules, OFD's
+#: connectors and PAD's variance head have BatchNorms (synchronised), CTKD learns a temperature,
+#: ICKD and NKD are per-sample terms averaged over the batch. Left out: SRD by definition (`log` of
+#: a batch sum does not split over replicas), KDSVD (it needs equal channel counts, which the tiny
+#: networks lack), MLKD (a second view of the batch).
+NEW_METHODS = ("dist", "reviewkd", "ofd", "ickd", "nkd", "uskd", "pad_l2", "ctkd")
+NEW_MIX = "new=" + "+".join(NEW_METHODS)
+
+
+@pytest.fixture(scope="module")
+def new_methods_runs(tmp_path_factory):
+    """The mix of NEW_METHODS trained in one process and by 2 workers at the same time."""
+    one, two = tmp_path_factory.mktemp("new_one_process"), tmp_path_factory.mktemp("new_two_workers")
+    single = subprocess.Popen([sys.executable, "-m", "tests.test_multiworker", "worker", str(one), NEW_MIX,
+                               "--strategy=default"], cwd=ROOT, env={**os.environ, **ENV},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    code, log = _launch_workers(two, [NEW_MIX])
+    single_log = single.communicate(timeout=300)[0]
+    assert code == 0, log[-4000:]
+    assert single.returncode == 0, single_log[-4000:]
+    return {"one": _results(one, ["new"])["new"], "two": _results(two, ["new"])["new"]}
+
+
+@pytest.mark.e2e
+@needs_fashion_mnist
+@pytest.mark.xfail(strict=True, reason=(
+    "open: 2 workers do not yet equal one process on this mix (loss 101.2 vs 123.8 in epoch 1; DIST's intra, "
+    "which alone matches under MirroredStrategy in test_distribute, drifts with the rest): a method of the mix "
+    "steps differently under replicas; bisect NEW_METHODS"))
+def test_two_workers_equal_one_process_on_a_mix_of_the_new_methods(new_methods_runs):
+    a, b = new_methods_runs["one"], new_methods_runs["two"]
+    assert (a["replicas"], b["replicas"]) == (1, 2)
+    terms = {key for key in a["history"] for m in NEW_METHODS if key == m or key.startswith(m + "_")}  # and parts
+    assert terms >= {*NEW_METHODS, "dist_intra", "uskd_target"} and set(b["history"]) >= terms
+    wrong = [(key, a["history"][key], b["history"][key]) for key in ("loss", "val_loss", *sorted(terms))
+             if _relative(a["history"][key], b["history"][key]) >= 1e-4]
+    wrong += [("student", i) for i, (wa, wb) in enumerate(zip(a["weights"], b["weights"], strict=True))
+              if _relative(wa, wb) >= 1e-4]
+    # the methods' own parts: ReviewKD's fusion modules and OFD's connectors (BatchNorm statistics too)
+    assert {m for m in NEW_METHODS if a["method_weights"][m]} >= {"reviewkd", "ofd"}
+    for method in NEW_METHODS:
+        parts = zip(a["method_weights"][method], b["method_weights"][method], strict=True)
+        wrong += [(method, i) for i, (wa, wb) in enumerate(parts) if _relative(wa, wb) >= 1e-4]
+    assert not wrong, wrong
+    assert a["top1"] == pytest.approx(b["top1"])
+
+
 @pytest.mark.e2e
 @needs_fashion_mnist
 def test_a_job_whose_worker_is_killed_resumes_from_its_backup_to_the_same_end(runs):

@@ -15,6 +15,7 @@ from keras import ops
 from kdkeras.methods.base import StepContext, check_weight, kl_div
 from kdkeras.methods.registry import register_method
 from kdkeras.methods.standardize import LogitMethod
+from kdkeras.replicas import gather_batch
 from kdkeras.search_space import Float
 
 
@@ -88,7 +89,8 @@ class DIST(LogitMethod):
     With `y = softmax(z / tau)` (B, K) for both networks:
     `inter = tau^2 * (1 - mean_b pearson(y_s[b], y_t[b]))` (each sample's class
     relations) and `intra = tau^2 * (1 - mean_k pearson(y_s[:, k], y_t[:, k]))` (each
-    class's scores across the batch, a batch statistic); the term is
+    class's scores across the batch, a batch statistic: under several replicas, the
+    global batch's, gathered from every replica); the term is
     `beta * inter + gamma * intra`, returned as `{"inter", "intra"}`.
 
     Example:
@@ -119,6 +121,8 @@ class DIST(LogitMethod):
         y_s = ops.softmax(z_s / self.tau, axis=-1)
         scale = self.tau * self.tau
         inter = 1.0 - ops.mean(pearson_rows(y_s, y_t, self.eps))
+        # over the global batch: N replicas give one device's term and gradients
+        y_s, y_t = gather_batch(y_s), gather_batch(y_t)
         intra = 1.0 - ops.mean(pearson_rows(ops.transpose(y_s), ops.transpose(y_t), self.eps))
         return {"inter": self.beta * scale * inter, "intra": self.gamma * scale * intra}
 

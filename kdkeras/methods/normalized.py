@@ -26,6 +26,7 @@ from kdkeras.methods.base import Method, StepContext, as_float32, check_weight, 
 from kdkeras.methods.logits import _check_positive
 from kdkeras.methods.registry import register_method
 from kdkeras.methods.standardize import LogitMethod
+from kdkeras.replicas import gather_batch
 from kdkeras.search_space import Float
 
 # Added to the target logit so that the non-target softmax gives it exactly 0.
@@ -114,7 +115,8 @@ class USKD(Method):
     """Teacher-free NKD: `alpha * target + beta * non_target + weak`, batch means.
 
     With `s = softmax(z_s)` at T=1 and the label `y`: the target soft label is
-    `p = s[y]^2 + 1 - mean_batch(s[y]^2)` (gradient-free), `target = -p * log s[y]`.
+    `p = s[y]^2 + 1 - mean_batch(s[y]^2)` (gradient-free; under several replicas the
+    global batch's mean), `target = -p * log s[y]`.
     A weak head (a Dense part from the pooled `student_layers` map, by default the
     stage before the last, to the classes) gives `w = softmax(fc(f))`, trained on
     smoothed labels `0.9 * onehot + 0.1 / K`: `weak = -mu * sum_k q_k log w_k`. The
@@ -177,7 +179,8 @@ class USKD(Method):
         log_s = ops.log_softmax(z_s, axis=-1)
         log_s_y = ops.sum(mask * log_s, axis=-1)
         s_y_sq = ops.exp(2.0 * log_s_y)
-        soft_target = ops.stop_gradient(s_y_sq + 1.0 - ops.mean(s_y_sq))
+        # the batch mean over the global batch: N replicas give one device's soft labels
+        soft_target = ops.stop_gradient(s_y_sq + 1.0 - ops.mean(gather_batch(s_y_sq)))
         target = -ops.mean(soft_target * log_s_y)
 
         log_w = ops.log_softmax(as_float32(self.weak_head(feature)), axis=-1)
