@@ -112,39 +112,6 @@ def test_abf_fuses_with_attention_and_resizes_to_the_teachers_size():
     assert (clone.mid_channels, clone.out_channels, clone.fuse) == (6, 5, True)
 
 
-def test_abfs_folded_projection_is_keras_conv_then_batchnorm_values_gradients_and_statistics():
-    """ABF folds bn1 into conv1 (statistics from the input's covariance): in training and
-    in inference it equals Keras' `bn1(conv1(x))`, gradients included, and it moves the
-    BatchNorm's moving statistics as Keras' layer does."""
-    rng = np.random.default_rng(3)
-    x = tf.constant(rng.normal(1.0, 2.0, size=(4, 6, 6, 3)).astype("float32"))
-    keras.utils.set_random_seed(4)
-    abf = ABF(5, 2, fuse=False)
-    abf.build(x.shape)
-    abf.bn1.gamma.assign(rng.uniform(0.5, 1.5, 5).astype("float32"))
-    abf.bn1.beta.assign(rng.normal(size=5).astype("float32"))
-    reference = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
-    reference.build((None, 6, 6, 5))
-    reference.set_weights(abf.bn1.get_weights())
-    variables = [abf.conv1.kernel, abf.bn1.gamma, abf.bn1.beta]
-    reference_variables = [abf.conv1.kernel, reference.gamma, reference.beta]
-    for training in (True, False):
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(x)
-            got = abf._project(x, training=training)
-            want = reference(abf.conv1(x), training=training)
-            weights = tf.constant(rng.normal(size=want.shape).astype("float32"))
-            got_loss, want_loss = tf.reduce_sum(got * weights), tf.reduce_sum(want * weights)
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
-        got_grads = tape.gradient(got_loss, [x] + variables)
-        for a, b in zip(got_grads, tape.gradient(want_loss, [x] + reference_variables), strict=True):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(np.asarray(abf.bn1.moving_mean), np.asarray(reference.moving_mean), rtol=1e-5)
-        np.testing.assert_allclose(np.asarray(abf.bn1.moving_variance), np.asarray(reference.moving_variance),
-                                   rtol=1e-5)
-    assert not np.allclose(np.asarray(abf.bn1.moving_mean), 0.0)  # training moved them
-
-
 # -- the method ------------------------------------------------------------------------------------
 
 

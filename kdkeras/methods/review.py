@@ -15,14 +15,12 @@ import math
 from typing import Sequence
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from kdkeras import tap_detection
 from kdkeras.methods.base import StepContext, as_float32, epoch_warmup, is_training
 from kdkeras.methods.features import FeatureMethod, pool_to
 from kdkeras.methods.registry import register_method
-from kdkeras.replicas import num_replicas
 from kdkeras.search_space import Float
 
 #: the pooled sizes of the hierarchical context loss, each level weighted half the previous one
@@ -89,21 +87,6 @@ def hcl_loss(student_maps: Sequence, teacher_maps: Sequence, levels: Sequence[in
     return total
 
 
-def _mean_and_covariance(flat, synchronized: bool = False):
-    """The column means (C,) and biased covariance (C, C) of a (N, C) matrix, two-pass
-    (centred before the product); `synchronized` under several replicas: over every
-    replica's rows, as Keras' synchronised BatchNorm (gradients flow through the sums)."""
-    context = tf.distribute.get_replica_context() if synchronized and num_replicas() > 1 else None
-
-    def total(v):
-        return v if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, v)
-
-    count = total(tf.cast(tf.shape(flat)[0], flat.dtype))
-    mean = total(ops.sum(flat, axis=0)) / count
-    centred = flat - mean
-    return mean, total(ops.matmul(ops.transpose(centred), centred)) / count
-
-
 def _conv(filters: int, kernel: int, name: str, **kwargs):
     # The reference's kaiming_uniform_(a=1): uniform with bound sqrt(3 / fan_in).
     init = keras.initializers.VarianceScaling(1.0, "fan_in", "uniform")
@@ -150,7 +133,7 @@ class ABF(keras.layers.Layer):
         self.bn2.build((batch, None, None, self.out_channels))
 
     def call(self, x, residual=None, size=None, training=False):
-        x = self._project(x, training)
+        x = self.bn1(self.conv1(x), training=training)
         if self.att_conv is not None:
             if residual is None:
                 raise ValueError(f"ABF {self.name!r} fuses a deeper stage: give its fused map as `residual`.")
@@ -158,28 +141,6 @@ class ABF(keras.layers.Layer):
         if size is not None:
             x = resize_nearest(x, size)
         return self.bn2(self.conv2(x), training=training), x
-
-    def _project(self, x, training=False):
-        """`bn1(conv1(x))` in one matmul: the BatchNorm is folded into the 1x1 conv's kernel.
-        In training its batch statistics are the conv's linear image of `x`'s mean and
-        covariance (`C_in` channels, not `mid_channels`: stage 1's map is 4x narrower than
-        the conv's output), so no pass over the wide map is spent on them; the moving
-        statistics update as Keras' BatchNormalization updates them, over the global batch
-        when it is `synchronized` (under several replicas)."""
-        bn, cin = self.bn1, x.shape[-1]
-        kernel = ops.cast(self.conv1.kernel, "float32")[0, 0]  # (C_in, mid)
-        flat = ops.reshape(ops.cast(x, "float32"), (-1, cin))
-        if training and bn.trainable:
-            mean_x, cov_x = _mean_and_covariance(flat, bn.synchronized)
-            mean = ops.matmul(mean_x[None], kernel)[0]
-            variance = ops.maximum(ops.sum(ops.matmul(cov_x, kernel) * kernel, axis=0), 0.0)
-            bn.moving_mean.assign(bn.moving_mean * bn.momentum + mean * (1.0 - bn.momentum))
-            bn.moving_variance.assign(bn.moving_variance * bn.momentum + variance * (1.0 - bn.momentum))
-        else:
-            mean, variance = bn.moving_mean, bn.moving_variance
-        scale = ops.rsqrt(variance + bn.epsilon) * bn.gamma
-        out = ops.matmul(flat, kernel * scale) + (bn.beta - mean * scale)
-        return ops.cast(ops.reshape(out, (-1, *x.shape[1:3], self.mid_channels)), bn.compute_dtype)
 
     def _fuse(self, x, residual):
         """`x * a_0 + up(r) * a_1`, `a = sigmoid(conv1x1([x, up(r)]))`. The 1x1 conv splits into
