@@ -283,7 +283,7 @@ class Distiller(keras.Model):
         strong = strong_view(x, self.methods, required=True)  # then both views run as one batch
         images = batch_copies.stack(images, self._copier)
         teacher_out = cached_teacher_outputs(x)
-        if teacher_out is None:
+        if teacher_out is None and any(m.requires_teacher for m in self.methods):  # not for agreement alone
             teacher_out = run_on_views(lambda i, t: self._teacher_or_fail(i, t, self._teacher_train_tap),
                                        images, strong, y)
         # An optimiser that takes the task and distillation gradients apart gets both,

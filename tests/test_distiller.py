@@ -62,6 +62,22 @@ def test_total_loss_is_weighted_sum_and_terms_logged():
     np.testing.assert_allclose(logs["kd"], np_kd(zt.astype("float64"), zs.astype("float64"), 4.0), rtol=1e-3)
 
 
+def test_a_teacher_free_method_trains_without_running_the_given_teacher():
+    from kdkeras.methods import LSR
+
+    teacher, student = counted_cnn("teacher", width=4), counted_cnn("student")
+    d = kdkeras.Distiller(teacher, student, [LSR()])
+    d.compile(optimizer="sgd", run_eagerly=True)
+    x, y = tiny_data(8)
+    CallCounter.counts.clear()
+    logs = d.train_on_batch(x, y, return_dict=True)
+    assert CallCounter.counts == {"student_counter": 1} and "agreement" not in logs
+    # evaluation still runs it, for the agreement metric
+    CallCounter.counts.clear()
+    assert "agreement" in d.evaluate(x, y, return_dict=True, verbose=0)
+    assert CallCounter.counts == {"teacher_counter": 1, "student_counter": 1}
+
+
 def test_each_network_runs_once_per_step_with_several_methods():
     teacher, student = counted_cnn("teacher", width=4), counted_cnn("student")
     methods = [
