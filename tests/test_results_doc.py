@@ -373,6 +373,20 @@ def test_clear_losses_and_clear_wins_over_kd_follow_the_rule(tmp_path):
     assert next(line for line in lines if line.startswith("| sp ")).endswith("beats KD clearly |")
 
 
+def test_a_section_without_kd_compares_with_the_baseline_only(tmp_path):
+    """A section whose runs hold no KD row (e.g. a ViT student with its own method) gets
+    its gains over the baseline and no sentence about KD."""
+    runs = tmp_path / "runs"
+    for seed, (top1, base) in enumerate(zip([0.853, 0.849, 0.857], BASELINE)):
+        write_run(runs, "deit", seed, top1, baseline=base, student="deit_micro")
+    page = tmp_path / "results.md"
+    [section] = results_doc.main([str(runs), f"--output={page}"])["sections"]
+    row = _row(section, "deit")
+    assert row["gain_over_baseline"]["mean"] == pytest.approx(np.mean(np.subtract([0.853, 0.849, 0.857], BASELINE)))
+    assert row["gain_over_kd"]["mean"] is None
+    assert "KD clearly" not in page.read_text()
+
+
 def test_a_run_made_under_an_earlier_default_is_its_own_row(tmp_path):
     """A run whose recorded hyper-parameters differ from this commit's defaults (FSP
     recorded at weight 50) is never averaged with runs at the current default."""
