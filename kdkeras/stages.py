@@ -3,8 +3,9 @@ epochs and trainable parts, and resume at the right stage after a crash.
 
 Some methods need a stage before the main one: FT pretrains its paraphraser on
 the teacher's map, AB initialises the student through its connectors, FSP
-matches flow matrices first. Each declares it as data (`Method.init_stages`:
-`InitStage`s holding the method objects to train, `in_main_stage`), so
+matches flow matrices first, PAD-L2 regresses the embedding with plain L2.
+Each declares it as data (`Method.init_stages`: `InitStage`s holding the
+method objects to train, `in_main_stage`), so
 `default_stages` reads the declarations and names no method. A `Stage` names
 what trains; `run_stages` runs them with one `Distiller` each (sharing the
 student and the method objects, so parts trained in one stage carry over),
@@ -204,15 +205,20 @@ def default_stages(
     name from several methods merge into one. The main stage holds the methods
     that stay in it (`in_main_stage`), with CE at `student_loss_weight`, and
     keeps what the init stages' methods trained frozen (FT reads the
-    paraphrasers its init stage trained).
+    paraphrasers its init stage trained) unless their stage says otherwise
+    (`InitStage.frozen_after=False`: PAD-L2 goes on training its connector).
     """
     merged: dict[str, Stage] = {}
+    trained_on: set[int] = set()
     for method in methods:
         for declared in method.init_stages():
             stage = _init_stage(declared, init_epochs)
             merged[stage.name] = _merge(merged[stage.name], stage) if stage.name in merged else stage
+            if not declared.frozen_after:
+                trained_on |= {id(m) for m in declared.methods}
     inits = sorted(merged.values(), key=lambda stage: stage.train_student)
-    pretrained = list({id(m): m for stage in inits for m in stage.methods}.values())
+    pretrained = list({id(m): m for stage in inits for m in stage.methods
+                       if id(m) not in trained_on}.values())
     main = [m for m in methods if m.in_main_stage]
     return [*inits, Stage("main", main, epochs, student_loss_weight=student_loss_weight,
                           frozen=pretrained)]

@@ -6,7 +6,7 @@
 
 `--teacher` is a saved `.keras` model, a zoo name (trained here first for
 `--teacher_epochs`), or `none` for teacher-free methods. Methods with an
-initialisation stage (FT, AB, FSP, KTA) get it first (`--init_epochs`). Writes
+initialisation stage (FT, AB, FSP, KTA, SSKD, PAD-L2) get it first (`--init_epochs`). Writes
 DIR/student.keras and DIR/metrics.json (`student_top1`, `teacher_top1`,
 `method`, `epochs`, `train_seconds`, `command`, and with `--baseline`
 `baseline_top1`, the same student trained alone on the same data, budget and

@@ -1,7 +1,8 @@
 """OFD, PAD-L2, SRD (methods/regression.py) and KDSVD (methods/svd.py): each loss
 against an independent NumPy computation of its reference's formula on fixed
-tensors; OFD's margins from the teacher's BN; gradients reach the student and
-the method's parts, never the teacher; save/load; what a teacher cache refuses."""
+tensors; OFD's margins from the teacher's BN; PAD-L2's first stage (what it
+trains, its loss, resuming from it); gradients reach the student and the
+method's parts, never the teacher; save/load; what a teacher cache refuses."""
 
 import keras
 import numpy as np
@@ -12,7 +13,8 @@ from scipy.stats import norm
 import kdkeras
 from kdkeras.methods import KDSVD, OFD, PADL2, SRD, StepContext
 from kdkeras.methods.regression import bn_before
-from tests.helpers import tiny_data
+from kdkeras.stages import default_stages, run_stages
+from tests.helpers import all_changed, same, tiny_data
 
 RNG = np.random.default_rng(11)
 
@@ -148,6 +150,128 @@ def test_pad_l2_matches_numpy(s_dim):
     want = np.mean((t - s_mapped) ** 2 / (1e-6 + np.exp(log_var)) + log_var)
     got = pad.compute_loss({"t": t.astype("float32")}, {"s": s.astype("float32")}, None)
     np.testing.assert_allclose(float(got), want, rtol=1e-4)
+
+
+def np_embedding(net, x):
+    return keras.Model(net.input, net.get_layer("embedding").output).predict(x, verbose=0).astype("float64")
+
+
+@pytest.mark.parametrize("s_dim", [5, 3])
+def test_pad_l2_first_stage_term_is_plain_l2_through_the_connector(s_dim):
+    t, s = RNG.normal(size=(6, 5)), RNG.normal(size=(6, s_dim))
+    pad = PADL2(teacher_layers="t", student_layers="s")
+    term = pad.regression_term
+    term.build_from_taps(shapes(t=t), shapes(s=s))
+    assert term.name == pad.name and not pad.built  # logged (and cached) under PAD-L2's name
+    s_mapped = s if s_dim == 5 else s @ np.asarray(term.connector.kernel) + np.asarray(term.connector.bias)
+    assert (term.connector is None) == (s_dim == 5)
+    got = term.compute_loss({"t": t.astype("float32")}, {"s": s.astype("float32")}, None)
+    np.testing.assert_allclose(float(got), np.mean((t - s_mapped) ** 2), rtol=1e-5)
+    pad.build_from_taps(shapes(t=t), shapes(s=s))
+    assert pad.connector is term.connector and pad.variance is not None  # one connector, two terms
+
+
+def test_pad_l2_declares_a_first_stage_of_plain_l2_with_ce_that_trains_the_student():
+    pad, kd, ft = PADL2(regression_weight=15.0), kdkeras.methods.KD(), kdkeras.methods.FT()
+    init, main = default_stages([pad], init_epochs=2, epochs=8, student_loss_weight=1.0)
+    assert (init.name, init.methods, init.epochs) == ("pad_l2_regression", [pad.regression_term], 2)
+    assert init.train_student and init.student_loss_weight == 1.0 and pad.regression_term.weight == 15.0
+    assert main.methods == [pad] and main.epochs == 8 and list(main.frozen) == []  # the connector trains on
+    para, init, main = default_stages([kd, pad, ft], init_epochs=1, epochs=4, student_loss_weight=0.1)
+    assert [s.name for s in (para, init, main)] == ["ft_paraphraser", "pad_l2_regression", "main"]
+    assert init.student_loss_weight == 1.0 and main.student_loss_weight == 0.1  # the reference's CE in stage 1
+    assert list(main.frozen) == [ft.paraphraser_term]
+
+
+def test_pad_l2_first_stage_loss_in_a_distiller_is_ce_plus_weighted_l2_of_the_embeddings():
+    teacher, student = bn_cnn(6, "teacher"), bn_cnn(4, "student")
+    randomize_bn(teacher.get_layer("bn2"))
+    pad = PADL2(regression_weight=3.0)
+    d = kdkeras.Distiller(teacher, student, [pad.regression_term], student_loss_weight=1.0)
+    d.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = tiny_data(8)
+    logs = d.evaluate(x, y, batch_size=8, return_dict=True, verbose=0)
+    connector = pad.regression_term.connector
+    s = np_embedding(student, x) @ np.asarray(connector.kernel) + np.asarray(connector.bias)
+    l2 = np.mean((np_embedding(teacher, x) - s) ** 2)
+    z = student.predict(x, verbose=0).astype("float64")
+    z = z - z.max(-1, keepdims=True)
+    ce = np.mean(np.log(np.exp(z).sum(-1)) - z[np.arange(8), y])
+    np.testing.assert_allclose([logs["pad_l2"], logs["loss"]], [l2, ce + 3.0 * l2], rtol=1e-4)
+
+
+def _pad_parts(teacher, student, pad):
+    variance = [] if pad.variance is None else pad.variance.weights
+    return (_values(teacher.weights), _values(student.trainable_weights),
+            _values(pad.regression_term.connector.weights), _values(variance))
+
+
+def _values(ws):
+    return [np.array(w) for w in ws]
+
+
+def test_pad_l2_first_stage_trains_student_and_connector_then_pad_adds_its_variance_head(tmp_path):
+    teacher, student = bn_cnn(6, "teacher"), bn_cnn(4, "student")
+    pad = PADL2()
+    ds = tf.data.Dataset.from_tensor_slices(tiny_data(16)).batch(8)
+    seen = {}
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen[self.model.name + "_begin"] = _pad_parts(teacher, student, pad)
+            seen[self.model.name + "_trains"] = {v.path for v in self.model.trainable_variables}
+
+        def on_train_end(self, logs=None):
+            seen[self.model.name] = _pad_parts(teacher, student, pad)
+
+    stages = default_stages([pad], init_epochs=2, epochs=2, student_loss_weight=1.0)
+    hist = run_stages(teacher, student, stages, ds, optimizer_fn=lambda s: keras.optimizers.Adam(1e-2),
+                      output_dir=str(tmp_path), callbacks=[Spy()], verbose=0)
+    assert {"loss", "student_loss", "pad_l2"} <= set(hist["pad_l2_regression"])
+    t0, s0, c0, v0 = seen["stage_pad_l2_regression_begin"]
+    t1, s1, c1, v1 = seen["stage_pad_l2_regression"]
+    assert v0 == v1 == []  # no variance head in the first stage: PAD-L2's term is not in it
+    assert not any("variance" in p for p in seen["stage_pad_l2_regression_trains"])
+    assert all_changed(s0, s1) and all_changed(c0, c1) and same(t0, t1)
+    t2, s2, c2, v2 = seen["stage_main_begin"]
+    t3, s3, c3, v3 = seen["stage_main"]
+    assert same(s1, s2) and same(c1, c2)  # the second stage starts from the first's student and connector
+    assert all_changed(s2, s3) and all_changed(c2, c3) and all_changed(v2, v3) and same(t0, t3)
+    assert any("variance" in p for p in seen["stage_main_trains"])
+
+
+def test_pad_l2_saves_loads_and_resumes_after_its_first_stage(tmp_path):
+    teacher, student = bn_cnn(6, "teacher"), bn_cnn(4, "student")
+    pad = PADL2(regression_weight=2.0)
+    x, y = tiny_data(8)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    run = str(tmp_path / "run")
+    first = default_stages([pad], init_epochs=1, epochs=1, student_loss_weight=1.0)[:1]
+    run_stages(teacher, student, first, ds, optimizer_fn=lambda s: keras.optimizers.SGD(0.1), output_dir=run,
+               verbose=0)
+    term = pad.regression_term
+    s1, c1 = _values(student.trainable_weights), _values(term.connector.weights)
+    d = kdkeras.Distiller(teacher, student, [term], student_loss_weight=1.0)
+    d.save(tmp_path / "first.keras")
+    loaded = keras.models.load_model(tmp_path / "first.keras")
+    lterm = loaded.methods[0]
+    assert type(lterm) is type(term) and lterm.get_config() == term.get_config() and lterm.weight == 2.0
+    assert len(term.weights) == 2 and same(_values(lterm.weights), c1)
+    np.testing.assert_allclose(float(lterm.compute_loss(loaded.teacher_outputs(x), loaded._student_tap(x), y)),
+                               float(term.compute_loss(d.teacher_outputs(x), d._student_tap(x), y)), rtol=1e-6)
+
+    # a rerun loads the finished first stage: a fresh student and PADL2 start the second from it
+    fresh, again = bn_cnn(4, "student"), PADL2(regression_weight=2.0)
+    assert not same(_values(fresh.trainable_weights), s1)
+    run_stages(teacher, fresh, default_stages([again], init_epochs=1, epochs=0, student_loss_weight=1.0), ds,
+               output_dir=run, verbose=0)
+    assert same(_values(fresh.trainable_weights), s1) and same(_values(again.connector.weights), c1)
+    assert again.connector is again.regression_term.connector and again.variance is not None
+    d = kdkeras.Distiller(teacher, fresh, [again])
+    d.save(tmp_path / "second.keras")
+    lpad = keras.models.load_model(tmp_path / "second.keras").methods[0]
+    assert lpad.get_config() == again.get_config() and lpad.regression_weight == 2.0
+    assert same(_values(lpad.connector.weights), c1) and same(_values(lpad.weights), _values(again.weights))
 
 
 # -- SRD ---------------------------------------------------------------------------------

@@ -139,7 +139,8 @@ class DistillSpec:
     teacher_args: dict = setting(default_factory=dict, help="Zoo kwargs of a teacher trained here.")
     init_epochs: int | None = setting(
         None, group="distill", lower_bound=1,
-        help="Epochs of the initialisation stage of FT/AB/FSP (default: a quarter of --epochs, at least 1).")
+        help="Epochs of the initialisation stage of FT/AB/FSP/KTA/SSKD/PAD-L2 (default: a quarter of --epochs, "
+             "at least 1).")
     baseline: bool = setting(
         False, group="distill", fingerprint=False,
         help="Also train the student alone on the same budget and initial weights (baseline_top1).")

@@ -4,7 +4,8 @@ Families: `logits` (KD, DIST), `multilevel` (MLKD, on a weak and a strong view),
 VirtualTeacher, WSL, DKD), `normalized` (NKD and its teacher-free form USKD), `curriculum` (CTKD, CTDKD:
 KD and DKD at a learned temperature), `hints` (FitNet, AT, NST, VID),
 `staged` (the hint methods with an initialisation stage: FSP, FT, AB),
-`regression` (OFD, PADL2, SRD: feature regression through a trained connector), `svd` (KDSVD),
+`regression` (OFD, PADL2 with its first-stage term PADL2Regression, SRD: feature regression through a
+trained connector), `svd` (KDSVD),
 `relations` (RKD, PKT, SP, CC), `affinity` (ICKD, Affinity, KTA with its paraphraser term
 KTAParaphraser), `contrastive` (CRD, its memory banks in `memory_bank`),
 `self_supervised` (SSKD: rotated copies of the batch, its heads and init stage), `review` (ReviewKD and
@@ -45,7 +46,7 @@ from kdkeras.methods.registry import (
     register_method,
     registered_methods,
 )
-from kdkeras.methods.regression import OFD, PADL2, SRD
+from kdkeras.methods.regression import OFD, PADL2, SRD, PADL2Regression
 from kdkeras.methods.relations import CC, PKT, RKD, SP
 from kdkeras.methods.review import ABF, ReviewKD
 from kdkeras.methods.self_supervised import SSKD, ProjectionHead, SSKDTeacherHead
@@ -64,7 +65,7 @@ __all__ = [
     "CRD", "ContrastMemory", "SSKD", "SSKDTeacherHead", "ProjectionHead", "connectors",
     "NKD", "USKD", "CTKD", "CTDKD", "CurriculumTemperature",
     "ICKD", "Affinity", "KTA", "KTAParaphraser",
-    "OFD", "PADL2", "SRD", "KDSVD",
+    "OFD", "PADL2", "PADL2Regression", "SRD", "KDSVD",
     "ReviewKD", "ABF",
     "DeiT",
 ]

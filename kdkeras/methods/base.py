@@ -17,7 +17,7 @@ names a method:
   output (queries of the tap plan, `kdkeras.tap_plan`, which no method's
   settings are changed by);
 * `init_stages()`, `in_main_stage`: the stages its paper trains before the
-  main one (FT, AB, FSP, SSKD), as `InitStage` data that `kdkeras.stages` runs;
+  main one (FT, AB, FSP, SSKD, PAD-L2), as `InitStage` data `kdkeras.stages` runs;
 * `batch_copies(images)`: copies of the batch both networks also run on
   (SSKD's rotations), stacked with it by `kdkeras.batch_copies`;
 * `default_weight`, `default_student_loss_weight`: its published weights;
@@ -75,15 +75,17 @@ class InitStage:
             train as one.
         methods: the method objects it trains: the declaring method, or terms
             of its own sharing its trainable parts (FT's paraphraser term).
-            What they train is used frozen in the main stage.
         train_student: False when only the methods' parts train (student frozen).
         student_loss_weight: weight of the student's CE in the stage.
+        frozen_after: True: the main stage reads what `methods` trained frozen (FT's
+            paraphraser); False: it trains on (PAD-L2's connector, like the student).
     """
 
     name: str
     methods: tuple["Method", ...]
     train_student: bool = True
     student_loss_weight: float = 0.0
+    frozen_after: bool = True
 
 
 def is_training(context: StepContext | None) -> bool:

@@ -3,9 +3,10 @@ features through a trained connector, each with its own twist on the L2 term.
 
 `OFD` regresses pre-ReLU stage outputs with a partial L2 that ignores what the
 teacher's ReLU would drop (margins from the teacher's BN statistics, read once at
-setup); `PADL2` weighs each embedding dimension by a learned variance; `SRD`
-regresses the projected, batch-normalised embedding with a log-sum loss next to a
-KD term on the logits. Formulas as computed: docs/methods.md.
+setup); `PADL2` weighs each embedding dimension by a learned variance, after a
+first stage of plain L2 (`PADL2Regression`); `SRD` regresses the projected,
+batch-normalised embedding with a log-sum loss next to a KD term on the logits.
+Formulas as computed: docs/methods.md.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from keras import ops
 
 from kdkeras import tap_detection
 from kdkeras.keys import LOGITS
-from kdkeras.methods.base import StepContext, as_float32, is_training, kl_div
+from kdkeras.methods.base import InitStage, StepContext, as_float32, check_weight, is_training, kl_div
 from kdkeras.methods.connectors import Connector1x1, LinearBN
 from kdkeras.methods.features import FeatureMethod, flatten, pool_to
 from kdkeras.methods.registry import register_method
@@ -173,6 +174,9 @@ class OFD(FeatureMethod):
 
 # -- PAD-L2 ----------------------------------------------------------------------------
 
+#: PAD-L2's first stage: plain L2 on the embeddings, with CE, training the student
+PAD_REGRESSION_STAGE = "pad_l2_regression"
+
 
 class _OnePair(FeatureMethod):
     """A method on one (teacher, student) pair: of longer tap lists, the deepest."""
@@ -180,6 +184,41 @@ class _OnePair(FeatureMethod):
     def match_taps(self, teacher_layers, student_layers):
         t, s = super().match_taps(teacher_layers, student_layers)
         return t[-1:], s[-1:]
+
+
+def _regressed(s, connector):
+    """The student's embedding flattened, through `connector` (to the teacher's width) if any."""
+    s = flatten(s)
+    return s if connector is None else as_float32(connector(s))
+
+
+@register_method()
+class PADL2Regression(_OnePair):
+    """PAD-L2's first stage: plain L2 on the embeddings, `mean_b mean_d (f_t - f_s)^2`
+    (PyTorch's `MSELoss`), trained with CE and the student; a student embedding of
+    another width goes through a Dense `connector` first. `PADL2` makes one, named as
+    itself, and its own term then starts from the student (and connector) it trained.
+    """
+
+    default_weight = 1.0
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.connector = None
+
+    def default_taps(self, model, role):
+        return [tap_detection.embedding_layer(model)]
+
+    def build_parts(self, teacher_shapes, student_shapes):
+        t_shape, s_shape = self.shape_pairs(teacher_shapes, student_shapes)[-1]
+        dim, s_dim = math.prod(t_shape[1:]), math.prod(s_shape[1:])
+        if s_dim != dim:
+            self.connector = keras.layers.Dense(dim, name="connector")
+            self.connector.build((None, s_dim))
+
+    def compute_loss(self, teacher, student, y, context: StepContext | None = None):
+        t, s = self.tap_pairs(teacher, student)[-1]
+        return ops.mean(ops.square(flatten(t) - _regressed(s, self.connector)))
 
 
 @register_method("pad_l2", "pad")
@@ -191,39 +230,61 @@ class PADL2(_OnePair):
     `mean_b mean_d ((f_t - f_s)^2 / (eps + exp(v(f_s))) + v(f_s))`: samples the head
     finds hard weigh less. A student embedding of another width goes through a
     Dense connector first (`f_s` then stands for its output).
+
+    Two stages, as torchdistill's multi-stage PAD sample: the init stage
+    `pad_l2_regression` trains the student (and the connector) on CE + plain L2
+    (`regression_term`, weight `regression_weight`); then this term, with a new
+    variance head, trains on from them (the connector is not frozen).
     """
 
     default_weight = 1.0
 
-    def __init__(self, eps: float = 1e-6, **kwargs):
+    def __init__(self, eps: float = 1e-6, regression_weight: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.eps = _positive("PADL2", "eps", eps)
+        self.regression_weight = check_weight(regression_weight, "PADL2 regression_weight")
         self.variance = None
         self.connector = None
+        # Not a tracked sublayer: PADL2 tracks the connector they share once (`connector`),
+        # and the variance head, which the first stage must not train, is PADL2's alone.
+        term = PADL2Regression(weight=self.regression_weight, teacher_layers=self.teacher_layers,
+                               student_layers=self.student_layers, name=self.name)
+        object.__setattr__(self, "_regression_term", term)
+
+    @property
+    def regression_term(self) -> PADL2Regression:
+        """The first stage's term, holding the connector PADL2 trains on."""
+        return self._regression_term
+
+    def init_stages(self) -> list[InitStage]:
+        """Plain L2 with CE (weight 1) training the student, as the reference's first stage."""
+        return [InitStage(PAD_REGRESSION_STAGE, (self._regression_term,), train_student=True,
+                          student_loss_weight=1.0, frozen_after=False)]
 
     def default_taps(self, model, role):
         return [tap_detection.embedding_layer(model)]
 
     def build_parts(self, teacher_shapes, student_shapes):
+        term, taps = self._regression_term, self.tap_names()
+        if not term._parts_built:  # no first stage ran: the connector is built for PADL2's taps
+            term.teacher_layers, term.student_layers = taps
+            term.build_from_taps(teacher_shapes, student_shapes)
+        elif term.tap_names() != taps:
+            raise ValueError(f"PADL2 {self.name!r} reads taps {taps}, but its first stage trained on "
+                             f"{term.tap_names()}: give PADL2 and its first stage the same taps.")
         t_shape, s_shape = self.shape_pairs(teacher_shapes, student_shapes)[-1]
-        dim, s_dim = math.prod(t_shape[1:]), math.prod(s_shape[1:])
-        self.variance = LinearBN(dim, name="variance")
+        self.variance = LinearBN(math.prod(t_shape[1:]), name="variance")
         self.variance.build(s_shape)
-        if s_dim != dim:
-            self.connector = keras.layers.Dense(dim, name="connector")
-            self.connector.build((None, s_dim))
+        self.connector = term.connector
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         t, s = self.tap_pairs(teacher, student)[-1]
         log_var = as_float32(self.variance(s, training=is_training(context)))
-        s = flatten(s)
-        if self.connector is not None:
-            s = as_float32(self.connector(s))
-        per = ops.square(flatten(t) - s) / (self.eps + ops.exp(log_var)) + log_var
-        return ops.mean(per)
+        error = ops.square(flatten(t) - _regressed(s, self.connector))
+        return ops.mean(error / (self.eps + ops.exp(log_var)) + log_var)
 
     def get_config(self):
-        return {**super().get_config(), "eps": self.eps}
+        return {**super().get_config(), "eps": self.eps, "regression_weight": self.regression_weight}
 
 
 # -- SRD -------------------------------------------------------------------------------
