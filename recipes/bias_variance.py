@@ -109,9 +109,8 @@ def run(fv: flags.FlagValues):
             method, ce_weight = build_method(name, method_args)
             if method is None:  # watching the validation split when there is one, as distill does
                 with strategy.scope():
-                    out = experiment.fit(student, train_i, data.validation_data, config.train_config(),
-                                         config.output_dir, tag=f"{name}_{i}",
-                                         test_ds=None if data.validation is None else data.test)
+                    out = experiment.fit_data(student, data_i, config.train_config(), config.output_dir,
+                                              tag=f"{name}_{i}")
             else:
                 out = experiment.distill(teacher.model if method.requires_teacher else None, student,
                                          [method], data_i, config, student_loss_weight=ce_weight,

@@ -131,8 +131,8 @@ def run(fv: flags.FlagValues):
         print(f"    student top1={student_top1:.4f} (baseline {baseline:.4f})")
         points.append({"level": level, "teacher": note, "teacher_top1": teacher_top1,
                        "student_top1": student_top1, "gain": student_top1 - baseline,
-                       **{k: v for k, v in (("teacher_val_top1", teacher_val),
-                                            ("student_val_top1", distilled.get("val_top1"))) if v is not None}})
+                       **experiment.validation_top1s(data, teacher_val_top1=teacher_val,
+                                                     student_val_top1=distilled.get("val_top1"))})
 
     rows = [[str(p["level"]), p["teacher"], vis.pct(p["teacher_top1"]), vis.pct(p["student_top1"]),
              f"{100 * p['gain']:+.2f}"] for p in points]

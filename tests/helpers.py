@@ -142,3 +142,16 @@ def same(a, b):
 def all_changed(a, b):
     """A non-empty snapshot every array of which differs in the other."""
     return bool(a) and all(not np.array_equal(u, v) for u, v in zip(a, b))
+
+
+def assert_float32_litert_matches_keras(model, path, n=5, seed=2):
+    """Export `model` to a float32 LiteRT file at `path` and run it against Keras on `n`
+    random inputs of the model's input shape: the same top-1 on each, logits within 1e-4."""
+    from kdkeras import export
+
+    x = np.random.default_rng(seed).random((n, *model.input_shape[1:])).astype("float32")
+    path = export.export_tflite(model, path)
+    result = export.compare_with_keras(model, path, (x, np.zeros(n, "int32")))
+    assert result["num_examples"] == n and result["top1_agreement"] == 1.0
+    assert result["max_abs_logit_diff"] < 1e-4, result
+    return result

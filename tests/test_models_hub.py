@@ -10,7 +10,7 @@ import tensorflow as tf
 import kdkeras
 from kdkeras import keys, models
 from kdkeras.methods import DeiT
-from tests.helpers import tiny_cnn, tiny_data
+from tests.helpers import assert_float32_litert_matches_keras, tiny_cnn, tiny_data
 
 keras_hub = pytest.importorskip("keras_hub")  # a guard only: the test extra installs it
 
@@ -126,14 +126,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_float32_litert_export_matches_keras(tmp_path):
-    from kdkeras import export
-
-    student = _perturbed_student()
-    x = np.random.default_rng(2).random((5, 8, 8, 1)).astype("float32")
-    path = export.export_tflite(student, tmp_path / "hub_deit.tflite")
-    result = export.compare_with_keras(student, path, (x, np.zeros(5, "int32")))
-    assert result["num_examples"] == 5 and result["top1_agreement"] == 1.0
-    assert result["max_abs_logit_diff"] < 1e-4, result
+    assert_float32_litert_matches_keras(_perturbed_student(), tmp_path / "hub_deit.tflite")
 
 
 def test_zoo_name_builds_deit_micro_sizes_on_a_vit_backbone():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from kdkeras import keys, models
+from tests.helpers import assert_float32_litert_matches_keras
 
 X28 = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
 
@@ -69,11 +70,4 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_float32_litert_export_matches_keras(tmp_path):
-    from kdkeras import export
-
-    model = tiny_deit()
-    x = np.random.default_rng(2).random((5, 8, 8, 1)).astype("float32")
-    path = export.export_tflite(model, tmp_path / "deit.tflite")
-    result = export.compare_with_keras(model, path, (x, np.zeros(5, "int32")))
-    assert result["num_examples"] == 5 and result["top1_agreement"] == 1.0
-    assert result["max_abs_logit_diff"] < 1e-4, result
+    assert_float32_litert_matches_keras(tiny_deit(), tmp_path / "deit.tflite")

@@ -216,13 +216,15 @@ def test_the_recipes_take_the_flag_and_record_the_split(tmp_path):
     assert t["validation_examples"] == 16 and t["history"]["val_accuracy"][-1] == pytest.approx(t["val_top1"])
 
 
-def test_validation_keys_are_empty_without_a_split_and_name_each_top1_with_one(tmp_path):
+def test_validation_keys_and_top1s_are_empty_without_a_split_and_name_each_top1_with_one(tmp_path):
     name = _split_folder(tmp_path / "d")
     without = experiment.setup_data(experiment.RunConfig(dataset=name, batch_size=16))
     assert experiment.validation_keys(without, student_val_top1=0.5) == {}
     data = experiment.setup_data(experiment.RunConfig(dataset=name, batch_size=16, validation_split=6))
     assert experiment.validation_keys(data, student_val_top1=0.5, teacher_val_top1=None) == {
         "validation_split": 6, "validation_examples": 6, "student_val_top1": 0.5}
+    assert experiment.validation_top1s(without, student_val_top1=0.5) == {}  # a point's or row's keys
+    assert experiment.validation_top1s(data, student_val_top1=0.5, teacher_val_top1=None) == {"student_val_top1": 0.5}
 
 
 #: (recipe, its flags, {key of its JSON: what must be there with a split})

@@ -36,7 +36,7 @@ from kdkeras.experiment.cache import (
     with_teacher_cache,
 )
 from kdkeras.experiment.config import AUGMENT, NO_TEACHER, DistillSpec, RunConfig
-from kdkeras.experiment.data import PARTS, DataSetup, setup_data, validation_keys
+from kdkeras.experiment.data import PARTS, DataSetup, setup_data, validation_keys, validation_top1s
 from kdkeras.experiment.fitting import distill, fit, fit_data, top1s
 from kdkeras.experiment.output import (
     RESUMABLE,
@@ -62,6 +62,7 @@ from kdkeras.weak_teacher import (
 __all__ = [
     "CachedRun", "cache_view_pipeline", "cached_data", "sweep_methods", "teacher_cache_for",
     "with_teacher_cache", "AUGMENT", "NO_TEACHER", "DistillSpec", "RunConfig", "DataSetup", "PARTS", "setup_data", "validation_keys",
+    "validation_top1s",
     "distill", "fit", "fit_data", "top1s", "RESUMABLE", "check_output_dir", "command_line", "finish_worker", "result_line",
     "run_settings", "start", "worker_config", "write_results", "DistillRun", "Student", "run_distillation",
     "run_length_args", "run_length_note", "Teacher", "build_model", "get_teacher", "is_model_path",

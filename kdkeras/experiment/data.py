@@ -98,7 +98,15 @@ def validation_keys(data: DataSetup, **top1s: float | None) -> dict:
     if data.validation is None:
         return {}
     return {"validation_split": data.config.validation_split, "validation_examples": data.num_validation,
-            **{name: float(value) for name, value in top1s.items() if value is not None}}
+            **validation_top1s(data, **top1s)}
+
+
+def validation_top1s(data: DataSetup, **top1s: float | None) -> dict:
+    """Each top-1 on the validation split given by name, None ones left out; empty
+    without a split: `validation_keys` without the setting (for a run's rows or points)."""
+    if data.validation is None:
+        return {}
+    return {name: float(value) for name, value in top1s.items() if value is not None}
 
 
 def setup_data(
