@@ -6,14 +6,17 @@ Trains (or loads) a teacher, builds the teacher-output cache once (timed apart:
 - one sweep of N trials of `kdkeras.tune` from that cache (no pruning, no retrain),
   as a user runs it: the study opened once, the trials table and plot written once,
 - N student-alone runs on a trial's data (data, model, fit, evaluation: what a
-  trial does without a teacher), one at the start of each trial (run by the
-  sweep's runner, so that load on the machine hits both alike, and their time
-  taken out of the sweep's); their mean is taken.
+  trial does without a teacher): the trial's training examples (`--trial_train_limit`
+  of the training part), the whole validation split evaluated each epoch, its
+  top-1 and one test batch at the end. One runs at the start of each trial (run
+  by the sweep's runner, so that load on the machine hits both alike, and their
+  time taken out of the sweep's); their mean is taken.
 
 Prints `tune_sweep_over_student_runs` = sweep seconds / (N x student-alone seconds);
 the issue's target is <= 1.2. `--json PATH` writes the numbers.
 
     python benchmarks/tune_speed.py --trials=6 --train_limit=5000 --trial_epochs=2
+    python benchmarks/tune_speed.py --trials=4 --train_limit=20000 --trial_train_limit=4000 --trial_epochs=2
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ flags.DEFINE_list("candidates", ["kd", "dkd"], "Candidates of --method=auto.")
 flags.DEFINE_integer("trials", 6, "N, the trials of the sweep.")
 flags.DEFINE_integer("trial_epochs", 2, "Epochs of a trial (and of the student-alone run).")
 flags.DEFINE_integer("train_limit", 5000, "Training examples (the validation split is carved from them).")
+flags.DEFINE_integer("trial_train_limit", None, "Training examples of a trial (and of a student-alone run): a "
+                     "subset of the training part (default: all of it); both score on the whole validation split.")
 flags.DEFINE_integer("test_limit", 1000, "Test examples.")
 flags.DEFINE_float("validation_split", 0.1, "Validation split: a fraction in (0, 1), or a count (>= 1).")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
@@ -73,12 +78,14 @@ def measure() -> dict:
     candidates = FLAGS.candidates if FLAGS.method == "auto" else [FLAGS.method]
     spec = experiment.DistillSpec(teacher=teacher, student=FLAGS.student, method=FLAGS.method,
                                   teacher_cache=os.path.join(work, "cache"))
-    options = TuneOptions(trials=FLAGS.trials, pruner="none", retrain=False, candidates=tuple(candidates))
+    options = TuneOptions(trials=FLAGS.trials, pruner="none", retrain=False, candidates=tuple(candidates),
+                          trial_train_limit=FLAGS.trial_train_limit)
     # the cache, built by a run of the first candidate exactly as a trial reads it (also warms TensorFlow up)
     warm_config, warm_spec = trial_inputs(config, spec, options, candidates, candidates[0], {}, 0)
     warm = experiment.run_distillation(warm_config.replace(output_dir=os.path.join(work, "warm")), warm_spec)
     cache_seconds = warm.metrics["teacher_cache_seconds"]
-    alone = warm_config.replace(output_dir=os.path.join(work, "alone"))  # a trial's data, no teacher
+    # a trial's data (its training subset, the whole validation split each epoch, one test batch), no teacher
+    alone = warm_config.replace(output_dir=os.path.join(work, "alone"))
     sweep_config = config.replace(output_dir=os.path.join(work, "sweep"))
     student = []
 
@@ -94,8 +101,8 @@ def measure() -> dict:
     out = {"tune_sweep_over_student_runs": sweep / (FLAGS.trials * per_student),
            "cache_build_seconds": cache_seconds, "sweep_seconds": sweep, "student_run_seconds": student,
            "trials": FLAGS.trials, "config": {k: FLAGS[k].value for k in (
-               "dataset", "student", "method", "trial_epochs", "train_limit", "test_limit", "validation_split",
-               "batch_size")}}
+               "dataset", "student", "method", "trial_epochs", "train_limit", "trial_train_limit", "test_limit",
+               "validation_split", "batch_size")}}
     print(f"\ncache build {cache_seconds:.1f}s; sweep of {FLAGS.trials} trials {sweep:.1f}s; "
           f"student alone {', '.join(f'{s:.1f}s' for s in student)}")
     print(f"{'tune_sweep_over_student_runs':<34}{out['tune_sweep_over_student_runs']:.3f}")

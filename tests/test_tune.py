@@ -116,8 +116,9 @@ def test_the_choice_reads_the_validation_split_only(tmp_path):
         chosen.append((result.method, result.settings))
     assert chosen[0] == chosen[1]
     configs = [c for c, _ in seen]
-    assert {(c.epochs, c.train_limit, c.test_limit, c.validation_split, c.backup) for c in configs} == {
-        (2, 200, 64, 0.1, False)}  # and no per-epoch backups: a trial is never resumed
+    # 200 training examples of the run's training part; the run's whole validation split (train_limit kept)
+    assert {(c.epochs, c.train_limit, c.train_part_limit, c.test_limit, c.validation_split, c.backup)
+            for c in configs} == {(2, 1000, 200, 64, 0.1, False)}  # and no backups: a trial is never resumed
     assert len({c.output_dir for c in configs}) == 12  # a folder per trial
     assert {s.teacher_cache for _, s in seen[:6]} == {str(tmp_path / "sweep0" / "teacher_cache")}
     assert {s.baseline for _, s in seen} == {False}

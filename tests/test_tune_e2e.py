@@ -88,7 +88,7 @@ def test_tune_speed_benchmark_prints_its_ratio(capsys):
     from tests.test_benchmarks import benchmark
 
     with benchmark("tune_speed.py", "--teacher=resnet8", "--train_limit=192", "--test_limit=64", "--trials=2",
-                   "--trial_epochs=1", "--validation_split=32") as module:
+                   "--trial_epochs=1", "--validation_split=32", "--trial_train_limit=96") as module:
         out = module.measure()
     printed = capsys.readouterr().out
     line = [ln for ln in printed.splitlines() if ln.startswith("tune_sweep_over_student_runs")]

@@ -14,7 +14,8 @@ FINAL_FOLDER = "final"
 SWEEP_RECORDS = ("tune.json", "trials.json", "trials.md")
 #: what the page reports of a sweep (tune.json keys)
 SWEEP_KEYS = ("method", "settings", "val_top1", "candidates", "trials", "trial_epochs", "trial_train_limit",
-              "sweep_seconds", "validation_split", "final_data", "states", "start_from_defaults")
+              "sweep_seconds", "validation_split", "final_data", "states", "start_from_defaults",
+              "trials_scored_on")
 
 
 def is_trial_run(metrics_path: str) -> bool:
@@ -67,7 +68,12 @@ def budget_text(sweeps: Sequence[dict]) -> str:
     span = (f"{min(minutes):.1f}" if f"{min(minutes):.1f}" == f"{max(minutes):.1f}"
             else f"{min(minutes):.1f}-{max(minutes):.1f}") if minutes else ""
     cost = f", {span} min of sweep per seed" if minutes else ""
+    # sweeps before `trials_scored_on` carved each trial's validation split from its own examples
+    scored = ("of the training examples, the same for every trial" if first.get("trials_scored_on")
+              else "of each trial's examples")
+    examples = first.get("trial_train_limit")
+    examples = "the whole training part" if examples is None else f"{examples:,} examples"
     return (f"{first.get('trials')} trials of {first.get('trial_epochs')} epochs on "
-            f"{first.get('trial_train_limit'):,} examples per seed ({pruned} of {trials} pruned{cost}), "
-            f"chosen on a {split_text} validation split of the training examples; the winner retrained "
-            f"on {'all of them' if first.get('final_data') == 'all' else 'the rest'}")
+            f"{examples} per seed ({pruned} of {trials} pruned{cost}), "
+            f"chosen on a {split_text} validation split {scored}; the winner retrained "
+            f"on {'every training example' if first.get('final_data') == 'all' else 'the training part'}")

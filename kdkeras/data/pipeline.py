@@ -142,6 +142,7 @@ def load(
     teacher_cache=None,
     validation_split: float | int | None = None,
     subset: str | None = None,
+    train_part_limit: int | None = None,
 ) -> tf.data.Dataset:
     """Batches `(x, y)` of one split: x float32 NHWC in [0, 1], y int32 of shape (B,).
 
@@ -171,9 +172,11 @@ def load(
     by `seed` (None: 0), and `subset` picks its part: "training" (the rest, the
     default) or "validation" (never augmented or shuffled unless asked). Indices
     then count the examples of that part (see `sources.validation`).
+    `train_part_limit` keeps only that many examples of the training part (stratified,
+    the same on every call; a tuning trial's), leaving the validation part whole.
     """
     image_size = _check_args(batch_size, image_size, channels, limit, seed)
-    validation = _validation(validation_split, subset, seed)
+    validation = _validation(validation_split, subset, seed, train_part_limit)
     source = get_source(name, data_dir)
     info = source.info
     split = source.resolve_split(split)
@@ -238,14 +241,16 @@ def load(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _validation(size, subset: str | None, seed: int | None) -> ValidationSplit | None:
+def _validation(size, subset: str | None, seed: int | None,
+                train_part_limit: int | None = None) -> ValidationSplit | None:
     """load()'s validation part, or None without a validation split."""
     size = check_validation_size(size)
     if size is None:
-        if subset is not None:
-            raise ValueError(f"subset={subset!r} needs a validation_split (a fraction or a count) to pick from.")
+        if subset is not None or train_part_limit is not None:
+            given = f"subset={subset!r}" if subset is not None else f"train_part_limit={train_part_limit!r}"
+            raise ValueError(f"{given} needs a validation_split (a fraction or a count) to pick from.")
         return None
-    return ValidationSplit(size, 0 if seed is None else int(seed), subset or "training")
+    return ValidationSplit(size, 0 if seed is None else int(seed), subset or "training", train_part_limit)
 
 
 def data_spec(info: DatasetInfo, split: str, image_size, channels, augment: bool, limit, seed,

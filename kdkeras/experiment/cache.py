@@ -40,7 +40,8 @@ def teacher_cache_for(
     split, options = data.part(_part(data, split, part))
     image_size, channels = tuple(data.input_shape[:2]), data.input_shape[2]
     taps, method_taps = cache_lib.teacher_taps(teacher, methods)
-    carved = (data_lib.ValidationSplit(options["validation_split"], c.seed, options["subset"])
+    carved = (data_lib.ValidationSplit(options["validation_split"], c.seed, options["subset"],
+                                       options.get("train_part_limit"))
               if options.get("validation_split") else None)
     spec = data_lib.data_spec(data.info, split, image_size, channels, options["augment"], options["limit"],
                               c.seed, carved, options.get("strong_view", False))

@@ -53,7 +53,9 @@ class RunConfig(training.TrainConfig):
     run_eagerly, sync_batchnorm) plus the data and where results go.
 
     `validation_split` (a fraction in (0, 1) or a count; 0: none) carves a
-    validation split out of the (limited) training data, seeded by `seed`.
+    validation split out of the (limited) training data, seeded by `seed`;
+    `train_part_limit` then trains on a stratified subset of what is left (a tuning
+    trial's data), the validation split unchanged.
     `augment=None` takes the data set's default (on, except (fashion_)mnist);
     `image_size`/`channels` of `None` keep the data's own unless a model fixes
     the input.
@@ -74,6 +76,11 @@ class RunConfig(training.TrainConfig):
         help="Carve a validation split out of the training data (after --train_limit): a fraction in (0, 1) "
              "or a count of examples, stratified by class and seeded by --seed. Per-epoch val_* numbers, the "
              "weak-teacher check and tuning then read it; the test split is read once, at the end. 0: none.")
+    train_part_limit: int | None = setting(
+        None, group="data", lower_bound=1,
+        help="Train on only N examples of the training part left after --validation_split (stratified by "
+             "class, the same N on every run), scoring on the whole validation split: a tuning trial's data "
+             "(--trial_train_limit sets it). Needs --validation_split.")
     batch_size: int = setting(64, help="Global batch size (split across replicas).", group="data",
                               lower_bound=1)
     image_size: int | None = setting(
@@ -100,6 +107,10 @@ class RunConfig(training.TrainConfig):
     def __post_init__(self):
         super().__post_init__()
         self.validation_split = check_validation_size(self.validation_split) or 0
+        if self.train_part_limit is not None and not self.validation_split:
+            raise ValueError(f"train_part_limit={self.train_part_limit!r} caps the training part of a validation "
+                             "split, but validation_split is 0: give --validation_split (a fraction or a count) "
+                             "or drop --train_part_limit (--train_limit limits all the training data).")
 
     def train_config(self, epochs: int | None = None) -> training.TrainConfig:
         """The optimiser/schedule settings for a run of `epochs` (default: this config's)."""

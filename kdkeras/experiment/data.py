@@ -49,7 +49,7 @@ class DataSetup:
         c, train_split = self.config, self.info.train_split
         carve = {"validation_split": c.validation_split} if c.validation_split else {}
         if name == "train":
-            subset = {"subset": "training"} if carve else {}
+            subset = {"subset": "training", **training_cap(c)} if carve else {}
             strong = {"strong_view": True} if self.strong_view else {}
             return train_split, dict(augment=self.train_augment, limit=c.train_limit, shuffle=True, **carve,
                                      **subset, **strong)
@@ -85,9 +85,14 @@ class DataSetup:
             data_dir=c.data_dir, seed=c.seed, augment=c.augment, limit=c.train_limit,
         )
         if c.validation_split and split == self.info.train_split:  # what is trained on, by default
-            kwargs.update(validation_split=c.validation_split, subset="training")
+            kwargs.update(validation_split=c.validation_split, subset="training", **training_cap(c))
         kwargs.update(overrides)
         return data_lib.load(c.dataset, split, **kwargs)
+
+
+def training_cap(config: RunConfig) -> dict:
+    """`load`'s cap on the training part (`RunConfig.train_part_limit`), {} without one."""
+    return {} if config.train_part_limit is None else {"train_part_limit": config.train_part_limit}
 
 
 def validation_keys(data: DataSetup, **top1s: float | None) -> dict:
@@ -97,7 +102,9 @@ def validation_keys(data: DataSetup, **top1s: float | None) -> dict:
     Every recipe that trains records the split through this one function."""
     if data.validation is None:
         return {}
-    return {"validation_split": data.config.validation_split, "validation_examples": data.num_validation,
+    cap = {} if data.config.train_part_limit is None else {"train_part_limit": data.config.train_part_limit,
+                                                           "train_examples": data.num_train}
+    return {"validation_split": data.config.validation_split, "validation_examples": data.num_validation, **cap,
             **validation_top1s(data, **top1s)}
 
 
@@ -141,7 +148,8 @@ def setup_data(
     carve = {"validation_split": config.validation_split} if config.validation_split else {}
     train = data_lib.load(
         config.dataset, info.train_split, augment=config.augment, limit=config.train_limit,
-        with_index=with_index, shuffle=shuffle_train, replay=clock, strong_view=strong_view, **carve, **common,
+        with_index=with_index, shuffle=shuffle_train, replay=clock, strong_view=strong_view, **carve,
+        **(training_cap(config) if carve else {}), **common,
     )
     test = data_lib.load(config.dataset, info.test_split, limit=config.test_limit, **common)
     num_train = info.splits.get(info.train_split) or training.steps_in(train) * config.batch_size
@@ -155,6 +163,8 @@ def setup_data(
             config.dataset, info.train_split, config.train_limit, config.data_dir,
             data_lib.ValidationSplit(config.validation_split, config.seed, "validation"))
         num_train -= num_validation
+        if config.train_part_limit is not None:  # a stratified subset of the training part
+            num_train = min(num_train, config.train_part_limit)
     return DataSetup(info, train, test, (h, w, c), int(num_train), config, clock, validation, num_validation,
                      strong_view)
 

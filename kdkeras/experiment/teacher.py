@@ -3,10 +3,12 @@ loaded (adapted to the data's input) or trained here."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zipfile
 from dataclasses import dataclass
+from typing import Iterator
 
 import keras
 
@@ -57,6 +59,35 @@ def build_model(
     training.seeded(seed)
     model = models_lib.get(name, data.input_shape, data.num_classes, **kwargs)
     return models_lib.set_bn_momentum(model, bn_momentum)
+
+
+#: saved teachers loaded once while `shared_teachers()` is open: (file version, input) -> model
+_SHARED: dict | None = None
+
+
+@contextlib.contextmanager
+def shared_teachers() -> Iterator[None]:
+    """Within it, a saved teacher is loaded once per file version and input shape and
+    the same (frozen) model handed to every run: a sweep's trials, which loaded it
+    each (0.6 s a trial) to check the cache's fingerprint. Reentrant."""
+    global _SHARED
+    outer = _SHARED
+    _SHARED = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _SHARED = outer
+
+
+def _load_teacher_file(path: str, input_shape) -> keras.Model:
+    """The saved teacher at `path` fed `input_shape` images (shared while `shared_teachers()`)."""
+    if _SHARED is None:
+        return models_lib.adapt_input(training.load_model(path), input_shape)
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size, tuple(input_shape))
+    if key not in _SHARED:
+        _SHARED[key] = models_lib.adapt_input(training.load_model(path), input_shape)
+    return _SHARED[key]
 
 
 @dataclass
@@ -113,7 +144,7 @@ def get_teacher(
     with strategy.scope():
         if is_model_path(spec):
             print(f"Loading teacher {spec}")
-            teacher = models_lib.adapt_input(training.load_model(spec), data.input_shape)
+            teacher = _load_teacher_file(spec, data.input_shape)
             source = spec
         else:
             seed = config.seed + 1000 if seed is None else seed

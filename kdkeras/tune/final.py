@@ -38,7 +38,7 @@ def final_inputs(config: RunConfig, spec: DistillSpec, method: str, settings: di
     args.update({k: v for k, v in fixed_args(spec).items() if k.split(".")[0] in members})
     final_config = dataclasses.replace(config, output_dir=os.path.join(config.output_dir, "final"))
     if options.final_data == "all":
-        final_config = dataclasses.replace(final_config, validation_split=0)
+        final_config = dataclasses.replace(final_config, validation_split=0, train_part_limit=None)
     elif options.final_data != "training":
         raise ValueError(f"final_data={options.final_data!r}; accepted: {', '.join(FINAL_DATA)}.")
     final_spec = dataclasses.replace(

@@ -1,6 +1,6 @@
 """The trial objective: one distillation run at the trial fidelity (fewer epochs and/or
-examples), its validation top-1 reported each epoch so the pruner can stop it, scored
-on the validation split only.
+training examples), its validation top-1 reported each epoch so the pruner can stop it,
+scored on the run's whole validation split only (the same examples for every trial).
 
 `trial_inputs` builds everything a trial trains from out of the config and the sampled
 settings; `validation_score` reads the one number a trial returns. Neither passes the
@@ -92,17 +92,28 @@ def trial_test_limit(config: RunConfig) -> int:
     return min(config.batch_size, config.test_limit or config.batch_size)
 
 
+def trial_train_part(config: RunConfig, options: TuneOptions) -> int | None:
+    """The training examples of one trial (`RunConfig.train_part_limit`): a stratified
+    subset of the run's training part, `options.trial_train_limit` of them (the run's
+    own cap when smaller); None: the whole training part. The validation split is never
+    cut: `train_limit` stays the run's, so every trial is scored on its examples."""
+    caps = [c for c in (options.trial_train_limit, config.train_part_limit) if c is not None]
+    return min(caps) if caps else None
+
+
 def trial_inputs(config: RunConfig, spec: DistillSpec, options: TuneOptions, candidates: list[str],
                  candidate: str, settings: dict, number: int) -> tuple[RunConfig, DistillSpec]:
     """The (config, spec) of trial `number`: the trial fidelity, its own folder, one
     batch of the test split, the shared teacher cache (holding every candidate's taps;
-    none when a candidate cannot be cached), no baseline."""
+    none when a candidate cannot be cached), no baseline. The trial trains on
+    `trial_train_limit` examples of the run's training part (`trial_train_part`) and is
+    scored on the run's whole validation split, the same for every trial."""
     args, ce_weight = spaces.split_settings(settings)
     members = spaces.member_names(candidate)
     args.update({k: v for k, v in fixed_args(spec).items() if k.split(".")[0] in members})
     trial_config = dataclasses.replace(
         config, epochs=options.trial_epochs or config.epochs,
-        train_limit=options.trial_train_limit or config.train_limit, test_limit=trial_test_limit(config),
+        train_part_limit=trial_train_part(config, options), test_limit=trial_test_limit(config),
         output_dir=os.path.join(config.output_dir, "trials", f"trial_{number:04d}"), overwrite=True, verbose=0,
         backup=False)  # a trial is never resumed (a killed one is failed and replaced): no per-epoch backups
     cache = cache_folder(config, spec) if cacheable(candidates, spec) else None

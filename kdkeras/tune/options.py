@@ -38,7 +38,9 @@ class TuneOptions:
                                        help="Epochs of one trial (default: --epochs); the winner retrains at --epochs.")
     trial_train_limit: int | None = setting(
         None, group="tune", lower_bound=1,
-        help="Training examples of one trial (default: --train_limit); the winner retrains on all.")
+        help="Training examples of one trial: a stratified subset of the training part left after "
+             "--validation_split (default: all of it); the winner retrains on all. Every trial is scored on "
+             "the whole validation split (one pass over it per trial epoch).")
     candidates: tuple = setting(
         AUTO_CANDIDATES, group="tune", kind="list", flag_default=list(AUTO_CANDIDATES), parse=_candidates,
         help="Methods (or + mixes) --method=auto chooses among, each in its own search space.")

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from kdkeras.experiment.config import NO_TEACHER, DistillSpec, RunConfig
+from kdkeras.experiment.teacher import shared_teachers
 from kdkeras.files import write_json
 from kdkeras.tune import report, spaces
 from kdkeras.tune.final import best_choice, retrain
-from kdkeras.tune.objective import distillation_objective, fixed_args, require_validation
+from kdkeras.tune.objective import distillation_objective, fixed_args, require_validation, trial_train_part
 from kdkeras.tune.options import TuneOptions
 from kdkeras.tune.study import make_pruner, open_study, progress_line, run_sweep, storage_url
 
@@ -95,7 +96,8 @@ def tune_distillation(config: RunConfig, spec: DistillSpec, options: TuneOptions
                          fixed=list(fixed_args(spec)))
     start = time.perf_counter()
     objective = distillation_objective(config, spec, options, candidates, runner=runner)
-    run_sweep(study, objective, options.trials, options.timeout_minutes, progress_line(options.trials))
+    with shared_teachers():  # the teacher loaded once for every trial, not once a trial
+        run_sweep(study, objective, options.trials, options.timeout_minutes, progress_line(options.trials))
     sweep_seconds = time.perf_counter() - start
     rows = report.trial_rows(study.get_trials(deepcopy=False), candidates)
     report.write_trials(config.output_dir, rows)
@@ -105,7 +107,8 @@ def tune_distillation(config: RunConfig, spec: DistillSpec, options: TuneOptions
           flush=True)
     summary = {"method": method, "settings": settings, "val_top1": val_top1, "candidates": candidates,
                "trials": len(rows), "trial_epochs": trial_epochs,
-               "trial_train_limit": options.trial_train_limit or config.train_limit,
+               "trial_train_limit": trial_train_part(config, options),
+               "trials_scored_on": "the run's whole validation split",
                "validation_split": config.validation_split, "final_data": options.final_data,
                "start_from_defaults": options.start_from_defaults,
                "sweep_seconds": sweep_seconds, "storage": url, "study_name": options.study_name,

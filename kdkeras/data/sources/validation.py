@@ -4,7 +4,8 @@ choice read it, so that the test split is read once, at the end.
 
 `ValidationSplit(size, seed, subset)` names one part of it: `size` a fraction in
 (0, 1) or a count of examples, `subset` "training" (what is trained on) or
-"validation". NumPy only.
+"validation". `train_part_limit` keeps a stratified subset of the training part
+only (a tuning trial's data): the validation part stays whole. NumPy only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import dataclasses
 import numbers
 
 import numpy as np
+
+from kdkeras.data.sources.splits import stratified_positions
 
 #: the two parts of a split with a validation split carved out (Keras' words)
 SUBSETS = ("training", "validation")
@@ -42,11 +45,16 @@ def check_validation_size(size) -> float | int | None:
 @dataclasses.dataclass(frozen=True)
 class ValidationSplit:
     """One part of a split with a validation split carved out: `size` (a fraction in
-    (0, 1) or a count), `seed` (each seed its own split) and `subset`."""
+    (0, 1) or a count), `seed` (each seed its own split) and `subset`.
+    `train_part_limit` keeps only that many examples of the training part, stratified by
+    class (`stratified_positions`, the same subset on every call); the validation part
+    is the same with or without it, so runs of several training sizes are scored on
+    the same examples."""
 
     size: float | int
     seed: int = 0
     subset: str = "training"
+    train_part_limit: int | None = None
 
     def __post_init__(self):
         size = check_validation_size(self.size)
@@ -57,15 +65,28 @@ class ValidationSplit:
             raise ValueError(f"subset={self.subset!r} is not one of {list(SUBSETS)}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise ValueError(f"The seed of a validation split must be an int, got {self.seed!r}.")
+        cap = self.train_part_limit
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, numbers.Integral) or cap < 1):
+            raise ValueError(f"train_part_limit={cap!r}; accepted: None (the whole training part) or an int "
+                             ">= 1 (that many training examples, stratified by class).")
 
     def positions(self, labels, name: str = "", class_names=None) -> np.ndarray:
         """Positions (ascending) in `labels` of this subset's examples."""
         train, validation = carve(labels, self.size, self.seed, name, class_names)
-        return validation if self.subset == "validation" else train
+        if self.subset == "validation":
+            return validation
+        if self.train_part_limit is not None and self.train_part_limit < len(train):
+            labels = np.asarray(labels).reshape(-1)
+            train = train[stratified_positions(labels[train], int(self.train_part_limit), name)]
+        return train
 
     def spec(self) -> dict:
-        """What identifies these examples in a data fingerprint (a teacher cache's)."""
-        return {"validation_split": self.size, "subset": self.subset, "split_seed": int(self.seed)}
+        """What identifies these examples in a data fingerprint (a teacher cache's): the
+        training part's cap only where it applies (the validation part ignores it)."""
+        spec = {"validation_split": self.size, "subset": self.subset, "split_seed": int(self.seed)}
+        if self.subset == "training" and self.train_part_limit is not None:
+            spec["train_part_limit"] = int(self.train_part_limit)
+        return spec
 
 
 def validation_counts(labels, size: float | int, name: str = "", class_names=None) -> dict:
