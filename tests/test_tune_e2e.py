@@ -68,13 +68,15 @@ def test_the_same_settings_are_chosen_when_the_test_labels_are_shuffled(tmp_path
     assert results[0].report["student_top1"] == final["student_top1"]
 
 
+#: the tune recipes' flags of the two tests below
+AUTO = ["--method=auto", "--candidates=kd,lsr", "--validation_split=32", "--trials=2", "--trial_train_limit=96",
+        "--pruner=none", *TINY]
+
+
 @needs_fashion_mnist
-@pytest.mark.parametrize("recipe", ["tune", "distill"])
-def test_recipes_tune_and_distill_auto_write_the_report(recipe, tiny_teacher, tmp_path):
-    out = tmp_path / recipe
-    result = run_recipe(recipe, f"--teacher={tiny_teacher.path}", "--method=auto", "--candidates=kd,lsr",
-                        "--validation_split=32", "--trials=2", "--trial_train_limit=96", "--pruner=none",
-                        f"--output_dir={out}", *TINY)
+def test_the_tune_recipe_writes_the_report(tiny_teacher, tmp_path):
+    out = tmp_path / "tune"
+    result = run_recipe("tune", f"--teacher={tiny_teacher.path}", f"--output_dir={out}", *AUTO)
     report = json.loads((out / "tune.json").read_text())
     assert report["method"] == result.method in ("kd", "lsr") and report["trials"] == 2
     assert {"student_top1", "baseline_top1", "val_top1", "gain_over_baseline"} <= set(report)
@@ -82,6 +84,26 @@ def test_recipes_tune_and_distill_auto_write_the_report(recipe, tiny_teacher, tm
     assert json.loads((out / "final" / "metrics.json").read_text())["validation_examples"] == 32
     assert all(r["settings"]["student_loss_weight"] is not None for r in json.loads((out / "trials.json").read_text()))
 
+
+def test_distill_auto_runs_the_tune_recipes_sweep(tmp_path, monkeypatch):
+    """`distill.py --method=auto` hands the sweep the config, spec and options that
+    `tune.py` gives it on the same flags, and returns its result (the sweep itself:
+    the test above; no training here)."""
+    import kdkeras.tune
+
+    calls = []
+
+    def spy(*args):
+        calls.append(args)
+        return f"result {len(calls)}"
+
+    monkeypatch.setattr(kdkeras.tune, "tune_distillation", spy)
+    flags = ["--teacher=resnet8", f"--output_dir={tmp_path}", *AUTO]
+    assert run_recipe("tune", *flags) == "result 1" and run_recipe("distill", *flags) == "result 2"
+    (config, spec, options), again = calls
+    assert again == (config, spec, options)
+    assert spec.method == "auto" and options.candidates == ("kd", "lsr") and options.trials == 2
+    assert config.validation_split == 32 and options.trial_train_limit == 96
 
 @needs_fashion_mnist
 def test_tune_speed_benchmark_prints_its_ratio(capsys):
