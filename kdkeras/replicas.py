@@ -17,6 +17,14 @@ def replica_scale(value):
     return value if n == 1 else value * (1.0 / n)
 
 
+def global_batch_size(local):
+    """The global batch's size from this replica's `local` row count: `local` times
+    the replica count (equal shares, as `keras.losses.Loss` scaling assumes). A term
+    divided by the batch size beyond its mean over samples (ICKD's `/ B^2`) divides
+    by this once, so the replicas' scaled terms sum to one device's."""
+    return local * num_replicas()
+
+
 def gather_batch(x):
     """The global batch of `x`: every replica's rows along axis 0, in replica order
     (identical on every replica). A term that is a statistic over the batch (DIST's

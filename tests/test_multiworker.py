@@ -3,12 +3,15 @@ equal one process on the same global batch, and a job whose worker is killed -9
 resumes from its backup to the same end. Run as `python -m tests.test_multiworker
 worker OUT RUNS [--pause_at=RUN:E:B] --strategy=...`, this file is also the worker program.
 
-Cost: one module fixture starts TensorFlow three times for all of it, and every
-run trains the four methods at once (one Distiller; each term logged and each
-method's state kept apart): a 1-process job trains them once while a 2-worker
-job trains them once and then again, killed in its second epoch; the 2-worker
-job restarted finishes that run (the finished one is skipped). The uninterrupted
-runs are the killed one's reference."""
+Cost: one module fixture starts TensorFlow five times for all of it (one process
+for the reference runs, a 2-worker job, the same job restarted), and each run
+trains a mix at once (one Distiller; each term logged and each method's state kept
+apart). The 2-worker job trains the new methods' mix and DIST uninterrupted, then the
+older mix (KD, DKD, CRD, FitNet), killed -9 in its second epoch; restarted, it
+skips the finished run and resumes the killed one. Both end where one process
+ends on the same mix: the resumed run is both the older methods' equality case and
+the resume case (a mismatch there that a 2-worker run of that mix without the kill
+would not show points at the resume; to tell, run the worker program by hand)."""
 
 import io
 import json
@@ -31,10 +34,10 @@ RUN = dict(dataset="fashion_mnist", train_limit=64, test_limit=32, batch_size=32
 METHODS = ("kd", "dkd", "crd", "fitnet")
 #: every run distils with the four together (one network pass, CI time)
 MIX = "+".join(METHODS)
-#: the runs (label=methods): the uninterrupted one, and the same one killed in the middle of its
-#: epoch 2 (CRD's negatives are keyed by a draw count saved with its banks, so a resumed run
-#: draws what the uninterrupted one drew); the 1-process "mix" run is the reference of both
-UNINTERRUPTED, KILLED = "mix=" + MIX, "killed=" + MIX
+#: the older mix's runs (label=methods): in one process (the reference) and by 2 workers killed in the
+#: middle of epoch 2 (CRD's negatives are keyed by a draw count saved with its banks, so a resumed run
+#: draws what the uninterrupted one drew)
+REFERENCE, KILLED = "mix=" + MIX, "killed=" + MIX
 ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 #: seconds a worker paused by --pause_at waits to be killed before it goes on
 PAUSE_SECONDS = 120
@@ -143,18 +146,43 @@ def _results(directory, names):
     return {name: json.loads((directory / f"{name}.json").read_text()) for name in names}
 
 
+#: the methods of mdistiller/torchdistill, NKD/USKD and CTKD trained at once (one Distiller, one
+#: run): USKD's soft target is a statistic of the global batch (gathered from the replicas), ICKD's
+#: `/ B^2` divides by the global batch once, ReviewKD's fusion modules, OFD's connectors and PAD's
+#: variance head have BatchNorms (synchronised), CTKD learns a temperature, NKD's parts are
+#: per-sample terms averaged over the batch. Left out: SRD by definition (`log` of a batch sum does
+#: not split over replicas), KDSVD (it needs equal channel counts, which the tiny networks lack),
+#: MLKD (a second view of the batch), and DIST, run alone (DIST_RUN).
+NEW_METHODS = ("reviewkd", "ofd", "ickd", "nkd", "uskd", "pad_l2", "ctkd")
+NEW_MIX = "new=" + "+".join(NEW_METHODS)
+#: seven terms at once, ICKD at weight 500 and OFD's in the thousands: their large steps carry float
+#: rounding (its order differs between one device and 2 replicas) to 1e-4..5e-4 in four steps (each
+#: method alone, or PAD+CTKD+NKD together, agrees to 2e-5); a wrong reduction misses by far more
+#: (ICKD's per-replica `/ b^2`, N times the term: loss 101 against 124 in epoch 1)
+NEW_TOLERANCE = 1e-3
+#: DIST alone: its per-class correlation over the global batch (gathered). On these untrained
+#: networks its correlations are ill-conditioned (a class's probability varies by ~1% of its mean over
+#: the batch): float rounding, whose order differs between one device and 2 replicas (the BatchNorm
+#: moments' all-reduce), grows to 1e-4..1e-3 in four steps (measured: dist_intra 1.1e-4, val_dist
+#: 1.4e-3), so it is held to DIST_TOLERANCE; one step equals one device's to 1e-5
+#: (tests/test_distribute.py). A replica correlating its own half batch misses by far more.
+DIST_RUN = "dist=dist"
+DIST_TOLERANCE = 1e-2
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Every method trained in one process and by 2 workers, and the same mix by 2 workers
-    killed -9 mid-run then restarted: the results, and what the kill left."""
+    """Both mixes trained in one process; by 2 workers, the new methods' mix, then the older
+    mix killed -9 mid-run and the job restarted: the results, and what the kill left."""
     one, two = tmp_path_factory.mktemp("one_process"), tmp_path_factory.mktemp("two_workers")
     single = subprocess.Popen([sys.executable, "-m", "tests.test_multiworker", "worker", str(one),
-                               UNINTERRUPTED, "--strategy=default"], cwd=ROOT, env={**os.environ, **ENV},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               f"{REFERENCE},{NEW_MIX},{DIST_RUN}", "--strategy=default"], cwd=ROOT,
+                              env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     start, killed = time.monotonic(), {}
     label = KILLED.split("=")[0]
     job = threading.Thread(target=lambda: killed.update(
-        zip(("code", "log"), _launch_workers(two, [UNINTERRUPTED, KILLED], f"--pause_at={label}:1:1", timeout=400))))
+        zip(("code", "log"), _launch_workers(two, [NEW_MIX, DIST_RUN, KILLED], f"--pause_at={label}:1:1",
+                                             timeout=400))))
     job.start()
     marker = two / "paused.1"
     while not (marker.exists() and marker.read_text()) and job.is_alive() and time.monotonic() - start < 400:
@@ -165,13 +193,15 @@ def runs(tmp_path_factory):
     os.kill(int(marker.read_text()), signal.SIGKILL)  # worker 1, paused in the middle of epoch 2
     job.join(timeout=120)
     killed["result_written"] = (two / f"{label}.json").exists()
-    code, log = _launch_workers(two, [UNINTERRUPTED, KILLED])  # the same job again: it resumes
+    code, log = _launch_workers(two, [NEW_MIX, DIST_RUN, KILLED])  # the same job again: it resumes
     single_log = single.communicate(timeout=300)[0]
     assert code == 0, log[-4000:]
     assert single.returncode == 0, single_log[-4000:]
     print(f"multi-worker runs: {time.monotonic() - start:.0f}s")
-    return {"one": _results(one, ["mix"])["mix"], "two": _results(two, ["mix"])["mix"],
-            "killed_then_resumed": _results(two, [label])[label], "dir": two, "killed": killed}
+    return {"one": _results(one, ["mix"])["mix"], "new_one": _results(one, ["new"])["new"],
+            "new_two": _results(two, ["new"])["new"], "dist_one": _results(one, ["dist"])["dist"],
+            "dist_two": _results(two, ["dist"])["dist"], "killed_then_resumed": _results(two, [label])[label],
+            "dir": two, "killed": killed}
 
 
 def test_the_launcher_stops_every_worker_when_one_fails(tmp_path):
@@ -195,95 +225,67 @@ def test_the_launcher_stops_every_worker_when_one_fails(tmp_path):
 
 @pytest.mark.e2e
 @needs_fashion_mnist
-@pytest.mark.parametrize("method", METHODS)
-def test_two_workers_equal_one_process_on_the_same_global_batch(runs, method):
-    a, b = runs["one"], runs["two"]
+def test_two_workers_equal_one_process_on_a_mix_of_the_new_methods(runs):
+    a, b = runs["new_one"], runs["new_two"]
     assert (a["replicas"], b["replicas"]) == (1, 2)
     assert len(b["history"]["loss"]) == RUN["epochs"]
-    for key in ("loss", method, "val_loss"):
-        assert _relative(a["history"][key], b["history"][key]) < 1e-4, (key, a["history"][key], b["history"][key])
-    for i, (wa, wb) in enumerate(zip(a["weights"], b["weights"], strict=True)):  # the student's
-        assert _relative(wa, wb) < 1e-4, ("student", i)
-    # the method's own state: the regressor; the embeddings and memory banks; none for KD, DKD
-    parts_a, parts_b = a["method_weights"][method], b["method_weights"][method]
-    assert len(parts_a) == len(parts_b) and (len(parts_a) > 0) == (method in ("crd", "fitnet"))
-    for i, (wa, wb) in enumerate(zip(parts_a, parts_b)):
-        assert _relative(wa, wb) < 1e-4, (method, i)
-    assert a["top1"] == pytest.approx(b["top1"])
-    assert not (runs["dir"] / "run_multiworker_mix" / ".worker1").exists()  # the other worker's folder is gone
-
-
-#: the methods of mdistiller/torchdistill, NKD/USKD and CTKD trained at once (one Distiller, one
-#: job, so one setup for them all): DIST's per-class correlation and USKD's soft target are
-#: statistics of the global batch (gathered from the replicas), ReviewKD's fusion modules, OFD's
-#: connectors and PAD's variance head have BatchNorms (synchronised), CTKD learns a temperature,
-#: ICKD and NKD are per-sample terms averaged over the batch. Left out: SRD by definition (`log` of
-#: a batch sum does not split over replicas), KDSVD (it needs equal channel counts, which the tiny
-#: networks lack), MLKD (a second view of the batch).
-NEW_METHODS = ("dist", "reviewkd", "ofd", "ickd", "nkd", "uskd", "pad_l2", "ctkd")
-NEW_MIX = "new=" + "+".join(NEW_METHODS)
-
-
-@pytest.fixture(scope="module")
-def new_methods_runs(tmp_path_factory):
-    """The mix of NEW_METHODS trained in one process and by 2 workers at the same time."""
-    one, two = tmp_path_factory.mktemp("new_one_process"), tmp_path_factory.mktemp("new_two_workers")
-    single = subprocess.Popen([sys.executable, "-m", "tests.test_multiworker", "worker", str(one), NEW_MIX,
-                               "--strategy=default"], cwd=ROOT, env={**os.environ, **ENV},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    code, log = _launch_workers(two, [NEW_MIX])
-    single_log = single.communicate(timeout=300)[0]
-    assert code == 0, log[-4000:]
-    assert single.returncode == 0, single_log[-4000:]
-    return {"one": _results(one, ["new"])["new"], "two": _results(two, ["new"])["new"]}
-
-
-@pytest.mark.e2e
-@needs_fashion_mnist
-@pytest.mark.xfail(strict=True, reason=(
-    "open: 2 workers do not yet equal one process on this mix (loss 101.2 vs 123.8 in epoch 1; DIST's intra, "
-    "which alone matches under MirroredStrategy in test_distribute, drifts with the rest): a method of the mix "
-    "steps differently under replicas; bisect NEW_METHODS"))
-def test_two_workers_equal_one_process_on_a_mix_of_the_new_methods(new_methods_runs):
-    a, b = new_methods_runs["one"], new_methods_runs["two"]
-    assert (a["replicas"], b["replicas"]) == (1, 2)
-    terms = {key for key in a["history"] for m in NEW_METHODS if key == m or key.startswith(m + "_")}  # and parts
-    assert terms >= {*NEW_METHODS, "dist_intra", "uskd_target"} and set(b["history"]) >= terms
+    # every term and part, in training and in evaluation (val_)
+    terms = {key for key in a["history"] for m in NEW_METHODS
+             if key.removeprefix("val_") == m or key.removeprefix("val_").startswith(m + "_")}
+    assert terms >= {*NEW_METHODS, "uskd_target", "val_ickd", "val_uskd_target"} and set(b["history"]) >= terms
     wrong = [(key, a["history"][key], b["history"][key]) for key in ("loss", "val_loss", *sorted(terms))
-             if _relative(a["history"][key], b["history"][key]) >= 1e-4]
+             if _relative(a["history"][key], b["history"][key]) >= NEW_TOLERANCE]
     wrong += [("student", i) for i, (wa, wb) in enumerate(zip(a["weights"], b["weights"], strict=True))
-              if _relative(wa, wb) >= 1e-4]
-    # the methods' own parts: ReviewKD's fusion modules and OFD's connectors (BatchNorm statistics too)
-    assert {m for m in NEW_METHODS if a["method_weights"][m]} >= {"reviewkd", "ofd"}
+              if _relative(wa, wb) >= NEW_TOLERANCE]
+    # the methods' own parts: ReviewKD's fusion modules, OFD's connectors, ICKD's embedding and PAD's
+    # variance head (BatchNorm statistics too), USKD's weak head, CTKD's temperature
+    assert {m for m in NEW_METHODS if a["method_weights"][m]} == {"reviewkd", "ofd", "ickd", "pad_l2", "uskd", "ctkd"}
     for method in NEW_METHODS:
         parts = zip(a["method_weights"][method], b["method_weights"][method], strict=True)
-        wrong += [(method, i) for i, (wa, wb) in enumerate(parts) if _relative(wa, wb) >= 1e-4]
+        wrong += [(method, i) for i, (wa, wb) in enumerate(parts) if _relative(wa, wb) >= NEW_TOLERANCE]
     assert not wrong, wrong
+    assert a["top1"] == pytest.approx(b["top1"])
+    assert not (runs["dir"] / "run_multiworker_new" / ".worker1").exists()  # the other worker's folder is gone
+
+
+@pytest.mark.e2e
+@needs_fashion_mnist
+def test_two_workers_train_dist_as_one_process_to_float_rounding(runs):
+    a, b = runs["dist_one"], runs["dist_two"]
+    assert (a["replicas"], b["replicas"]) == (1, 2)
+    keys = ("loss", "dist", "dist_inter", "dist_intra", "val_loss", "val_dist", "val_dist_inter", "val_dist_intra")
+    for key in keys:
+        assert _relative(a["history"][key], b["history"][key]) < DIST_TOLERANCE, (key, a["history"][key],
+                                                                                 b["history"][key])
+    for i, (wa, wb) in enumerate(zip(a["weights"], b["weights"], strict=True)):
+        assert _relative(wa, wb) < DIST_TOLERANCE, ("student", i)
     assert a["top1"] == pytest.approx(b["top1"])
 
 
 @pytest.mark.e2e
 @needs_fashion_mnist
-def test_a_job_whose_worker_is_killed_resumes_from_its_backup_to_the_same_end(runs):
+def test_a_job_whose_worker_is_killed_resumes_from_its_backup_to_one_process_end(runs):
     """kill -9 of worker 1 in the middle of epoch 2 (both workers' backups of
     epoch 1 written, a step of epoch 2 taken): the launcher stops the job, and
-    the job restarted with the same runs resumes epoch 2 and ends as the
-    same run uninterrupted did (in one process: equal to 2 workers, tested above)."""
+    the job restarted with the same runs resumes epoch 2 and ends as one process
+    does on the same global batch: every term, the student's weights and each
+    method's state (KD, DKD: none; CRD: embeddings, banks, draw count; FitNet: the
+    regressor with its BatchNorm statistics)."""
     killed, label = runs["killed"], KILLED.split("=")[0]
     assert killed["code"] == -signal.SIGKILL, killed["log"][-4000:]
     assert "worker 1 exited with code -9: stopping the others" in killed["log"]
     assert killed["backups"] == [True, True] and not killed["result_written"]
-    resumed = runs["killed_then_resumed"]
+    resumed, reference = runs["killed_then_resumed"], runs["one"]
     assert len(resumed["history"]["loss"]) == RUN["epochs"]  # the killed process's epoch is kept
-    reference = runs["one"]
     assert reference["replicas"] == 1 and resumed["replicas"] == 2
     for key in ("loss", *METHODS, "val_loss", "accuracy"):  # dkd: the warm-up's epoch restored
         assert _relative(reference["history"][key], resumed["history"][key]) < 1e-4, (key, resumed["history"])
     for i, (wa, wb) in enumerate(zip(reference["weights"], resumed["weights"], strict=True)):
-        assert _relative(wa, wb) < 1e-4, i
-    for method in ("fitnet", "crd"):  # the regressor; CRD's embeddings, banks and draw count
+        assert _relative(wa, wb) < 1e-4, ("student", i)
+    for method in METHODS:
         parts = list(zip(reference["method_weights"][method], resumed["method_weights"][method], strict=True))
-        assert parts and all(_relative(wa, wb) < 1e-4 for wa, wb in parts), method
+        assert (len(parts) > 0) == (method in ("crd", "fitnet")), method
+        assert all(_relative(wa, wb) < 1e-4 for wa, wb in parts), method
     assert resumed["top1"] == pytest.approx(reference["top1"])
     run = runs["dir"] / f"run_multiworker_{label}"
     assert not (run / "backup").exists() and not (run / ".worker1").exists()
@@ -291,25 +293,23 @@ def test_a_job_whose_worker_is_killed_resumes_from_its_backup_to_the_same_end(ru
 
 @pytest.mark.e2e
 @needs_fashion_mnist
-def test_the_recipes_run_to_the_end_under_the_launcher(tmp_path):
-    teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
-    common = ["--dataset=fashion_mnist", "--train_limit=64", "--test_limit=32", "--batch_size=32", "--epochs=1"]
-    env = {**os.environ, **ENV}
-
-    def launch(*args):
-        proc = subprocess.run([sys.executable, "-m", "kdkeras.launch", "--workers=2", "--timeout=300", *args],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-        return proc.stdout
-
-    log = launch("recipes/train_teacher.py", "--model=resnet8", f"--output_dir={teacher_dir}", *common)
-    assert "[worker 1]" in log and (teacher_dir / "model.keras").exists()
-    log = launch("recipes/distill.py", f"--teacher={teacher_dir / 'model.keras'}", "--method=kd",
-                 f"--output_dir={student_dir}", *common)
-    metrics = json.loads((student_dir / "metrics.json").read_text())
+def test_the_distill_recipe_trains_its_teacher_and_student_to_the_end_under_the_launcher(tmp_path):
+    """One launch of recipes/distill.py with a zoo teacher: the teacher is trained
+    under the strategy first (as recipes/train_teacher.py trains a model: `fit_data`,
+    then saved by every worker), then the student distilled; only the chief's files stay."""
+    out = tmp_path / "student"
+    args = ["--dataset=fashion_mnist", "--train_limit=64", "--test_limit=32", "--batch_size=32", "--epochs=1",
+            "--teacher=resnet8", "--teacher_epochs=1", "--method=kd", f"--output_dir={out}"]
+    proc = subprocess.run([sys.executable, "-m", "kdkeras.launch", "--workers=2", "--timeout=300",
+                           "recipes/distill.py", *args], cwd=ROOT, env={**os.environ, **ENV}, capture_output=True,
+                          text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "[worker 1] Training teacher resnet8" in proc.stdout and "[worker 0] Training teacher" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["history"]["loss"]) == 1 and 0 <= metrics["student_top1"] <= 1
-    assert (student_dir / "student.keras").exists()
-    assert not any(p.name.startswith(".worker") for p in list(teacher_dir.iterdir()) + list(student_dir.iterdir()))
+    assert 0 <= metrics["teacher_top1"] <= 1
+    assert (out / "student.keras").exists() and (out / "teacher.keras").exists()
+    assert not any(p.name.startswith(".worker") for p in out.iterdir())
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from kdkeras.methods.connectors import Adapter3x3, Connector1x1, factor_channels
 from kdkeras.methods.features import FeatureMethod, flatten, l2_normalize, match_spatial
 from kdkeras.methods.paraphrased import ParaphrasedMethod, ParaphraserTerm
 from kdkeras.methods.registry import register_method
+from kdkeras.replicas import global_batch_size
 from kdkeras.search_space import Float
 
 
@@ -57,7 +58,8 @@ class ICKD(_LastStage):
     The student's map goes through an embedding (1x1 conv + BN) to the
     teacher's channels `C`; with `G` the row-normalised (C, C) Gram matrix of
     each sample (`channel_gram`), the term is `sum((G_s - G_t)^2) / (C B^2)`,
-    summed over taps. Spatial sizes may differ (the Gram matrix is C x C).
+    summed over taps (under replicas, one `B` is the global batch's, so they sum
+    to one device's term). Spatial sizes may differ (the Gram matrix is C x C).
 
     >>> import numpy as np
     >>> m = ICKD(teacher_layers=["t"], student_layers=["s"])
@@ -83,7 +85,9 @@ class ICKD(_LastStage):
         for (t, s), e in zip(self.tap_pairs(teacher, student), self.embeds):
             g_s, g_t = channel_gram(as_float32(e(s, training=training))), channel_gram(t)
             b = ops.cast(ops.shape(t)[0], "float32")
-            total = total + ops.sum(ops.square(g_s - g_t)) / (float(t.shape[-1]) * b * b)
+            # sum / (C B^2) is a batch mean divided by B once more: that B is the global
+            # batch's, so N replicas (each scaled by 1/N) give one device's term
+            total = total + ops.sum(ops.square(g_s - g_t)) / (float(t.shape[-1]) * b * global_batch_size(b))
         return total
 
 
