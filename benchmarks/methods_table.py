@@ -31,6 +31,12 @@ by seed (each seed's KD run trains that seed's baseline). A run of the old
 single-seed layout (`OUTPUT_DIR/<method>/metrics.json`) is moved into
 `seed<S>/` first. `--resume` skips runs whose metrics.json exists;
 `benchmarks/results_doc.py OUTPUT_DIR` turns the runs into docs/results.md.
+A method entry `METHOD@dot` (e.g. `--methods=kd@dot,dkd@dot`) runs METHOD with
+DOT (`--optimizer=dot`, DOT's default gap; `--dot_delta` sets another) into
+`OUTPUT_DIR/METHOD@dot/seed<S>/`, never with `--baseline`: the table's KD and
+baseline stay the plain-SGD ones (read back with `--resume` as usual), and the
+row's gains pair with them; results_doc.py sets it in the SGD runs' section as
+`METHOD (optimizer=dot)`.
 FT, AB and FSP also run their initialisation stage (`--init_epochs`, default
 a quarter of `--epochs`, at least 1), which their train seconds include.
 """
@@ -56,7 +62,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("teacher", None, "Saved .keras teacher (or a zoo name, trained by every run).")
 flags.DEFINE_string("student", "resnet8", "Zoo name of the student.")
 flags.DEFINE_string("dataset", "fashion_mnist", "Data set name (as recipes/distill.py takes it).")
-flags.DEFINE_list("methods", None, "Methods to run (default: every registry name); KD and the baseline always run.")
+flags.DEFINE_list("methods", None,
+                  "Methods to run (default: every registry name); KD and the baseline always run. "
+                  "METHOD@dot runs METHOD with the DOT optimiser (--optimizer=dot) for a row of its own, "
+                  "compared with the plain KD and baseline runs, which never run with DOT.")
+flags.DEFINE_float("dot_delta", None, "DOT's momentum gap for the METHOD@dot entries (default: DOT's, 0.075).")
 flags.DEFINE_integer("epochs", 10, "Training epochs of every run.")
 flags.DEFINE_integer("init_epochs", None, "Epochs of the init stage of FT/AB/FSP (default: distill.py's).")
 flags.DEFINE_integer("train_limit", None, "Use only the first N training examples.")
@@ -79,6 +89,20 @@ flags.DEFINE_string("extra_args", "", "More flags for every distill.py run, e.g.
 flags.mark_flag_as_required("teacher")
 
 REFERENCE = "kd"
+#: METHOD@OPTIMIZER entries: the distillation optimisers a method may run with for a row
+#: (kdkeras.training.optimizers.DISTILLATION_OPTIMIZERS)
+OPTIMIZER_SUFFIXES = ("dot",)
+
+
+def split_entry(entry: str) -> tuple[str, str | None]:
+    """A --methods entry -> (method, distillation optimiser or None): `kd@dot` -> ("kd", "dot")."""
+    method, sep, optimizer = entry.partition("@")
+    if not sep:
+        return entry, None
+    if optimizer not in OPTIMIZER_SUFFIXES or not method:
+        raise ValueError(f"Method entry {entry!r}: METHOD@OPTIMIZER takes an optimizer in "
+                         f"{list(OPTIMIZER_SUFFIXES)} after a method name, e.g. kd@dot.")
+    return method, optimizer
 
 
 def paths() -> tuple[str, str, str]:
@@ -102,6 +126,8 @@ def method_list() -> list[str]:
             print(f"{token} left out: they need a student with a distillation token (--student=deit_tiny)")
             names = [n for n in names if n not in token]
     names = [n.strip().lower() for n in names if n.strip()]
+    for name in names:
+        split_entry(name)  # a bad suffix fails before any run
     return [REFERENCE] + [n for n in dict.fromkeys(names) if n != REFERENCE]
 
 
@@ -144,7 +170,10 @@ def migrate_single_seed(output_dir: str, methods: list[str]) -> None:
         print(f"[{method}] moved the old single-seed run into {target}", flush=True)
 
 
-def distill_args(method: str, run_dir: str, seed: int | None = None) -> list[str]:
+def distill_args(entry: str, run_dir: str, seed: int | None = None) -> list[str]:
+    """distill.py's flags for one --methods entry: KD with --baseline; METHOD@dot with
+    --optimizer=dot (and --dot_delta when given), no baseline."""
+    method, optimizer = split_entry(entry)
     args = [
         f"--teacher={FLAGS.teacher}", f"--student={FLAGS.student}", f"--dataset={FLAGS.dataset}",
         f"--method={method}", f"--epochs={FLAGS.epochs}", f"--batch_size={FLAGS.batch_size}",
@@ -153,8 +182,12 @@ def distill_args(method: str, run_dir: str, seed: int | None = None) -> list[str
     for name in ("train_limit", "test_limit", "init_epochs"):
         if getattr(FLAGS, name) is not None:
             args.append(f"--{name}={getattr(FLAGS, name)}")
-    if method == REFERENCE:
+    if entry == REFERENCE:
         args.append("--baseline")
+    if optimizer:
+        args.append(f"--optimizer={optimizer}")
+        if FLAGS.dot_delta is not None:
+            args.append(f"--dot_delta={FLAGS.dot_delta}")
     return args + cache_args(method, seed) + shlex.split(FLAGS.extra_args)
 
 
@@ -194,7 +227,7 @@ def cacheable_methods() -> list[str]:
         names = []
         # the same order for every group of one sweep: the listed sweep first, then the table's
         listed = [n.strip().lower() for n in FLAGS.teacher_cache_methods or [] if n.strip()]
-        for name in dict.fromkeys([REFERENCE] + listed + method_list()):
+        for name in dict.fromkeys(split_entry(n)[0] for n in [REFERENCE] + listed + method_list()):
             methods = kdkeras.methods.from_spec(name, num_examples=1)
             if not any(m.requires_teacher for m in methods):
                 continue

@@ -4,7 +4,8 @@ Reads every `metrics.json` of `recipes/distill.py` runs under the given run
 roots (e.g. the `OUTPUT_DIR`s of `benchmarks/methods_table.py --seeds=0,1,2`),
 groups them by data set, teacher, student and budget (train/test limits,
 epochs, batch size, learning rate, and the optimiser settings recorded in
-each run's `run_config.json`), and writes one section per group: per method,
+each run's `run_config.json`; DOT counts as SGD, its runs rows labelled
+`METHOD (optimizer=dot)` beside the SGD rows), and writes one section per group: per method,
 student top-1 mean +- std over seeds, the gain over the student trained alone
 paired by seed (the `baseline_top1` of that seed's KD run), the gain over KD
 paired by seed, train seconds, and the paths and commands of the runs. The
@@ -50,6 +51,13 @@ BUDGET_KEYS = ("train_limit", "test_limit", "epochs", "batch_size", "lr")
 #: run_config.json settings that change results beyond the budget: runs that differ
 #: in them are never mixed in one section
 OTHER_KEYS = ("optimizer", "dot_delta", "schedule", "weight_decay", "momentum", "augment", "image_size", "channels")
+#: optimisers that differ from their base only where a Distiller hands them the task and
+#: distillation gradients apart (kdkeras.training.optimizers.DISTILLATION_OPTIMIZERS, kept
+#: here so the page builds without TensorFlow) -> (base, {setting only they read: its
+#: default}). A run with one is a distillation choice, not another set-up: it joins the
+#: section of its base's runs, as a row labelled with the optimiser, compared with the
+#: base-trained baseline and KD of its seeds.
+DISTILLATION_OPTIMIZERS = {"dot": ("sgd", {"dot_delta": 0.075})}
 
 
 class NoRunsError(ValueError):
@@ -78,7 +86,7 @@ def read_run(path: str) -> dict | None:
     config_path = os.path.join(folder, "run_config.json")
     settings = _read_json(config_path) if os.path.exists(config_path) else {}
     budget = {k: metrics[k] if k in metrics else settings.get(k) for k in BUDGET_KEYS}
-    other = {k: settings.get(k) for k in OTHER_KEYS}
+    other, optimizer = _split_optimizer({k: settings.get(k) for k in OTHER_KEYS})
     return {
         "path": _display_path(path),
         "method": str(metrics["method"]).lower(),
@@ -90,6 +98,9 @@ def read_run(path: str) -> dict | None:
         "student_args": metrics.get("student_args") or {},
         "budget": budget,
         "other": other,
+        # a distillation optimiser (DOT) and its non-default settings: part of the row, not the section
+        "optimizer_label": optimizer,
+        "baseline_optimizer": metrics.get("baseline_optimizer"),
         "student_top1": metrics["student_top1"],
         "baseline_top1": metrics.get("baseline_top1"),
         "baseline_train_seconds": metrics.get("baseline_train_seconds"),
@@ -106,6 +117,19 @@ def read_run(path: str) -> dict | None:
         # a sweep's retrained winner: what the sweep chose on its validation split, and its cost
         "sweep": tuned_runs.sweep_of(path),
     }
+
+
+def _split_optimizer(other: dict) -> tuple[dict, str]:
+    """(the settings with a distillation optimiser replaced by its base and its own
+    settings dropped, the row's label for it: "optimizer=dot[, dot_delta=X]" with only
+    non-default settings named; "" for any other optimiser, whose runs keep their section)."""
+    name = other.get("optimizer")
+    if name not in DISTILLATION_OPTIMIZERS:
+        return other, ""
+    base, own = DISTILLATION_OPTIMIZERS[name]
+    label = [f"optimizer={name}"] + [f"{k}={other[k]}" for k, default in own.items()
+                                     if other.get(k) is not None and other[k] != default]
+    return {**other, "optimizer": base, **{k: None for k in own}}, ", ".join(label)
 
 
 def load_runs(roots: Sequence[str]) -> tuple[list[dict], list[str]]:
@@ -137,7 +161,8 @@ def load_runs(roots: Sequence[str]) -> tuple[list[dict], list[str]]:
 
 # -- grouping and statistics --------------------------------------------------------------------
 def group_key(run: dict) -> tuple:
-    """What makes runs comparable: data, teacher, student, budget and other settings."""
+    """What makes runs comparable: data, teacher, student, budget and other settings
+    (a distillation optimiser counted as its base: a DOT run joins the SGD runs)."""
     return (run["dataset"], run["teacher"], run["student"], json.dumps(run["student_args"], sort_keys=True),
             tuple(run["budget"][k] for k in BUDGET_KEYS), tuple(run["other"][k] for k in OTHER_KEYS))
 
@@ -149,9 +174,12 @@ def row_name(run: dict) -> str:
     if "_row" not in run and run.get("sweep"):  # its settings are the sweep's choice, per seed
         run["_changed_defaults"] = {}
         run["_row"] = tuned_runs.row_label(run["method"], run["sweep"])
+        if run.get("optimizer_label"):
+            run["_row"] += f" ({run['optimizer_label']})"
     if "_row" not in run:
         changed = run["_changed_defaults"] = changed_defaults(run)
         extra = ([run["method_args"]] if run["method_args"] else []) + [f"{k}={v}" for k, v in changed.items()]
+        extra += [run["optimizer_label"]] if run.get("optimizer_label") else []
         note = f"; {EARLIER_DEFAULT}" if changed else ""
         run["_row"] = run["method"] + (f" ({', '.join(extra)}{note})" if extra else "")
     return run["_row"]
@@ -255,10 +283,14 @@ def diagnosis_text(d: dict | None, below: bool = False) -> str:
 
 def seed_baselines(runs: list[dict]) -> dict:
     """seed -> (baseline top-1, its train seconds, the metrics.json that recorded it):
-    from that seed's KD run, else from another run of that seed with a baseline."""
+    from that seed's KD run, else from another run of that seed with a baseline. A
+    run under a distillation optimiser (DOT) gives its baseline only when it recorded
+    that the student alone trained with the base (`baseline_optimizer`; older DOT runs
+    trained it with DOT): the section's baseline is always the base-trained one."""
     out: dict = {}
     for run in sorted(runs, key=lambda r: (row_name(r) != REFERENCE, r["path"])):
-        if run["baseline_top1"] is not None and run["seed"] not in out:
+        base_trained = not run.get("optimizer_label") or run.get("baseline_optimizer") == run["other"]["optimizer"]
+        if run["baseline_top1"] is not None and run["seed"] not in out and base_trained:
             out[run["seed"]] = (run["baseline_top1"], run["baseline_train_seconds"], run["path"])
     return out
 

@@ -10,8 +10,11 @@ initialisation stage (FT, AB, FSP, KTA, SSKD, PAD-L2) get it first (`--init_epoc
 DIR/student.keras and DIR/metrics.json (`student_top1`, `teacher_top1`,
 `method`, `epochs`, `train_seconds`, `command`, and with `--baseline`
 `baseline_top1`, the same student trained alone on the same data, budget and
-initial weights, and `teacher_margin` = teacher_top1 - baseline_top1, with a
-warning when a teacher under a point better is given most of the loss).
+initial weights, trained with `baseline_optimizer`: under `--optimizer=dot`
+plain SGD at the same momentum and weight decay, since one loss has no
+distillation gradient for DOT to keep apart; and `teacher_margin` =
+teacher_top1 - baseline_top1, with a warning when a teacher under a point
+better is given most of the loss).
 DKD's warm-up lasts a twelfth of the run (its published 20 of 240 epochs)
 unless `--method_args=dkd.warmup_epochs=N` fixes it. `--method=auto` chooses the
 method and its settings on the validation split (`recipes/tune.py`, same flags).

@@ -300,6 +300,30 @@ def test_the_distill_recipe_trains_with_optimizer_dot(tmp_path, monkeypatch):
     assert (recorded["optimizer"], recorded["dot_delta"]) == ("dot", 0.05)
 
 
+def test_the_student_alone_trains_with_sgd_under_optimizer_dot(tmp_path, monkeypatch):
+    """One loss has no distillation gradient for DOT to keep apart: --baseline's student
+    alone (and any plain model) trains with SGD at the same momentum and weight decay."""
+    from kdkeras.training import fitting
+
+    made = []
+
+    def spy(*args, **kwargs):
+        made.append(make_optimizer(*args, **kwargs))
+        return made[-1]
+
+    make_optimizer = fitting.make_optimizer
+    monkeypatch.setattr(fitting, "make_optimizer", spy)
+    config = training.TrainConfig(optimizer="dot", dot_delta=0.05, momentum=0.8, weight_decay=1e-3)
+    alone = config.one_loss()
+    assert (alone.optimizer, alone.dot_delta, alone.momentum, alone.weight_decay) == ("sgd", None, 0.8, 1e-3)
+    assert training.TrainConfig(optimizer="adamw").one_loss().optimizer == "adamw"
+    m = run_recipe("distill", "--teacher=none", "--method=lsr", "--optimizer=dot", "--dot_delta=0.05",
+                   "--baseline", f"--output_dir={tmp_path}", *TINY).metrics
+    dot, alone = made
+    assert type(dot) is DOT and type(alone) is keras.optimizers.SGD and m["baseline_optimizer"] == "sgd"
+    assert alone.momentum == pytest.approx(0.9) and alone.weight_decay == pytest.approx(dot.weight_decay)
+
+
 def _own_methods():
     from kdkeras.methods.registry import method_class, registered_methods
 

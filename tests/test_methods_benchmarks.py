@@ -209,3 +209,67 @@ def test_methods_table_seeds_layout_resume_and_table(tmp_path, monkeypatch):
     [section] = page["sections"]
     at = next(r for r in section["rows"] if r["method"] == "at")
     assert at["gain_over_baseline"]["mean"] == pytest.approx(rows["at"]["gain_over_baseline"])
+
+
+def test_methods_table_runs_a_method_with_dot_beside_the_plain_kd_and_baseline(tmp_path, monkeypatch):
+    """METHOD@dot runs distill.py with --optimizer=dot and no --baseline; the archived
+    plain KD runs (with the baseline) are resumed, never rerun with DOT; the table and
+    the results page pair the DOT rows with them. No training: a fake distill.py."""
+    import subprocess
+
+    out = tmp_path / "table"
+    baseline = {0: 0.80, 1: 0.83}
+    top1 = {("kd", 0): 0.82, ("kd", 1): 0.84}
+    dot = {("kd", 0): 0.83, ("kd", 1): 0.86, ("dkd", 0): 0.815, ("dkd", 1): 0.845}
+    calls = []
+
+    def write(folder, metrics, optimizer, **settings):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.json").write_text(json.dumps({
+            "teacher_top1": 0.9, "train_seconds": 1.0, "dataset": "fashion_mnist", "teacher": "resnet8",
+            "student": "resnet8", "epochs": 1, "train_limit": 32, "batch_size": 64, "lr": 0.05, **metrics}))
+        (folder / "run_config.json").write_text(json.dumps({"optimizer": optimizer, "momentum": 0.9,
+                                                             "dot_delta": None, **settings}))
+
+    for seed in (0, 1):  # the archived plain KD runs, with their baselines
+        write(out / "kd" / f"seed{seed}", {"method": "kd", "seed": seed, "student_top1": top1["kd", seed],
+                                            "baseline_top1": baseline[seed]}, "sgd")
+
+    def fake_distill(cmd, stdout, **kwargs):
+        args = dict(a[2:].split("=", 1) for a in cmd[2:] if "=" in a)
+        method, seed = args["method"], int(args["seed"])
+        calls.append(cmd[2:])
+        write(Path(args["output_dir"]), {"method": method, "seed": seed, "student_top1": dot[method, seed]},
+              args.get("optimizer", "sgd"), dot_delta=float(args["dot_delta"]) if "dot_delta" in args else None)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    with benchmark("methods_table.py", "--teacher=resnet8", "--methods=kd@dot,dkd@dot", "--seeds=0,1",
+                   "--epochs=1", "--train_limit=32", f"--output_dir={out}", "--teacher_cache=none",
+                   "--dot_delta=0.05", "--resume") as table:
+        assert table.split_entry("dkd@dot") == ("dkd", "dot") and table.split_entry("kd") == ("kd", None)
+        with pytest.raises(ValueError, match=r"'kd@adamw'.*\['dot'\]"):
+            table.split_entry("kd@adamw")
+        monkeypatch.setattr(table.subprocess, "run", fake_distill)
+        table.main([])
+    # only the DOT entries ran: DOT with the given gap, no baseline, each in its own folder
+    assert [(a[3], a[7], a[8]) for a in calls] == [
+        (f"--method={m}", f"--seed={s}", f"--output_dir={out / (m + '@dot') / f'seed{s}'}")
+        for s in (0, 1) for m in ("kd", "dkd")]
+    for args in calls:
+        assert "--baseline" not in args and args[-2:] == ["--optimizer=dot", "--dot_delta=0.05"]
+    rows = {r["method"]: r for r in json.loads((out / "table.json").read_text())["rows"]}
+    assert list(rows) == ["baseline", "kd", "kd@dot", "dkd@dot"]
+    for m in ("kd", "dkd"):
+        gains = [dot[m, s] - baseline[s] for s in (0, 1)]
+        assert rows[f"{m}@dot"]["gain_over_baseline"] == pytest.approx(np.mean(gains))
+    # the results page: one section, the DOT rows labelled, paired with the SGD baseline and KD
+    spec = importlib.util.spec_from_file_location("_benchmark_results_doc", f"{ROOT}/benchmarks/results_doc.py")
+    results_doc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results_doc)
+    [section] = results_doc.main([str(out), f"--output={tmp_path / 'results.md'}"])["sections"]
+    page = {r["method"]: r for r in section["rows"]}
+    assert list(page) == ["baseline", "kd", "dkd (optimizer=dot, dot_delta=0.05)",
+                          "kd (optimizer=dot, dot_delta=0.05)"]
+    kd_dot = page["kd (optimizer=dot, dot_delta=0.05)"]
+    assert kd_dot["gain_over_baseline"]["mean"] == pytest.approx(rows["kd@dot"]["gain_over_baseline"])
+    assert kd_dot["gain_over_kd"]["mean"] == pytest.approx(np.mean([dot["kd", s] - top1["kd", s] for s in (0, 1)]))

@@ -501,3 +501,59 @@ def test_tuned_rows_pair_each_seeds_choice_with_its_baseline_and_cite_the_sweep(
     assert (archive / "runs" / "tuned" / "crd" / "seed2" / "trials.md").exists()
     assert str(archive / "runs" / "tuned" / "crd" / "seed2" / "final" / "metrics.json") in text
     assert "trial_0000" not in text and not (archive / "runs" / "tuned" / "crd" / "seed2" / "trials").exists()
+
+
+def _set_optimizer(metrics_path, optimizer, **settings):
+    """Rewrite a fake run's run_config.json with another optimiser (and its settings)."""
+    config = metrics_path.parent / "run_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "optimizer": optimizer, **settings}))
+
+
+def test_a_dot_run_is_a_labelled_row_of_the_sgd_section_paired_with_the_sgd_baseline(tmp_path):
+    runs = tmp_path / "runs"
+    write_pair(runs)
+    dot_top1 = {"kd": [0.878, 0.871, 0.880], "dkd": [0.884, 0.870, 0.869]}
+    dot_baseline = [0.70, 0.71, 0.72]  # a student alone trained with DOT (older runs): never the section's
+    for method, values in dot_top1.items():
+        for seed, top1 in enumerate(values):
+            path = write_run(runs, method, seed, top1, baseline=dot_baseline[seed] if seed == 2 else None,
+                             folder=runs / f"{method}@dot" / f"seed{seed}")
+            _set_optimizer(path, "dot", dot_delta=0.075 if method == "kd" else 0.05)
+    # a DOT run alone for seed 3: its DOT-trained baseline is not taken, a recorded SGD one is
+    path = write_run(runs, "kd", 3, 0.87, baseline=0.60, folder=runs / "kd@dot" / "seed3")
+    _set_optimizer(path, "dot", dot_delta=None)
+    adamw = write_run(runs, "kd", 0, 0.85, baseline=0.84, folder=runs / "kd_adamw" / "seed0")
+    _set_optimizer(adamw, "adamw")
+    payload = results_doc.main([str(runs), f"--output={tmp_path / 'results.md'}"])
+    sgd, own = payload["sections"]  # adamw: a section of its own, as before
+    assert own["other"]["optimizer"] == "adamw" and [r["method"] for r in own["rows"]] == ["baseline", "kd"]
+    assert sgd["other"]["optimizer"] == "sgd" and sgd["other"]["dot_delta"] is None
+    assert [r["method"] for r in sgd["rows"]] == [
+        "baseline", "kd", "at", "dkd", "dkd (optimizer=dot, dot_delta=0.05)", "kd (optimizer=dot)"]
+    base, kd = np.array(BASELINE), np.array(TOP1["kd"])
+    assert _row(sgd, "baseline")["n"] == 3  # seed 3 (DOT only, its baseline DOT-trained) adds none
+    for name, method in (("kd (optimizer=dot)", "kd"), ("dkd (optimizer=dot, dot_delta=0.05)", "dkd")):
+        row, top1 = _row(sgd, name), np.array(dot_top1[method])
+        assert row["seeds"] == ([0, 1, 2, 3] if method == "kd" else [0, 1, 2])
+        gain_b, gain_kd = top1 - base, top1 - kd
+        assert row["gain_over_baseline"]["n"] == 3 and row["gain_over_kd"]["n"] == 3
+        assert row["gain_over_baseline"]["mean"] == pytest.approx(gain_b.mean(), abs=1e-12), name
+        assert row["gain_over_baseline"]["std"] == pytest.approx(gain_b.std(ddof=1), abs=1e-12), name
+        assert row["gain_over_kd"]["mean"] == pytest.approx(gain_kd.mean(), abs=1e-12), name
+    text = (tmp_path / "results.md").read_text()
+    assert "| kd (optimizer=dot) |" in text and "| dkd (optimizer=dot, dot_delta=0.05) |" in text
+    # a DOT run that recorded its student alone trained with SGD gives the section that seed's baseline
+    metrics = json.loads(path.read_text())
+    path.write_text(json.dumps({**metrics, "baseline_optimizer": "sgd"}))
+    sgd = results_doc.main([str(runs), f"--output={tmp_path / 'results.md'}"])["sections"][0]
+    assert _row(sgd, "baseline")["n"] == 4 and _row(sgd, "baseline")["top1"]["values"][3] == pytest.approx(0.60)
+    assert _row(sgd, "kd (optimizer=dot)")["gain_over_baseline"]["values"][3] == pytest.approx(0.27)
+
+
+def test_the_page_knows_the_distillation_optimisers_of_the_code():
+    from kdkeras.training import dot, optimizers
+
+    assert {k: v[0] for k, v in results_doc.DISTILLATION_OPTIMIZERS.items()} == optimizers.DISTILLATION_OPTIMIZERS
+    assert results_doc.DISTILLATION_OPTIMIZERS["dot"][1] == {"dot_delta": dot.DEFAULT_DELTA}
+    assert {k: tuple(v[1]) for k, v in results_doc.DISTILLATION_OPTIMIZERS.items()} == \
+        optimizers.DISTILLATION_OPTIMIZER_SETTINGS

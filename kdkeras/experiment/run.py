@@ -210,7 +210,9 @@ def train_baseline(spec: DistillSpec, config: RunConfig, data: DataSetup, studen
                   test_ds=None if data.validation is None else data.test)
     baseline.save(os.path.join(config.output_dir, "baseline.keras"))
     metrics.update(baseline_top1=out["top1"], baseline_train_seconds=out["train_seconds"],
-                   baseline_history=out["history"])
+                   baseline_history=out["history"],
+                   # one loss: a distillation optimiser (DOT) gives way to its base (SGD)
+                   baseline_optimizer=config.train_config().one_loss().optimizer)
     where, key = ("validation", "val_top1") if "val_top1" in out else ("test", "top1")
     if where == "validation":
         metrics["baseline_val_top1"] = out["val_top1"]

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import zipfile
@@ -17,7 +18,8 @@ from kdkeras.distiller import Distiller
 from kdkeras.settings import setting
 from kdkeras.training.callbacks import HistoryKeeper, StopOnNonFiniteLoss, callbacks_for
 from kdkeras.training.evaluation import steps_in
-from kdkeras.training.optimizers import DEFAULT_DELTA, OPTIMIZERS, SCHEDULES, make_optimizer
+from kdkeras.training.optimizers import (DEFAULT_DELTA, DISTILLATION_OPTIMIZER_SETTINGS, DISTILLATION_OPTIMIZERS,
+                                         OPTIMIZERS, SCHEDULES, make_optimizer)
 from kdkeras.training.strategy import STRATEGIES, batchnorm_synced
 
 
@@ -38,7 +40,9 @@ class TrainConfig:
     dot_delta: float | None = setting(
         None, group="train", lower_bound=0.0,
         help="--optimizer=dot: the distillation gradient's momentum is the momentum (0.9) plus this, the "
-             f"task gradient's the momentum minus it (default {DEFAULT_DELTA}, the paper's).")
+             f"task gradient's the momentum minus it (default {DEFAULT_DELTA}, the paper's). A network trained "
+             "on one loss (--baseline's student alone, a teacher) has no distillation gradient: it trains with "
+             "plain SGD at the same momentum and weight decay.")
     strategy: str = setting("default", help="tf.distribute strategy.", group="train", choices=STRATEGIES,
                             fingerprint=False)
     tensorboard: bool = setting(False, help="Write TensorBoard logs under output_dir/tensorboard.",
@@ -59,6 +63,19 @@ class TrainConfig:
 
     def __post_init__(self):
         check_train_settings(self.epochs, self.lr, self.weight_decay)
+        self._check_dot_delta()
+
+    def one_loss(self) -> "TrainConfig":
+        """The settings for a network trained on one loss, with no distillation
+        gradient to keep apart: a distillation optimiser (DOT) gives way to its base
+        (SGD at the same momentum and weight decay; `DISTILLATION_OPTIMIZERS`)."""
+        base = DISTILLATION_OPTIMIZERS.get(self.optimizer)
+        if base is None:
+            return self
+        return dataclasses.replace(self, optimizer=base,
+                                   **{k: None for k in DISTILLATION_OPTIMIZER_SETTINGS[self.optimizer]})
+
+    def _check_dot_delta(self) -> None:
         if self.dot_delta is not None and self.optimizer != "dot":
             raise ValueError(f"dot_delta={self.dot_delta!r} applies to optimizer='dot' only, got "
                              f"optimizer={self.optimizer!r}; leave dot_delta None or choose 'dot'.")
@@ -94,7 +111,10 @@ def compile_and_fit(
     compile_kwargs: dict[str, Any] | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[dict, float]:
-    """Compile `model` with the config's optimiser, fit it, return (history, seconds)."""
+    """Compile `model` with the config's optimiser, fit it, return (history, seconds).
+    A plain model (one loss) takes `config.one_loss()`: DOT gives way to SGD."""
+    if not is_distiller(model):
+        config = config.one_loss()
     steps = steps_in(train_ds)
     optimizer = make_optimizer(
         config.optimizer,
