@@ -66,7 +66,7 @@ def test_update_equals_the_reference_two_momentum_step_over_several_steps():
                for _ in range(steps)]
     # the rate changes after two steps: it scales the update, not what the buffers hold
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay([1], [LR, LR / 4])
-    opt = DOT(schedule, momentum=M, delta=DELTA, weight_decay=WD)
+    opt = DOT(schedule, momentum=M, delta=DELTA, weight_decay=WD, decay="l2")
     variables = [keras.Variable(p) for p in start]
     opt.exclude_from_weight_decay(var_list=[variables[4]])
     for step in range(steps):
@@ -78,7 +78,7 @@ def test_update_equals_the_reference_two_momentum_step_over_several_steps():
     np.testing.assert_array_equal(variables[3].numpy(), start[3])  # no gradient: untouched
     assert int(opt.iterations) == steps
     # the two parts differ from their sum given to SGD-like momentum: the split matters
-    summed = DOT(schedule, momentum=M, delta=DELTA, weight_decay=WD)
+    summed = DOT(schedule, momentum=M, delta=DELTA, weight_decay=WD, decay="l2")
     twin = [keras.Variable(p) for p in start[:1]]
     for step in range(steps):
         summed.apply_gradients([(task[step][0] + distill[step][0], twin[0])])
@@ -90,7 +90,7 @@ def test_an_ordinary_gradient_is_sgd_with_l2_decay_in_the_momentum():
     start = rng.normal(size=(5,)).astype("float32")
     grads = [rng.normal(size=(5,)).astype("float32") for _ in range(3)]
     var = keras.Variable(start)
-    opt = DOT(LR, momentum=M, delta=DELTA, weight_decay=WD)
+    opt = DOT(LR, momentum=M, delta=DELTA, weight_decay=WD, decay="l2")
     for g in grads:
         opt.apply_gradients([(g, var)])
     p, buf = start.astype("float64"), np.zeros(5)
@@ -100,7 +100,45 @@ def test_an_ordinary_gradient_is_sgd_with_l2_decay_in_the_momentum():
     np.testing.assert_allclose(var.numpy(), p, rtol=1e-5)
 
 
+def test_decoupled_decay_on_an_ordinary_gradient_equals_keras_sgd():
+    # the default: --optimizer=dot differs from the SGD run it replaces in its momenta only
+    rng = np.random.default_rng(2)
+    start = rng.normal(size=(6,)).astype("float32")
+    grads = [rng.normal(size=(6,)).astype("float32") for _ in range(4)]
+    dot_var, sgd_var = keras.Variable(start), keras.Variable(start)
+    dot, sgd = DOT(LR, momentum=M, delta=DELTA, weight_decay=0.05), keras.optimizers.SGD(LR, momentum=M, weight_decay=0.05)
+    for g in grads:
+        dot.apply_gradients([(g, dot_var)])
+        sgd.apply_gradients([(g, sgd_var)])
+    np.testing.assert_allclose(dot_var.numpy(), sgd_var.numpy(), rtol=1e-5, atol=1e-6)
+    p, buf = start.astype("float64"), np.zeros(6)
+    for g in grads:  # decay first, outside the momentum
+        p = p - LR * 0.05 * p
+        buf = M * buf + g
+        p = p - LR * buf
+    np.testing.assert_allclose(dot_var.numpy(), p, rtol=1e-5)
+
+
+def test_decoupled_decay_with_both_parts_stays_out_of_the_momenta():
+    rng = np.random.default_rng(3)
+    start = rng.normal(size=(3,)).astype("float32")
+    parts = [(rng.normal(size=(3,)).astype("float32"), rng.normal(size=(3,)).astype("float32")) for _ in range(3)]
+    var = keras.Variable(start)
+    opt = DOT(LR, momentum=M, delta=DELTA, weight_decay=0.05)
+    opt.build([var])
+    for gt, gd in parts:
+        opt.apply_gradients(list(zip(opt.pack_split_gradients([gt], [gd], [var]), [var])))
+    p, bt, bd = start.astype("float64"), np.zeros(3), np.zeros(3)
+    for gt, gd in parts:
+        p = p - LR * 0.05 * p
+        bt, bd = (M - DELTA) * bt + gt, (M + DELTA) * bd + gd
+        p = p - LR * (bt + bd)
+    np.testing.assert_allclose(var.numpy(), p, rtol=1e-5)
+    assert DOT.from_config(opt.get_config()).decay == "decoupled"
+
+
 @pytest.mark.parametrize("kwargs, match", [
+    ({"decay": "coupled"}, "decay.*'decoupled', 'l2'.*'coupled'"),
     ({"delta": 0.2, "momentum": 0.9}, r"delta.*\[0.0, 0.09999.*0.2"),
     ({"momentum": 1.5}, "momentum.*1.5"),
     ({"delta": "big"}, "'big'"),
@@ -199,7 +237,7 @@ def test_an_ordinary_optimiser_gets_the_summed_gradient_as_before():
 def test_dot_through_the_distiller_equals_the_reference_over_steps():
     d = make()
     x, y = tiny_data(8)
-    d.compile(optimizer=DOT(LR, momentum=M, delta=DELTA, weight_decay=WD))
+    d.compile(optimizer=DOT(LR, momentum=M, delta=DELTA, weight_decay=WD, decay="l2"))
     start = [v.numpy().copy() for v in d.trainable_variables]
     tasks, distills = [], []
     for _ in range(3):

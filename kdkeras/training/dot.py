@@ -6,7 +6,9 @@ gradient's with `momentum - delta`, so the update leans on the distillation
 direction; a variable that only one part reaches (a connector: distillation only)
 keeps plain `momentum`. It is an optimiser, not a loss: it combines with any
 method. A `Distiller` hands it the two gradients apart (`kdkeras.split_gradients`);
-anywhere else it is SGD with momentum and L2 weight decay.
+anywhere else it is SGD with momentum. Weight decay is decoupled by default, as
+Keras' SGD applies it, so `--optimizer=dot` changes only the momenta of an SGD
+run; `decay="l2"` adds it to the gradient inside the momentum, as the reference.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-__all__ = ["DOT", "DEFAULT_DELTA"]
+__all__ = ["DOT", "DEFAULT_DELTA", "DECAY_MODES"]
 
 #: the momentum gap of mdistiller's DOT configs (SOLVER.DOT.DELTA)
 DEFAULT_DELTA = 0.075
+#: how weight decay is applied: "decoupled" (Keras SGD's `w -= lr wd w`, outside the
+#: momenta) or "l2" (torch SGD's and the reference's: `wd w` added to the gradient)
+DECAY_MODES = ("decoupled", "l2")
 
 
 def _check(name: str, value: Any, low: float, high: float) -> float:
@@ -34,8 +39,9 @@ class DOT(keras.optimizers.Optimizer):
     """Distillation-Oriented Trainer: SGD with separate task and distillation momenta.
 
     Per variable, with task gradient g_t, distillation gradient g_d, weight
-    decay wd (L2, added to the gradient as in torch's SGD), m = momentum and
-    d = delta:
+    decay wd (with `decay="l2"`, added to the gradient as in torch's SGD and
+    the reference; by default decoupled: `w -= lr wd w` first, as Keras' SGD,
+    and no `wd w` term below), m = momentum and d = delta:
 
         reached by both:  b_t = (m - d) b_t + g_t + wd w;  b_d = (m + d) b_d + g_d
         task only:        b_t = m b_t + g_t + wd w
@@ -50,8 +56,10 @@ class DOT(keras.optimizers.Optimizer):
         learning_rate: a float or a `keras.optimizers.schedules` schedule.
         momentum: the base momentum m (0.9 in the paper).
         delta: the gap d; m - d and m + d must lie in [0, 1] (default 0.075).
-        weight_decay: L2 factor added to the gradient (it enters the momentum,
-            unlike Keras SGD's decoupled `weight_decay`).
+        weight_decay: the weight-decay factor (None or 0: none).
+        decay: "decoupled" (default: as Keras' SGD, so DOT differs from the
+            SGD run it replaces in its momenta only) or "l2" (in the gradient
+            and the momentum, as mdistiller's DOT and torch's SGD).
 
     >>> opt = DOT(0.1, momentum=0.9, delta=0.075)
     >>> round(opt.task_momentum, 3), round(opt.distill_momentum, 3)
@@ -59,7 +67,8 @@ class DOT(keras.optimizers.Optimizer):
     """
 
     def __init__(self, learning_rate: Any = 0.05, momentum: float = 0.9, delta: float = DEFAULT_DELTA,
-                 weight_decay: float | None = None, name: str = "dot", **kwargs: Any):
+                 weight_decay: float | None = None, decay: str = "decoupled", name: str = "dot",
+                 **kwargs: Any):
         for key in ("clipnorm", "global_clipnorm", "gradient_accumulation_steps"):
             if kwargs.get(key) is not None:
                 raise ValueError(f"DOT does not take {key}={kwargs[key]!r}: it would mix the task and "
@@ -67,6 +76,9 @@ class DOT(keras.optimizers.Optimizer):
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, name=name, **kwargs)
         self.momentum = _check("momentum", momentum, 0.0, 1.0)
         self.delta = _check("delta", delta, 0.0, min(self.momentum, 1.0 - self.momentum))
+        if decay not in DECAY_MODES:
+            raise ValueError(f"DOT decay must be one of {list(DECAY_MODES)}, got {decay!r}.")
+        self.decay = decay
 
     @property
     def task_momentum(self) -> float:
@@ -99,14 +111,18 @@ class DOT(keras.optimizers.Optimizer):
         return packed
 
     def _apply_weight_decay(self, variables):
-        """Weight decay enters the gradient in `update_step` (L2, as the reference)."""
+        """Decoupled decay as Keras' optimisers apply it; with `decay="l2"` it
+        enters the gradient in `update_step` instead."""
+        if self.decay == "decoupled":
+            super()._apply_weight_decay(variables)
 
     def update_step(self, gradient, variable, learning_rate):
         lr = ops.cast(learning_rate, variable.dtype)
         grad = ops.cast(gradient, variable.dtype)
         index = self._get_variable_index(variable)
         task_buf, distill_buf = self.task_momentums[index], self.distill_momentums[index]
-        decay = self.weight_decay is not None and self.weight_decay != 0 and self._use_weight_decay(variable)
+        decay = (self.decay == "l2" and self.weight_decay is not None and self.weight_decay != 0
+                 and self._use_weight_decay(variable))
         wd = ops.cast(self.weight_decay, variable.dtype) if decay else None
 
         def with_decay(g):
@@ -125,5 +141,5 @@ class DOT(keras.optimizers.Optimizer):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update({"momentum": self.momentum, "delta": self.delta})
+        config.update({"momentum": self.momentum, "delta": self.delta, "decay": self.decay})
         return config
