@@ -315,19 +315,25 @@ def test_optimizer_dot_with_its_delta_setting():
         training.TrainConfig(optimizer="sgd", dot_delta=0.05)
 
 
-@pytest.mark.e2e
-@needs_fashion_mnist
-def test_the_distill_recipe_trains_with_optimizer_dot(tmp_path, monkeypatch):
+@pytest.fixture
+def made_optimizers(monkeypatch) -> list:
+    """Every optimiser the recipes' `make_optimizer` builds, in order."""
     from kdkeras.training import fitting
 
-    made = []
+    made, make_optimizer = [], fitting.make_optimizer
 
     def spy(*args, **kwargs):
         made.append(make_optimizer(*args, **kwargs))
         return made[-1]
 
-    make_optimizer = fitting.make_optimizer
     monkeypatch.setattr(fitting, "make_optimizer", spy)
+    return made
+
+
+@pytest.mark.e2e
+@needs_fashion_mnist
+def test_the_distill_recipe_trains_with_optimizer_dot(tmp_path, made_optimizers):
+    made = made_optimizers
     m = run_recipe("distill", "--teacher=none", "--method=lsr", "--optimizer=dot", "--dot_delta=0.05",
                    f"--output_dir={tmp_path}", *TINY).metrics
     assert np.isfinite(m["history"]["loss"][0])
@@ -338,19 +344,10 @@ def test_the_distill_recipe_trains_with_optimizer_dot(tmp_path, monkeypatch):
     assert (recorded["optimizer"], recorded["dot_delta"]) == ("dot", 0.05)
 
 
-def test_the_student_alone_trains_with_sgd_under_optimizer_dot(tmp_path, monkeypatch):
+def test_the_student_alone_trains_with_sgd_under_optimizer_dot(tmp_path, made_optimizers):
     """One loss has no distillation gradient for DOT to keep apart: --baseline's student
     alone (and any plain model) trains with SGD at the same momentum and weight decay."""
-    from kdkeras.training import fitting
-
-    made = []
-
-    def spy(*args, **kwargs):
-        made.append(make_optimizer(*args, **kwargs))
-        return made[-1]
-
-    make_optimizer = fitting.make_optimizer
-    monkeypatch.setattr(fitting, "make_optimizer", spy)
+    made = made_optimizers
     config = training.TrainConfig(optimizer="dot", dot_delta=0.05, momentum=0.8, weight_decay=1e-3)
     alone = config.one_loss()
     assert (alone.optimizer, alone.dot_delta, alone.momentum, alone.weight_decay) == ("sgd", None, 0.8, 1e-3)
