@@ -16,9 +16,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(
-    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
-)
+if tf.config.get_logical_device_configuration(cpu) is None:  # dist_step_check may have set it
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -46,8 +47,10 @@ def one_step(strategy, sync):
     return hist.history, [w.numpy() for w in d.weights]
 
 
-def main():
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def check(mirrored=None):
+    """Per-replica and synchronised BatchNorm runs against one device's (see the module docstring),
+    under `mirrored` (default: a new MirroredStrategy over the two logical CPUs)."""
+    mirrored = mirrored or tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     out = {"replicas": mirrored.num_replicas_in_sync}
     single, w1 = one_step(tf.distribute.get_strategy(), sync=False)  # one device: nothing to sync
     for sync in (False, True):
@@ -59,7 +62,11 @@ def main():
             "max_weight_diff": float(max(np.abs(a - b).max() for a, b in zip(w1, w2))),
             "max_weight": float(max(np.abs(a).max() for a in w1)),
         }
-    print("RESULT " + json.dumps(out))
+    return out
+
+
+def main():
+    print("RESULT " + json.dumps(check()))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ With a second argument `cache`, both steps read the teacher's outputs from a
 teacher cache (no teacher model), and the online one-device step is compared too;
 with `dot`, two steps of `kdkeras.training.DOT` (its two momenta) instead of one of SGD.
 
+With `--jobs JSON` (a list of [name, spec, mode], mode "", "cache", "dot" or
+"bn_sync" for tests.bn_sync_check's check) it runs every job in this one process
+and prints a `RESULT name {...}` line per job (one TensorFlow start-up for all).
+
 Run as `python -m tests.dist_step_check` (a fresh process: logical devices must be set before TF starts).
 """
 
@@ -16,9 +20,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(
-    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
-)
+if tf.config.get_logical_device_configuration(cpu) is None:  # bn_sync_check may have set it
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -64,18 +69,29 @@ def build_cache(weights_t, methods_spec):
                                num_examples=16, taps=taps, method_taps=per_method, verbose=False)
 
 
-def main():
+_MIRRORED = []
+
+
+def mirrored_strategy():
+    """The process's one MirroredStrategy over the two logical CPUs: a second one would number
+    its collectives from the start again, and clash with those the first left (other dtypes)."""
+    if not _MIRRORED:
+        _MIRRORED.append(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    return _MIRRORED[0]
+
+
+def check(spec, mode=""):
+    """One step on one device and under MirroredStrategy (see the module docstring); the differences."""
     keras.utils.set_random_seed(0)
     wt = tiny_cnn(width=8, name="t0", batchnorm=False).get_weights()
     ws = tiny_cnn(width=4, name="s0", batchnorm=False).get_weights()
-    spec = json.loads(sys.argv[1]) if len(sys.argv) > 1 else [["kd", {"temperature": 4.0, "weight": 0.7}]]
-    cache = build_cache(wt, spec) if sys.argv[2:] == ["cache"] else None
-    dot = sys.argv[2:] == ["dot"]
+    cache = build_cache(wt, spec) if mode == "cache" else None
+    dot = mode == "dot"
     online, w0 = one_step(tf.distribute.get_strategy(), wt, ws, spec, dot=dot)
     single, w1 = one_step(tf.distribute.get_strategy(), wt, ws, spec, cache, dot=dot)
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    mirrored = mirrored_strategy()
     multi, w2 = one_step(mirrored, wt, ws, spec, cache, dot=dot)
-    out = {
+    return {
         "replicas": mirrored.num_replicas_in_sync,
         "single_loss": single["loss"][-1],
         "mirrored_loss": multi["loss"][-1],
@@ -85,7 +101,31 @@ def main():
         "online_loss": online["loss"][-1],
         "max_weight_diff_online": float(max(np.abs(a - b).max() for a, b in zip(w0, w2))),
     }
-    print("RESULT " + json.dumps(out))
+
+
+def run_jobs(jobs):
+    """Each [name, spec, mode] job's result (or its error, so one failing job leaves the others' results)."""
+    import traceback
+
+    for name, spec, mode in jobs:
+        try:
+            if mode == "bn_sync":
+                from tests import bn_sync_check
+
+                out = bn_sync_check.check(mirrored_strategy())
+            else:
+                out = check(spec, mode)
+        except Exception:  # noqa: BLE001 - reported to the test that reads this job
+            out = {"error": traceback.format_exc()}
+        print(f"RESULT {name} " + json.dumps(out), flush=True)
+
+
+def main():
+    if sys.argv[1:2] == ["--jobs"]:
+        run_jobs(json.loads(sys.argv[2]))
+        return
+    spec = json.loads(sys.argv[1]) if len(sys.argv) > 1 else [["kd", {"temperature": 4.0, "weight": 0.7}]]
+    print("RESULT " + json.dumps(check(spec, sys.argv[2] if len(sys.argv) > 2 else "")))
 
 
 if __name__ == "__main__":

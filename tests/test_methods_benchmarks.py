@@ -6,17 +6,14 @@ import collections
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, run_script
+from tests.helpers import ROOT
 from tests.test_benchmarks import benchmark, count_calls
-
-
-def _run(script, *args):
-    return run_script(f"benchmarks/{script}", *args)
 
 
 @pytest.mark.e2e
@@ -103,8 +100,16 @@ def test_crd_speed_json_matches_its_timings(tmp_path, capsys):
     assert f"crd_over_kd = {data['crd_over_kd']:.3f}" in capsys.readouterr().out
 
 
+def _table(monkeypatch, *args):
+    """benchmarks/methods_table.py's main on `args` in this process (its distill.py runs are still
+    processes of their own): one TensorFlow start-up fewer per table than running the script."""
+    monkeypatch.setattr(sys, "argv", ["benchmarks/methods_table.py", *args])  # the table's command line
+    with benchmark("methods_table.py", *args) as table:
+        table.main([])
+
+
 @pytest.mark.e2e
-def test_methods_table_writes_markdown_and_json(tmp_path):
+def test_methods_table_writes_markdown_and_json(tmp_path, monkeypatch, capsys):
     import kdkeras
 
     teacher = tmp_path / "teacher.keras"
@@ -113,7 +118,7 @@ def test_methods_table_writes_markdown_and_json(tmp_path):
     args = [f"--teacher={teacher}", "--student=resnet8", "--dataset=fashion_mnist", "--methods=at",
             "--epochs=1", "--train_limit=32", "--test_limit=32", "--batch_size=16",
             f"--output={out}", "--extra_args=--run_eagerly"]
-    _run("methods_table.py", *args)
+    _table(monkeypatch, *args)
     data = json.loads(out.with_suffix(".json").read_text())
     assert [r["method"] for r in data["rows"]] == ["baseline", "kd", "at"]
     for key in ("command", "baseline_top1", "kd_top1", "teacher_top1", "config"):
@@ -124,7 +129,8 @@ def test_methods_table_writes_markdown_and_json(tmp_path):
     table = out.read_text()
     assert "methods_table.py" in table and "| at |" in table and "| baseline |" in table
     # both runs read one cache, built by the first with AT's taps as well as the logits
-    runs = {m: json.loads((tmp_path / "table" / m / "seed0" / "metrics.json").read_text()) for m in ("kd", "at")}
+    metrics_path = {m: tmp_path / "table" / m / "seed0" / "metrics.json" for m in ("kd", "at")}
+    runs = {m: json.loads(path.read_text()) for m, path in metrics_path.items()}
     cache_dir = tmp_path / "table" / "teacher_cache" / "seed0"
     assert runs["kd"]["teacher_cache"] == runs["at"]["teacher_cache"] == str(cache_dir)
     manifest = json.loads((cache_dir / "train" / "manifest.json").read_text())
@@ -133,15 +139,18 @@ def test_methods_table_writes_markdown_and_json(tmp_path):
     for m in runs.values():  # the teacher's top-1 from the run equals the cached test logits'
         cache = json.loads((Path(m["teacher_cache"]) / "test" / "manifest.json").read_text())
         assert cache["teacher_top1"] == pytest.approx(m["teacher_top1"])
+    finished = {m: (path.stat().st_mtime_ns, path.read_text()) for m, path in metrics_path.items()}
 
-    # --resume reads the finished runs back instead of training again.
-    proc = _run("methods_table.py", *args, "--resume")
-    assert "[at] resumed" in proc.stdout and "[kd] resumed" in proc.stdout
-    # a later group of the sweep (RKD: a layer the cache lacks) replaces the cache with one
-    # holding every listed method's layers, instead of failing on it
-    group = [a if not a.startswith("--methods=") else "--methods=rkd" for a in args]
-    proc = _run("methods_table.py", *group, "--teacher_cache_methods=at,rkd", "--resume")
-    assert "[kd] resumed" in proc.stdout and (tmp_path / "table" / "rkd" / "seed0" / "metrics.json").exists()
+    # One more table, with --resume: it reads the finished runs (KD, AT) back instead of training
+    # them again; and, a later group of the sweep (RKD: a layer the cache lacks), it replaces the
+    # cache with one holding every listed method's layers, instead of failing on it.
+    capsys.readouterr()
+    group = [a if not a.startswith("--methods=") else "--methods=at,rkd" for a in args]
+    _table(monkeypatch, *group, "--teacher_cache_methods=at,rkd", "--resume")
+    printed = capsys.readouterr().out
+    assert "[at] resumed" in printed and "[kd] resumed" in printed
+    assert {m: (path.stat().st_mtime_ns, path.read_text()) for m, path in metrics_path.items()} == finished
+    assert (tmp_path / "table" / "rkd" / "seed0" / "metrics.json").exists()
     manifest = json.loads((cache_dir / "train" / "manifest.json").read_text())
     assert set(manifest["method_taps"]) == {"kd", "at", "rkd"}
 

@@ -1,5 +1,7 @@
 """The experiment recipes (teacher-free, Re-KD, De-KD, bias-variance) end to end,
-in process, on tiny Fashion-MNIST: table, plot and JSON agree with each other."""
+in process, on tiny Fashion-MNIST: table, plot and JSON agree with each other. Each
+run holds out a validation split, and also carries test_validation_split's checks
+that the recipe records it and its fits watched it (one run per recipe for both)."""
 
 import json
 
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import TINY, needs_fashion_mnist, run_recipe
+from tests.test_validation_split import VALIDATION, check_the_split_is_recorded
 
 pytestmark = [pytest.mark.e2e, needs_fashion_mnist]
 
@@ -27,7 +30,8 @@ def _row(markdown, first_cell):
 
 def test_teacher_free_recipe(tiny_teacher, tmp_path):
     results = run_recipe("teacher_free", "--student=resnet8", f"--teacher={tiny_teacher.path}",
-                         f"--output_dir={tmp_path}", *TINY)
+                         f"--output_dir={tmp_path}", *VALIDATION, *TINY)
+    check_the_split_is_recorded("teacher_free", tmp_path)
     payload, markdown = _outputs(tmp_path, "teacher_free")
     assert list(payload["results"]) == ["baseline", "LSR", "Tf-KD self", "Tf-KD reg", "KD"]
     assert payload["teacher_top1"] == pytest.approx(tiny_teacher.top1)
@@ -43,7 +47,8 @@ def test_teacher_free_recipe(tiny_teacher, tmp_path):
 
 def test_reversed_kd_recipe(tmp_path):
     run_recipe("reversed_kd", "--weak=resnet8", "--weak_args=width_multiplier=0.5", "--strong=resnet8",
-               "--nonormal_kd", f"--output_dir={tmp_path}", *TINY)
+               "--nonormal_kd", f"--output_dir={tmp_path}", *VALIDATION, *TINY)
+    check_the_split_is_recorded("reversed_kd", tmp_path)
     payload, markdown = _outputs(tmp_path, "reversed_kd")
     assert list(payload["results"]) == ["weak alone", "strong alone", "Re-KD"]
     assert payload["rekd_gain"] == pytest.approx(payload["rekd_top1"] - payload["strong_top1"])
@@ -53,7 +58,8 @@ def test_reversed_kd_recipe(tmp_path):
 
 def test_defective_kd_recipe(tmp_path):
     points = run_recipe("defective_kd", "--teacher=resnet8", "--student=resnet8", "--defect=steps",
-                        "--levels=0,1", "--nofull_teacher", f"--output_dir={tmp_path}", *TINY)
+                        "--levels=0,1", "--nofull_teacher", f"--output_dir={tmp_path}", *VALIDATION, *TINY)
+    check_the_split_is_recorded("defective_kd", tmp_path)
     payload, markdown = _outputs(tmp_path, "defective_kd")
     assert [p["level"] for p in payload["points"]] == [0, 1] == [p["level"] for p in points]
     assert [p["teacher"] for p in payload["points"]] == ["untrained", "1 steps"]
@@ -73,7 +79,8 @@ def test_defective_kd_rejects_bad_levels(tmp_path):
 def test_bias_variance_recipe(tiny_teacher, tmp_path):
     summaries = run_recipe("bias_variance", f"--teacher={tiny_teacher.path}", "--student=resnet8",
                            "--methods=ce,wsl", "--num_models=2", "--resample=bootstrap",
-                           f"--output_dir={tmp_path}", *TINY)
+                           f"--output_dir={tmp_path}", *VALIDATION, *TINY)
+    check_the_split_is_recorded("bias_variance", tmp_path)
     payload, markdown = _outputs(tmp_path, "bias_variance")
     assert list(payload["results"]) == ["ce", "wsl"] == list(summaries)
     for name, row in payload["results"].items():
