@@ -21,7 +21,6 @@ the issue's target is <= 1.2. `--json PATH` writes the numbers.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 import time

@@ -3,7 +3,6 @@ depends on the validation split only, and both recipes run a sweep to its report
 
 import json
 import os
-import shutil
 
 import keras
 import numpy as np

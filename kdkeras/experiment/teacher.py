@@ -8,7 +8,7 @@ import json
 import os
 import zipfile
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import keras
 
