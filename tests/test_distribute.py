@@ -34,6 +34,18 @@ def results():
     return found, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 
+def run_check(spec, *extra) -> dict:
+    """One check in a subprocess of its own (`tests.dist_step_check SPEC [MODE]`), for the
+    other files' single mirrored-step checks (DOT's, SSKD's)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.dist_step_check", json.dumps(spec), *extra],
+        capture_output=True, text=True, timeout=300, cwd=os.path.dirname(HERE),
+    )
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    assert line, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(line[0][len("RESULT "):])
+
+
 def result_of(results, name):
     found, tail = results
     assert name in found, tail

@@ -156,10 +156,11 @@ def _results(directory, names):
 NEW_METHODS = ("reviewkd", "ofd", "ickd", "nkd", "uskd", "pad_l2", "ctkd")
 NEW_MIX = "new=" + "+".join(NEW_METHODS)
 #: seven terms at once, ICKD at weight 500 and OFD's in the thousands: their large steps carry float
-#: rounding (its order differs between one device and 2 replicas) to 1e-4..5e-4 in four steps (each
+#: rounding (its order differs between one device and 2 replicas) to 1e-4..5e-4 in four steps, and
+#: to 2e-3 on val_pad_l2 and 1.4e-3 on val_ctkd since PAD-L2's first stage runs before them (each
 #: method alone, or PAD+CTKD+NKD together, agrees to 2e-5); a wrong reduction misses by far more
-#: (ICKD's per-replica `/ b^2`, N times the term: loss 101 against 124 in epoch 1)
-NEW_TOLERANCE = 1e-3
+#: (ICKD's per-replica `/ b^2`, N times the term: loss 101 against 124 in epoch 1, 2e-1)
+NEW_TOLERANCE = 1e-2
 #: DIST alone: its per-class correlation over the global batch (gathered). On these untrained
 #: networks its correlations are ill-conditioned (a class's probability varies by ~1% of its mean over
 #: the batch): float rounding, whose order differs between one device and 2 replicas (the BatchNorm
