@@ -54,6 +54,7 @@ import time
 from absl import app, flags
 
 from kdkeras.analysis.stats import format_mean_std, mean_std
+from kdkeras.distillation_optimizers import DISTILLATION_OPTIMIZERS, DOT_DEFAULT_DELTA
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DISTILL = os.path.join(ROOT, "recipes", "distill.py")
@@ -66,7 +67,7 @@ flags.DEFINE_list("methods", None,
                   "Methods to run (default: every registry name); KD and the baseline always run. "
                   "METHOD@dot runs METHOD with the DOT optimiser (--optimizer=dot) for a row of its own, "
                   "compared with the plain KD and baseline runs, which never run with DOT.")
-flags.DEFINE_float("dot_delta", None, "DOT's momentum gap for the METHOD@dot entries (default: DOT's, 0.075).")
+flags.DEFINE_float("dot_delta", None, f"DOT's momentum gap for the METHOD@dot entries (default: DOT's, {DOT_DEFAULT_DELTA}).")
 flags.DEFINE_integer("epochs", 10, "Training epochs of every run.")
 flags.DEFINE_integer("init_epochs", None, "Epochs of the init stage of FT/AB/FSP (default: distill.py's).")
 flags.DEFINE_integer("train_limit", None, "Use only the first N training examples.")
@@ -90,8 +91,7 @@ flags.mark_flag_as_required("teacher")
 
 REFERENCE = "kd"
 #: METHOD@OPTIMIZER entries: the distillation optimisers a method may run with for a row
-#: (kdkeras.training.optimizers.DISTILLATION_OPTIMIZERS)
-OPTIMIZER_SUFFIXES = ("dot",)
+OPTIMIZER_SUFFIXES = tuple(DISTILLATION_OPTIMIZERS)
 
 
 def split_entry(entry: str) -> tuple[str, str | None]:

@@ -36,6 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # run_settings builds method
 from kdkeras.analysis import experiments as ex  # noqa: E402
 from kdkeras.analysis import tuned as tuned_runs  # noqa: E402
 from kdkeras.analysis.stats import format_mean_std, mean_std  # noqa: E402
+from kdkeras.distillation_optimizers import DISTILLATION_OPTIMIZERS  # noqa: E402
 from kdkeras.weak_teacher import WEAK_TEACHER_MARGIN  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,13 +52,6 @@ BUDGET_KEYS = ("train_limit", "test_limit", "epochs", "batch_size", "lr")
 #: run_config.json settings that change results beyond the budget: runs that differ
 #: in them are never mixed in one section
 OTHER_KEYS = ("optimizer", "dot_delta", "schedule", "weight_decay", "momentum", "augment", "image_size", "channels")
-#: optimisers that differ from their base only where a Distiller hands them the task and
-#: distillation gradients apart (kdkeras.training.optimizers.DISTILLATION_OPTIMIZERS, kept
-#: here so the page builds without TensorFlow) -> (base, {setting only they read: its
-#: default}). A run with one is a distillation choice, not another set-up: it joins the
-#: section of its base's runs, as a row labelled with the optimiser, compared with the
-#: base-trained baseline and KD of its seeds.
-DISTILLATION_OPTIMIZERS = {"dot": ("sgd", {"dot_delta": 0.075})}
 
 
 class NoRunsError(ValueError):
@@ -120,7 +114,11 @@ def read_run(path: str) -> dict | None:
 
 
 def _split_optimizer(other: dict) -> tuple[dict, str]:
-    """(the settings with a distillation optimiser replaced by its base and its own
+    """A run with a distillation optimiser (`DISTILLATION_OPTIMIZERS`) is a distillation
+    choice, not another set-up: it joins its base's section, as a row labelled with the
+    optimiser, compared with the base-trained baseline and KD of its seeds.
+
+    (the settings with a distillation optimiser replaced by its base and its own
     settings dropped, the row's label for it: "optimizer=dot[, dot_delta=X]" with only
     non-default settings named; "" for any other optimiser, whose runs keep their section)."""
     name = other.get("optimizer")

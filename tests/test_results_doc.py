@@ -550,10 +550,19 @@ def test_a_dot_run_is_a_labelled_row_of_the_sgd_section_paired_with_the_sgd_base
     assert _row(sgd, "kd (optimizer=dot)")["gain_over_baseline"]["values"][3] == pytest.approx(0.27)
 
 
-def test_the_page_knows_the_distillation_optimisers_of_the_code():
-    from kdkeras.training import dot, optimizers
+def test_the_distillation_optimisers_rule_is_the_codes_and_the_page_needs_no_tensorflow():
+    import dataclasses
+    import subprocess
+    import sys
 
-    assert {k: v[0] for k, v in results_doc.DISTILLATION_OPTIMIZERS.items()} == optimizers.DISTILLATION_OPTIMIZERS
-    assert results_doc.DISTILLATION_OPTIMIZERS["dot"][1] == {"dot_delta": dot.DEFAULT_DELTA}
-    assert {k: tuple(v[1]) for k, v in results_doc.DISTILLATION_OPTIMIZERS.items()} == \
-        optimizers.DISTILLATION_OPTIMIZER_SETTINGS
+    from kdkeras import training
+    from kdkeras.distillation_optimizers import DISTILLATION_OPTIMIZERS
+
+    for name, (base, own) in DISTILLATION_OPTIMIZERS.items():
+        config = training.TrainConfig(optimizer=name, **{k: v / 2 for k, v in own.items()})
+        assert config.one_loss() == dataclasses.replace(config, optimizer=base, **{k: None for k in own})
+        built = training.make_optimizer(name, 0.1)
+        assert {k: getattr(built, k.removeprefix(f"{name}_")) for k in own} == pytest.approx(own)
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); import results_doc, methods_table; "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).returncode == 0

@@ -19,10 +19,12 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from kdkeras.distillation_optimizers import DOT_DEFAULT_DELTA
+
 __all__ = ["DOT", "DEFAULT_DELTA", "DECAY_MODES"]
 
 #: the momentum gap of mdistiller's DOT configs (SOLVER.DOT.DELTA)
-DEFAULT_DELTA = 0.075
+DEFAULT_DELTA = DOT_DEFAULT_DELTA
 #: how weight decay is applied: "decoupled" (Keras SGD's `w -= lr wd w`, outside the
 #: momenta) or "l2" (torch SGD's and the reference's: `wd w` added to the gradient)
 DECAY_MODES = ("decoupled", "l2")

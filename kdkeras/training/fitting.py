@@ -18,8 +18,8 @@ from kdkeras.distiller import Distiller
 from kdkeras.settings import setting
 from kdkeras.training.callbacks import HistoryKeeper, StopOnNonFiniteLoss, callbacks_for
 from kdkeras.training.evaluation import steps_in
-from kdkeras.training.optimizers import (DEFAULT_DELTA, DISTILLATION_OPTIMIZER_SETTINGS, DISTILLATION_OPTIMIZERS,
-                                         OPTIMIZERS, SCHEDULES, make_optimizer)
+from kdkeras.distillation_optimizers import base_optimizer, own_settings
+from kdkeras.training.optimizers import DEFAULT_DELTA, OPTIMIZERS, SCHEDULES, make_optimizer
 from kdkeras.training.strategy import STRATEGIES, batchnorm_synced
 
 
@@ -68,12 +68,11 @@ class TrainConfig:
     def one_loss(self) -> "TrainConfig":
         """The settings for a network trained on one loss, with no distillation
         gradient to keep apart: a distillation optimiser (DOT) gives way to its base
-        (SGD at the same momentum and weight decay; `DISTILLATION_OPTIMIZERS`)."""
-        base = DISTILLATION_OPTIMIZERS.get(self.optimizer)
+        (SGD at the same momentum and weight decay; `kdkeras.distillation_optimizers`)."""
+        base = base_optimizer(self.optimizer)
         if base is None:
             return self
-        return dataclasses.replace(self, optimizer=base,
-                                   **{k: None for k in DISTILLATION_OPTIMIZER_SETTINGS[self.optimizer]})
+        return dataclasses.replace(self, optimizer=base, **{k: None for k in own_settings(self.optimizer)})
 
     def _check_dot_delta(self) -> None:
         if self.dot_delta is not None and self.optimizer != "dot":

@@ -6,16 +6,10 @@ from __future__ import annotations
 
 import keras
 
-from kdkeras.training.dot import DEFAULT_DELTA, DOT
+from kdkeras.distillation_optimizers import DOT_DEFAULT_DELTA as DEFAULT_DELTA
+from kdkeras.training.dot import DOT
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "dot")
-#: optimisers that only differ from a base one where a Distiller hands them the task and
-#: distillation gradients apart -> that base. A network trained on one loss (the student
-#: alone, a teacher) trains with the base, so `--optimizer=dot`'s baseline is the plain-SGD
-#: one, and the results page sets DOT runs beside the base's runs.
-DISTILLATION_OPTIMIZERS = {"dot": "sgd"}
-#: the settings that only a distillation optimiser reads (dropped for its base)
-DISTILLATION_OPTIMIZER_SETTINGS = {"dot": ("dot_delta",)}
 SCHEDULES = ("cosine", "step", "constant")
 
 
