@@ -11,8 +11,11 @@ from kdkeras.tune.study import PRUNERS
 
 #: what the winner retrains on (`TuneOptions.final_data`)
 FINAL_DATA = ("training", "all")
-#: candidates of `--method=auto` unless `--candidates` names others
-AUTO_CANDIDATES = ("kd", "dkd", "wsl", "kd+at", "crd")
+#: candidates of `--method=auto` unless `--candidates` names others: one per family of cheap
+#: methods (logits, decoupled logits, normalised logits, an embedding regression, logits plus
+#: attention maps), each a KD step's cost or near it; CRD's per-trial memory bank and the rest
+#: stay a `--candidates` away
+AUTO_CANDIDATES = ("kd", "dkd", "nkd", "srd", "kd+at")
 
 
 def _candidates(value) -> tuple:
