@@ -626,7 +626,9 @@ def markdown(sections: list[dict], command: str, experiments: list[str] | None =
         "point; a method flagged ⚠ loses to the baseline on average. Nothing is picked on the test "
         "split: every row runs with the settings listed under its table (the methods' published "
         "defaults unless the row names its arguments; a `(tuned)` row's, chosen per seed on a "
-        "validation split carved from the training examples), no best-epoch choice; the final "
+        "validation split carved from the training examples; a `(tuned; trials scored on their own "
+        "split)` row's sweep scored each trial on a split of that trial's own examples, the earlier "
+        "protocol), no best-epoch choice; the final "
         "student is the last epoch's.",
         "",
     ]

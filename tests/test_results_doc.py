@@ -461,15 +461,17 @@ def test_method_defaults_are_read_from_the_archive_and_computed_when_missing(tmp
     assert json.loads(path.read_text()) == {key: refreshed.settings(run)}
 
 
-def write_sweep(root, method, seed, top1, settings, *, candidates=None, val_top1=0.9, seconds=120.0):
-    """A recipes/tune.py output folder: tune.json and the retrained winner under final/."""
-    folder = root / "tuned" / (method if candidates is None else "auto") / f"seed{seed}"
+def write_sweep(root, method, seed, top1, settings, *, candidates=None, val_top1=0.9, seconds=120.0,
+                scored_on="the run's whole validation split", folder_name=None):
+    """A recipes/tune.py output folder: tune.json and the retrained winner under final/
+    (`scored_on=None`: a sweep of the earlier protocol, which did not record it)."""
+    folder = root / (folder_name or "tuned") / (method if candidates is None else "auto") / f"seed{seed}"
     folder.mkdir(parents=True)
     (folder / "tune.json").write_text(json.dumps({
         "method": method, "settings": settings, "val_top1": val_top1, "candidates": candidates or [method],
         "trials": 6, "trial_epochs": 2, "trial_train_limit": 4000, "sweep_seconds": seconds,
         "validation_split": 0.1, "final_data": "all", "states": {"complete": 5, "pruned": 1},
-        "student_top1": top1}))
+        "student_top1": top1, **({"trials_scored_on": scored_on} if scored_on else {})}))
     (folder / "trials.md").write_text("| trial |\n")
     write_run(root, method, seed, 0.5, epochs=2, folder=folder / "trials" / "trial_0000")  # left out
     write_run(root, method, seed, top1, folder=folder / "final")
@@ -483,6 +485,8 @@ def test_tuned_rows_pair_each_seeds_choice_with_its_baseline_and_cite_the_sweep(
         write_sweep(runs, "crd", seed, top1, {"crd.weight": 0.2 + seed / 10, "student_loss_weight": 1.0},
                     seconds=60.0 * (seed + 1))
     write_sweep(runs, "kd+at", 0, 0.88, {"kd.weight": 0.9}, candidates=["kd", "kd+at"])
+    # a sweep of the earlier protocol (trials scored on a split of their own examples) is its own row
+    write_sweep(runs, "crd", 0, 0.5, {"crd.weight": 0.9}, scored_on=None, folder_name="tuned_earlier")
     page, archive = tmp_path / "docs" / "results.md", tmp_path / "archive"
     payload = results_doc.main([str(runs), f"--output={page}", f"--archive={archive}"])
     [section] = payload["sections"]
@@ -493,6 +497,8 @@ def test_tuned_rows_pair_each_seeds_choice_with_its_baseline_and_cite_the_sweep(
     assert not row["earlier_default"] and row["note"] == "chosen on validation"
     assert "seed 1: crd: crd.weight=0.3, student_loss_weight=1" in row["settings"]
     assert _row(section, "auto (tuned)")["n"] == 1  # a sweep among candidates is the auto row
+    earlier = _row(section, "crd (tuned; trials scored on their own split)")
+    assert earlier["n"] == 1 and earlier["top1"]["mean"] == pytest.approx(0.5)
     text = page.read_text()
     assert ("`crd (tuned)`: 6 trials of 2 epochs on 4,000 examples per seed (3 of 18 pruned, 1.0-3.0 min of "
             "sweep per seed), chosen on a 10% validation split") in text

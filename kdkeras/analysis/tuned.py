@@ -45,9 +45,16 @@ def sweep_of(metrics_path: str) -> dict | None:
     return {key: report.get(key) for key in SWEEP_KEYS}
 
 
+#: the row label's mark for a sweep whose trials were scored on a split carved from each
+#: trial's own examples (before `trials_scored_on`): another protocol, never one row with the new
+EARLIER_PROTOCOL = "trials scored on their own split"
+
+
 def row_label(method: str, sweep: dict) -> str:
-    """`crd (tuned)` for a sweep of one method; `auto (tuned)` when it chose among several."""
-    return "auto (tuned)" if len(sweep.get("candidates") or [method]) > 1 else f"{method} (tuned)"
+    """`crd (tuned)` for a sweep of one method; `auto (tuned)` when it chose among several;
+    `crd (tuned; trials scored on their own split)` for a sweep of the earlier protocol."""
+    name = "auto" if len(sweep.get("candidates") or [method]) > 1 else method
+    return f"{name} (tuned)" if sweep.get("trials_scored_on") else f"{name} (tuned; {EARLIER_PROTOCOL})"
 
 
 def settings_line(method: str, sweep: dict) -> str:
