@@ -352,11 +352,28 @@ def test_kdsvd_matches_numpy(k):
     np.testing.assert_allclose(float(got), want, rtol=1e-3)
 
 
-def test_kdsvd_refuses_unequal_channels_one_tap_and_bad_k():
-    a, b = np.zeros((1, 4, 4, 6)), np.zeros((1, 4, 4, 5))
-    with pytest.raises(ValueError, match=r"'t2' \(6 channels\).*'s2' \(5\)"):
+def test_kdsvd_connects_a_pair_of_other_widths_and_matches_numpy_through_it():
+    t = {"t1": RNG.normal(size=(3, 4, 4, 6)), "t2": RNG.normal(size=(3, 3, 3, 5))}
+    s = {"s1": RNG.normal(size=(3, 4, 4, 6)), "s2": RNG.normal(size=(3, 3, 3, 8))}  # 8 channels against 5
+    kdsvd = KDSVD(teacher_layers=list(t), student_layers=list(s))
+    kdsvd.build_from_taps(shapes(**t), shapes(**s))
+    assert kdsvd.connected == (1,) and len(kdsvd.connectors) == 1
+    connector = kdsvd.connectors[0]
+    randomize_bn(connector.bn)
+    got = kdsvd.compute_loss({a: v.astype("float32") for a, v in t.items()},
+                             {a: v.astype("float32") for a, v in s.items()}, None)
+    kernel = np.asarray(connector.conv.kernel)[0, 0]  # (8, 5)
+    mapped = np_bn(np.einsum("bhwc,cd->bhwd", s["s2"], kernel), connector.bn, connector.bn.epsilon)
+    want = np_kdsvd(list(t.values()), [s["s1"], mapped], 1)
+    assert want > 0
+    np.testing.assert_allclose(float(got), want, rtol=1e-3)
+
+
+def test_kdsvd_refuses_one_tap_too_few_singular_vectors_and_bad_k():
+    a = np.zeros((1, 4, 4, 6))
+    with pytest.raises(ValueError, match="4 singular vectors of tap 's2'"):
         KDSVD(teacher_layers=["t1", "t2"], student_layers=["s1", "s2"]).build_from_taps(
-            shapes(t1=a, t2=a), shapes(s1=a, s2=b))
+            shapes(t1=a, t2=np.zeros((1, 1, 1, 6))), shapes(s1=a, s2=np.zeros((1, 1, 1, 5))))
     with pytest.raises(ValueError, match="two tap pairs"):
         KDSVD(teacher_layers=["t1"], student_layers=["s1"]).build_from_taps(shapes(t1=a), shapes(s1=a))
     with pytest.raises(ValueError, match="integer >= 1, got 0"):
@@ -365,11 +382,13 @@ def test_kdsvd_refuses_unequal_channels_one_tap_and_bad_k():
 
 # -- in a Distiller: gradients, save/load, the cache -------------------------------------
 
-NAMES = ["ofd", "pad_l2", "srd", "kdsvd"]
+NAMES = ["ofd", "pad_l2", "srd", "kdsvd", "kdsvd_connected"]
 
 
 def _distiller(name):
+    """A teacher of width 6 against a student of width 4 (KDSVD: of width 4 too, unless `_connected`)."""
     teacher = bn_cnn(4 if name == "kdsvd" else 6, "teacher")
+    name = name.removesuffix("_connected")
     for layer in ("bn1", "bn2"):
         randomize_bn(teacher.get_layer(layer))
     return kdkeras.Distiller(teacher, bn_cnn(4, "student"), [kdkeras.methods.get(name)])
@@ -381,7 +400,7 @@ def test_gradients_reach_student_and_parts_never_teacher(name):
     method = d.methods[0]
     x, y = tiny_data(8)
     variables = list(d.teacher.weights) + list(d.student.trainable_weights) + list(method.trainable_weights)
-    assert (len(method.trainable_weights) > 0) == (name != "kdsvd")
+    assert (len(method.trainable_weights) > 0) == (name != "kdsvd")  # connectors only for other widths
     with tf.GradientTape() as tape:
         out = method.compute_loss(d.teacher_outputs(x), d._student_tap(x, training=True), y,
                                   StepContext(training=True))
@@ -402,7 +421,7 @@ def test_a_training_step_keeps_the_teacher_and_save_load_keeps_the_parts(name, t
     x, y = tiny_data(8)
     teacher_before = [np.array(v) for v in d.teacher.weights]
     logs = d.train_on_batch(x, y, return_dict=True)
-    assert np.isfinite(logs[name])
+    assert np.isfinite(logs[d.methods[0].name])
     for b, v in zip(teacher_before, d.teacher.weights):
         np.testing.assert_array_equal(b, np.array(v))
     d.save(tmp_path / "d.keras")

@@ -151,7 +151,7 @@ def _results(directory, names):
 #: `/ B^2` divides by the global batch once, ReviewKD's fusion modules, OFD's connectors and PAD's
 #: variance head have BatchNorms (synchronised), CTKD learns a temperature, NKD's parts are
 #: per-sample terms averaged over the batch. Left out: SRD by definition (`log` of a batch sum does
-#: not split over replicas), KDSVD (it needs equal channel counts, which the tiny networks lack),
+#: not split over replicas), KDSVD (not yet run on 2 workers),
 #: MLKD (a second view of the batch), and DIST, run alone (DIST_RUN).
 NEW_METHODS = ("reviewkd", "ofd", "ickd", "nkd", "uskd", "pad_l2", "ctkd")
 NEW_MIX = "new=" + "+".join(NEW_METHODS)

@@ -9,8 +9,9 @@ from __future__ import annotations
 from keras import ops
 
 from kdkeras import tap_detection
-from kdkeras.methods.base import StepContext
-from kdkeras.methods.features import FeatureMethod, channel_vectors, l2_normalize
+from kdkeras.methods.base import StepContext, is_training
+from kdkeras.methods.connectors import Connector1x1
+from kdkeras.methods.features import FeatureMethod, as_float32, channel_vectors, l2_normalize
 from kdkeras.methods.registry import register_method
 from kdkeras.search_space import Int
 
@@ -66,7 +67,9 @@ class KDSVD(FeatureMethod):
     normalised singular values. For each consecutive stage pair, the RBF
     `exp(-(v_i - v_{i-1})^2 / 8)` between every channel of one and of the other is
     compared: the term is `sum_{i>0} sum (rbf_s - rbf_t)^2 / B`, non-finite
-    entries dropped. Matched taps need equal channel counts (any spatial sizes).
+    entries dropped. Spatial sizes may differ. Where a pair's channel counts differ
+    (the reference pairs equal widths only), the student's map first goes through a
+    1x1 conv + BN to the teacher's channels (`connectors`, trained with the student).
     """
 
     default_weight = 1.0
@@ -77,6 +80,8 @@ class KDSVD(FeatureMethod):
         if isinstance(k, bool) or not isinstance(k, (int, float)) or int(k) != k or k < 1:
             raise ValueError(f"KDSVD k must be an integer >= 1, got {k!r}.")
         self.k = int(k)
+        #: 1x1 conv + BN for each tap pair whose channel counts differ (`connected` lists those pairs)
+        self.connectors, self.connected = [], ()
 
     def default_taps(self, model, role):
         return tap_detection.stage_outputs(model)
@@ -86,11 +91,13 @@ class KDSVD(FeatureMethod):
         pairs = self.shape_pairs(teacher_shapes, student_shapes)
         if len(pairs) < 2:
             raise ValueError(f"KDSVD relates consecutive stages: it needs two tap pairs or more, got {len(pairs)}.")
+        self.connected = tuple(i for i, (t_shape, s_shape) in enumerate(pairs) if t_shape[-1] != s_shape[-1])
+        self.connectors = []
+        for i in self.connected:
+            self.connectors.append(Connector1x1(pairs[i][0][-1], name=f"connector_{i}"))
+            self.connectors[-1].build(pairs[i][1])
         for (t, s), (t_shape, s_shape) in zip(zip(*self.tap_names()), pairs):
-            if t_shape[-1] != s_shape[-1]:
-                raise ValueError(
-                    f"KDSVD compares channel-by-channel relations: teacher tap {t!r} ({t_shape[-1]} channels) "
-                    f"and student tap {s!r} ({s_shape[-1]}) must have equal channel counts.")
+            s_shape = (*s_shape[:-1], t_shape[-1])  # through its connector where the channels differ
             for name, shape, n in ((t, t_shape, self.k), (s, s_shape, self.k + 3)):
                 if min(shape[1] * shape[2], shape[3]) < n:
                     raise ValueError(f"KDSVD needs {n} singular vectors of tap {name!r} {shape}: "
@@ -98,8 +105,10 @@ class KDSVD(FeatureMethod):
 
     def compute_loss(self, teacher, student, y, context: StepContext | None = None):
         total, previous = 0.0, None
-        batch = None
-        for t, s in self.tap_pairs(teacher, student):
+        batch, connectors = None, dict(zip(self.connected, self.connectors))
+        for i, (t, s) in enumerate(self.tap_pairs(teacher, student)):
+            if i in connectors:
+                s = as_float32(connectors[i](s, training=is_training(context)))
             v_t, s_t = top_singular(ops.stop_gradient(t), self.k, fix_signs=True)
             v_s, _ = top_singular(s, self.k + 3)
             v_s = align_signs(v_s, v_t)
