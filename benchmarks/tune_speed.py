@@ -13,7 +13,11 @@ Trains (or loads) a teacher, builds the teacher-output cache once (timed apart:
   time taken out of the sweep's); their mean is taken.
 
 Prints `tune_sweep_over_student_runs` = sweep seconds / (N x student-alone seconds);
-the issue's target is <= 1.2. `--json PATH` writes the numbers.
+the issue's target is <= 1.2. The sweep runs as a user's does, with its student-alone
+reference (`TuneOptions.reference`: one CE-only run at trial fidelity before the
+trials); the ratio stays defined over the N trials, so the reference's seconds are
+taken out of the sweep's and printed as their own key, `reference_seconds`.
+`--json PATH` writes the numbers.
 
     python benchmarks/tune_speed.py --trials=6 --train_limit=5000 --trial_epochs=2
     python benchmarks/tune_speed.py --trials=4 --train_limit=20000 --trial_train_limit=4000 --trial_epochs=2
@@ -94,18 +98,23 @@ def measure() -> dict:
         return experiment.run_distillation(trial_config, trial_spec, callbacks=callbacks)
 
     start = time.perf_counter()
-    tune_distillation(sweep_config, spec, options, runner=runner)
-    sweep = time.perf_counter() - start - sum(student)  # the sweep alone: its N trials, study and report
+    result = tune_distillation(sweep_config, spec, options, runner=runner)
+    reference = result.report["student_alone_seconds"]  # the student-alone reference, before the trials
+    # the sweep alone: its N trials, study and report
+    sweep = time.perf_counter() - start - sum(student) - reference
     per_student = sum(student) / len(student)
     out = {"tune_sweep_over_student_runs": sweep / (FLAGS.trials * per_student),
-           "cache_build_seconds": cache_seconds, "sweep_seconds": sweep, "student_run_seconds": student,
+           "cache_build_seconds": cache_seconds, "sweep_seconds": sweep, "reference_seconds": reference,
+           "student_run_seconds": student,
            "trials": FLAGS.trials, "config": {k: FLAGS[k].value for k in (
                "dataset", "student", "method", "trial_epochs", "train_limit", "trial_train_limit", "test_limit",
                "validation_split", "batch_size")}}
     print(f"\ncache build {cache_seconds:.1f}s; sweep of {FLAGS.trials} trials {sweep:.1f}s; "
-          f"student alone {', '.join(f'{s:.1f}s' for s in student)}")
+          f"student alone {', '.join(f'{s:.1f}s' for s in student)}; the sweep's student-alone reference "
+          f"{reference:.1f}s (not in the sweep's)")
     print(f"{'tune_sweep_over_student_runs':<34}{out['tune_sweep_over_student_runs']:.3f}")
     print(f"{'cache_build_seconds':<34}{cache_seconds:.3f}")
+    print(f"{'reference_seconds':<34}{reference:.3f}")
     if FLAGS.json:
         training.write_json(FLAGS.json, out)
     return out

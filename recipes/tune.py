@@ -8,9 +8,12 @@ too with `--method=auto`, then retrain the winner at the full budget.
 Trials run at the trial fidelity (`--trial_epochs`, `--trial_train_limit`), read one
 teacher-output cache, and are pruned early (`--pruner`); the study lives in
 `--storage` (default OUTPUT_DIR/study.db: rerun the command to resume it, or start the
-same command in more processes to share it). Writes OUTPUT_DIR/trials.md, trials.json,
-trials.png, tune.json (the choice, its validation top-1, the retrained student's test
-top-1 and the student alone's) and final/ (the retrained run).
+same command in more processes to share it). Before the trials the student alone is
+trained once at the trial fidelity (`--noreference` to skip): the sweep warns when its
+choice does not beat it on the validation split. Writes OUTPUT_DIR/trials.md,
+trials.json, trials.png, tune.json (the choice, its validation top-1 against the
+student alone's, the retrained student's test top-1 and the student alone's),
+student_alone/ (the reference run) and final/ (the retrained run).
 """
 
 from __future__ import annotations

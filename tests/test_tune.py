@@ -110,7 +110,8 @@ def test_the_choice_reads_the_validation_split_only(tmp_path):
     chosen, seen = [], []
     for test_seed in (0, 1):
         config = ValConfig(output_dir=str(tmp_path / f"sweep{test_seed}"), epochs=30, train_limit=1000)
-        options = TuneOptions(trials=6, trial_epochs=2, trial_train_limit=200, retrain=False, pruner="none")
+        options = TuneOptions(trials=6, trial_epochs=2, trial_train_limit=200, retrain=False, pruner="none",
+                              reference=False)
         result = tune_distillation(config, DistillSpec(teacher="t.keras", method="kd"), options,
                                    runner=fake_runner(seen, test_seed))
         chosen.append((result.method, result.settings))
@@ -137,7 +138,8 @@ def test_auto_chooses_among_candidates_each_in_its_own_space(tmp_path):
         seen.append(spec)
         return FakeRun({"student_val_top1": {"kd": 0.5, "dkd": 0.7, "kd+at": 0.6}[spec.method]})
 
-    options = TuneOptions(trials=8, candidates=("kd", "dkd", "kd+at"), retrain=False, pruner="none")
+    options = TuneOptions(trials=8, candidates=("kd", "dkd", "kd+at"), retrain=False, pruner="none",
+                          reference=False)
     result = tune_distillation(ValConfig(output_dir=str(tmp_path)), DistillSpec(teacher="t.keras", method="auto"),
                                options, runner=run)
     assert result.method == "dkd" and set(result.settings) == set(candidate_space("dkd"))
@@ -292,7 +294,7 @@ def test_the_users_method_args_are_fixed_and_a_zoo_teacher_is_trained_once(tmp_p
     monkeypatch.setattr(data_module, "setup_data", lambda config, shape=None: None)
     seen = []
     spec = DistillSpec(teacher="resnet20", method="kd", method_args="kd.temperature=2")
-    options = TuneOptions(trials=3, retrain=False, pruner="none")
+    options = TuneOptions(trials=3, retrain=False, pruner="none", reference=False)
     result = tune_distillation(ValConfig(output_dir=str(tmp_path)), spec, options, runner=fake_runner(seen, 0))
     assert trained == ["resnet20"]
     assert {s.teacher for _, s in seen} == {str(tmp_path / "teacher" / "teacher.keras")}
@@ -307,7 +309,7 @@ def test_a_new_study_runs_each_candidates_published_defaults_first(tmp_path):
         seen.append(spec)
         return FakeRun({"student_val_top1": 0.5 + 0.01 * len(seen)})
 
-    options = TuneOptions(trials=3, candidates=("kd", "dkd"), retrain=False, pruner="none")
+    options = TuneOptions(trials=3, candidates=("kd", "dkd"), retrain=False, pruner="none", reference=False)
     tune_distillation(ValConfig(output_dir=str(tmp_path)), DistillSpec(teacher="t.keras", method="auto"),
                       options, runner=run)
     assert [s.method for s in seen[:2]] == ["kd", "dkd"]

@@ -79,7 +79,9 @@ def test_the_tune_recipe_writes_the_report(tiny_teacher, tmp_path):
     report = json.loads((out / "tune.json").read_text())
     assert report["method"] == result.method in ("kd", "lsr") and report["trials"] == 2
     assert {"student_top1", "baseline_top1", "val_top1", "gain_over_baseline"} <= set(report)
-    assert (out / "trials.md").read_text().count("\n") == 4 and (out / "trials.png").stat().st_size > 0
+    table = (out / "trials.md").read_text().splitlines()
+    assert len(table) == 6 and table[-1].startswith("Student alone") and (out / "trials.png").stat().st_size > 0
+    assert report["student_alone_val_top1"] is not None and isinstance(report["beats_student_alone"], bool)
     assert json.loads((out / "final" / "metrics.json").read_text())["validation_examples"] == 32
     assert all(r["settings"]["student_loss_weight"] is not None for r in json.loads((out / "trials.json").read_text()))
 
@@ -116,4 +118,4 @@ def test_tune_speed_benchmark_prints_its_ratio(capsys):
     assert line and float(line[0].split()[-1]) == pytest.approx(out["tune_sweep_over_student_runs"], abs=5e-4)
     assert out["tune_sweep_over_student_runs"] == pytest.approx(
         out["sweep_seconds"] / (2 * np.mean(out["student_run_seconds"])))
-    assert out["cache_build_seconds"] > 0
+    assert out["cache_build_seconds"] > 0 and out["reference_seconds"] > 0

@@ -7,7 +7,8 @@ chooses among `TuneOptions.candidates`, each in its own space (`Method.search_sp
 
 Modules: `spaces` (a candidate's space, sampled as suggestions), `study` (storage,
 sampler, pruner, resume, the sweep; no TensorFlow), `objective` (a trial), `final`
-(the winner retrained), `report` (trials table and plot), `options`, `tuner` (the
+(the winner retrained), `reference` (the student alone at the trial fidelity, which
+the choice must beat), `report` (trials table and plot), `options`, `tuner` (the
 whole sweep). Names are imported on first use, so a process that only shares a
 study (`kdkeras.tune.study`) loads no TensorFlow.
 """
@@ -18,9 +19,11 @@ from kdkeras.lazy_exports import lazy_exports
 
 _NAMES = {
     "final": ("best_choice", "final_inputs", "retrain"),
-    "objective": ("PruningCallback", "distillation_objective", "require_validation", "trial_inputs",
-                  "validation_score"),
+    "objective": ("PruningCallback", "distillation_objective", "require_validation", "trial_fidelity",
+                  "trial_inputs", "validation_score"),
     "options": ("AUTO_CANDIDATES", "TuneOptions"),
+    "reference": ("StudentAloneRun", "ensure_reference", "reference_inputs", "run_student_alone",
+                  "stored_reference"),
     "report": ("plot_trials", "trial_rows", "trials_markdown", "write_trials"),
     "spaces": ("candidate_space", "sample", "settings_of"),
     "study": ("PRUNERS", "finished_trials", "make_pruner", "open_study", "progress_line", "run_sweep",

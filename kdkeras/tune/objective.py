@@ -101,6 +101,18 @@ def trial_train_part(config: RunConfig, options: TuneOptions) -> int | None:
     return min(caps) if caps else None
 
 
+def trial_fidelity(config: RunConfig, options: TuneOptions, output_dir: str) -> RunConfig:
+    """`config` at the trial fidelity, writing into `output_dir`: `trial_epochs`, the
+    trial's training subset (`trial_train_part`), one test batch, the run's whole
+    validation split. Every trial and the student-alone reference train on it, so
+    they stay comparable."""
+    return dataclasses.replace(
+        config, epochs=options.trial_epochs or config.epochs,
+        train_part_limit=trial_train_part(config, options), test_limit=trial_test_limit(config),
+        output_dir=output_dir, overwrite=True, verbose=0,
+        backup=False)  # a trial is never resumed (a killed one is failed and replaced): no per-epoch backups
+
+
 def trial_inputs(config: RunConfig, spec: DistillSpec, options: TuneOptions, candidates: list[str],
                  candidate: str, settings: dict, number: int) -> tuple[RunConfig, DistillSpec]:
     """The (config, spec) of trial `number`: the trial fidelity, its own folder, one
@@ -111,11 +123,7 @@ def trial_inputs(config: RunConfig, spec: DistillSpec, options: TuneOptions, can
     args, ce_weight = spaces.split_settings(settings)
     members = spaces.member_names(candidate)
     args.update({k: v for k, v in fixed_args(spec).items() if k.split(".")[0] in members})
-    trial_config = dataclasses.replace(
-        config, epochs=options.trial_epochs or config.epochs,
-        train_part_limit=trial_train_part(config, options), test_limit=trial_test_limit(config),
-        output_dir=os.path.join(config.output_dir, "trials", f"trial_{number:04d}"), overwrite=True, verbose=0,
-        backup=False)  # a trial is never resumed (a killed one is failed and replaced): no per-epoch backups
+    trial_config = trial_fidelity(config, options, os.path.join(config.output_dir, "trials", f"trial_{number:04d}"))
     cache = cache_folder(config, spec) if cacheable(candidates, spec) else None
     trial_spec = dataclasses.replace(
         spec, method=candidate, method_args=spaces.method_args_text(args),

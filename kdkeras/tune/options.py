@@ -61,6 +61,11 @@ class TuneOptions:
         help="What the winner retrains on: training (the training part; the validation split stays held "
              "out and is scored) or all (training and validation parts together, every example of "
              "--train_limit, as a run without a validation split).")
+    reference: bool = setting(
+        True, group="tune",
+        help="Before the trials, train the student alone (no teacher, CE only) once on the trials' data and "
+             "epochs, and report whether the chosen trial beats it on the validation split. Costs one more run "
+             "at trial fidelity without a teacher; kept in the study, so a resumed sweep does not rerun it.")
     final_baseline: bool = setting(
         True, group="tune",
         help="Train the student alone beside the retrained winner (turn off when a student-alone run of "

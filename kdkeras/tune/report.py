@@ -1,6 +1,7 @@
 """What a sweep leaves in its output folder: the trials table (Markdown and JSON: each
 trial's method, settings, validation top-1, state, seconds), a plot of validation top-1
-per trial with the best so far, and the report of the choice (tune.json)."""
+per trial with the best so far and the student alone (the sweep's reference) as a
+dashed line, and the report of the choice (tune.json)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,23 @@ def _cell(value) -> str:
     return str(value)
 
 
-def trials_markdown(rows: list[dict]) -> str:
-    """The trials table as Markdown (settings as `name=value`)."""
+def reference_line(rows: list[dict], reference: dict) -> str:
+    """The student alone's line under the trials table: its validation top-1 and seconds,
+    and the best complete trial's margin over it."""
+    alone = float(reference["val_top1"])
+    seconds = reference.get("seconds")
+    line = (f"Student alone (no teacher, CE only; the trials' data, epochs and seed; not a trial): validation "
+            f"top-1 {alone:.4f}" + ("" if seconds is None else f" ({seconds:.1f} s)") + ".")
+    best = max((r["val_top1"] for r in rows if r["state"] == "complete" and r["val_top1"] is not None), default=None)
+    if best is not None:
+        line += f" Best trial: {best:.4f}, {100 * (best - alone):+.2f} points over it"
+        line += "." if best > alone else ": distillation at the tried settings did not beat the student alone."
+    return line
+
+
+def trials_markdown(rows: list[dict], reference: dict | None = None) -> str:
+    """The trials table as Markdown (settings as `name=value`), and the student alone's
+    line under it when the sweep has its reference."""
     lines = ["| trial | method | settings | val top-1 | state | epochs | seconds |",
              "|---:|---|---|---:|---|---:|---:|"]
     for r in rows:
@@ -43,23 +59,27 @@ def trials_markdown(rows: list[dict]) -> str:
         seconds = "-" if r["seconds"] is None else f"{r['seconds']:.1f}"
         lines.append(f"| {r['trial']} | {r['method'] or '-'} | {settings} | {_cell(r['val_top1'])} | "
                      f"{r['state']} | {r['epochs']} | {seconds} |")
+    if reference is not None:
+        lines += ["", reference_line(rows, reference)]
     return "\n".join(lines) + "\n"
 
 
-def write_trials(output_dir: str, rows: list[dict]) -> tuple[str, str]:
-    """trials.md and trials.json in `output_dir`; returns their paths."""
+def write_trials(output_dir: str, rows: list[dict], reference: dict | None = None) -> tuple[str, str]:
+    """trials.md (with the student alone's line given a `reference`) and trials.json in
+    `output_dir`; returns their paths."""
     os.makedirs(output_dir, exist_ok=True)
     md = os.path.join(output_dir, "trials.md")
     with open(md, "w") as f:
-        f.write(trials_markdown(rows))
+        f.write(trials_markdown(rows, reference))
     js = os.path.join(output_dir, "trials.json")
     write_json(js, rows)
     return md, js
 
 
-def plot_trials(path: str, rows: list[dict]) -> str:
-    """Validation top-1 per trial (a dot per trial, coloured by method, pruned ones hollow)
-    and the best so far among complete trials as a line; writes a PNG."""
+def plot_trials(path: str, rows: list[dict], reference: dict | None = None) -> str:
+    """Validation top-1 per trial (a dot per trial, coloured by method, pruned ones hollow),
+    the best so far among complete trials as a line and, given a `reference`, the student
+    alone as a dashed horizontal line; writes a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -83,10 +103,12 @@ def plot_trials(path: str, rows: list[dict]) -> str:
     if any(b is not None for _, b in line):
         ax.step([t for t, b in line if b is not None], [b for _, b in line if b is not None], where="post",
                 color="black", label="best so far")
+    if reference is not None:
+        ax.axhline(float(reference["val_top1"]), color="grey", linestyle="--", label="student alone")
     ax.set_xlabel("trial")
     ax.set_ylabel("validation top-1")
     ax.set_title("Validation top-1 per trial")
-    if scored:
+    if scored or reference is not None:
         ax.legend(fontsize=8)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=fig.dpi, format="png", facecolor="white")

@@ -18,6 +18,7 @@ from kdkeras.tune import report, spaces
 from kdkeras.tune.final import best_choice, retrain
 from kdkeras.tune.objective import distillation_objective, fixed_args, require_validation, trial_train_part
 from kdkeras.tune.options import TuneOptions
+from kdkeras.tune.reference import compare, ensure_reference
 from kdkeras.tune.study import make_pruner, open_study, progress_line, run_sweep, storage_url
 
 #: the `DistillSpec.method` that chooses among `TuneOptions.candidates`
@@ -78,9 +79,11 @@ def enqueue_defaults(study, candidates: list[str], tune_ce_weight: bool, fixed=(
 
 
 def tune_distillation(config: RunConfig, spec: DistillSpec, options: TuneOptions | None = None,
-                      runner: Callable | None = None) -> TuneResult:
+                      runner: Callable | None = None, reference_runner: Callable | None = None) -> TuneResult:
     """Tune `spec` on `config`'s validation split; writes trials.md/json, trials.png and
-    tune.json into `config.output_dir` (and the retrained winner under final/)."""
+    tune.json into `config.output_dir` (and the retrained winner under final/). `runner`
+    runs a trial (default `run_distillation`), `reference_runner` the student alone
+    before the trials (default `reference.run_student_alone`; `options.reference`)."""
     options = options or TuneOptions()
     require_validation(config)
     candidates = candidates_of(spec, options)
@@ -91,6 +94,7 @@ def tune_distillation(config: RunConfig, spec: DistillSpec, options: TuneOptions
     study = open_study(options.study_name, url, pruner=make_pruner(options.pruner, trial_epochs), seed=config.seed)
     print(f"[tune] study {options.study_name!r} at {url}: {options.trials} trials of {trial_epochs} epochs "
           f"among {candidates}, pruner {options.pruner}", flush=True)
+    reference = ensure_reference(study, config, spec, options, reference_runner) if options.reference else None
     if options.start_from_defaults:
         enqueue_defaults(study, candidates, options.tune_ce_weight and spec.student_loss_weight is None,
                          fixed=list(fixed_args(spec)))
@@ -100,11 +104,15 @@ def tune_distillation(config: RunConfig, spec: DistillSpec, options: TuneOptions
         run_sweep(study, objective, options.trials, options.timeout_minutes, progress_line(options.trials))
     sweep_seconds = time.perf_counter() - start
     rows = report.trial_rows(study.get_trials(deepcopy=False), candidates)
-    report.write_trials(config.output_dir, rows)
-    report.plot_trials(os.path.join(config.output_dir, "trials.png"), rows)
+    report.write_trials(config.output_dir, rows, reference)
+    report.plot_trials(os.path.join(config.output_dir, "trials.png"), rows, reference)
     method, settings, val_top1 = best_choice(study, candidates)
-    print(f"[tune] chose {method} {spaces.method_args_text(settings)} (validation top-1 {val_top1:.4f})",
-          flush=True)
+    against, warning = compare(method, spaces.method_args_text(settings), val_top1, reference)
+    print(f"[tune] chose {method} {spaces.method_args_text(settings)} (validation top-1 {val_top1:.4f}"
+          + ("" if reference is None else f"; student alone {against['student_alone_val_top1']:.4f}, "
+             f"{against['margin_over_student_alone_points']:+.2f} points") + ")", flush=True)
+    if warning:
+        print(f"[tune] WARNING: {warning}", flush=True)
     summary = {"method": method, "settings": settings, "val_top1": val_top1, "candidates": candidates,
                "trials": len(rows), "trial_epochs": trial_epochs,
                "trial_train_limit": trial_train_part(config, options),
@@ -112,7 +120,8 @@ def tune_distillation(config: RunConfig, spec: DistillSpec, options: TuneOptions
                "validation_split": config.validation_split, "final_data": options.final_data,
                "start_from_defaults": options.start_from_defaults,
                "sweep_seconds": sweep_seconds, "storage": url, "study_name": options.study_name,
-               "states": {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})}}
+               "states": {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})},
+               **against, **({"warnings": [warning]} if warning else {})}
     final = None
     if options.retrain:
         final = retrain(config, spec, method, settings, options)
