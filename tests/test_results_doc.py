@@ -471,7 +471,8 @@ def write_sweep(root, method, seed, top1, settings, *, candidates=None, val_top1
         "method": method, "settings": settings, "val_top1": val_top1, "candidates": candidates or [method],
         "trials": 6, "trial_epochs": 2, "trial_train_limit": 4000, "sweep_seconds": seconds,
         "validation_split": 0.1, "final_data": "all", "states": {"complete": 5, "pruned": 1},
-        "student_top1": top1, **({"trials_scored_on": scored_on} if scored_on else {})}))
+        "student_top1": top1, **({"trials_scored_on": scored_on} if scored_on else {}),
+        **({"student_alone_val_top1": 0.8, "beats_student_alone": seed != 1} if scored_on else {})}))
     (folder / "trials.md").write_text("| trial |\n")
     write_run(root, method, seed, 0.5, epochs=2, folder=folder / "trials" / "trial_0000")  # left out
     write_run(root, method, seed, top1, folder=folder / "final")
@@ -502,6 +503,8 @@ def test_tuned_rows_pair_each_seeds_choice_with_its_baseline_and_cite_the_sweep(
     text = page.read_text()
     assert ("`crd (tuned)`: 6 trials of 2 epochs on 4,000 examples per seed (3 of 18 pruned, 1.0-3.0 min of "
             "sweep per seed), chosen on a 10% validation split") in text
+    assert ("the choice beat the student alone trained at the trials' fidelity on the validation split in 2 of 3 "
+            "seeds") in text
     # the archive keeps the sweep's report beside its final run, and the page cites the copies
     assert (archive / "runs" / "tuned" / "crd" / "seed2" / "tune.json").exists()
     assert (archive / "runs" / "tuned" / "crd" / "seed2" / "trials.md").exists()

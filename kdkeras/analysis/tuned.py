@@ -15,7 +15,7 @@ SWEEP_RECORDS = ("tune.json", "trials.json", "trials.md")
 #: what the page reports of a sweep (tune.json keys)
 SWEEP_KEYS = ("method", "settings", "val_top1", "candidates", "trials", "trial_epochs", "trial_train_limit",
               "sweep_seconds", "validation_split", "final_data", "states", "start_from_defaults",
-              "trials_scored_on")
+              "trials_scored_on", "student_alone_val_top1", "beats_student_alone")
 
 
 def is_trial_run(metrics_path: str) -> bool:
@@ -83,4 +83,16 @@ def budget_text(sweeps: Sequence[dict]) -> str:
     return (f"{first.get('trials')} trials of {first.get('trial_epochs')} epochs on "
             f"{examples} per seed ({pruned} of {trials} pruned{cost}), "
             f"chosen on a {split_text} validation split {scored}; the winner retrained "
-            f"on {'every training example' if first.get('final_data') == 'all' else 'the training part'}")
+            f"on {'every training example' if first.get('final_data') == 'all' else 'the training part'}"
+            f"{reference_text(sweeps)}")
+
+
+def reference_text(sweeps: Sequence[dict]) -> str:
+    """How the choices fared against each sweep's student-alone reference on validation
+    (`tune.json`'s `beats_student_alone`), or "" for sweeps without one."""
+    known = [s for s in sweeps if s.get("beats_student_alone") is not None]
+    if not known:
+        return ""
+    beat = sum(bool(s["beats_student_alone"]) for s in known)
+    return (f"; the choice beat the student alone trained at the trials' fidelity on the validation split "
+            f"in {beat} of {len(known)} seeds")
