@@ -64,6 +64,8 @@ def test_the_same_settings_are_chosen_when_the_test_labels_are_shuffled(tmp_path
     assert results[1].final is None
     final = results[0].final.metrics
     assert final["epochs"] == 1 and final["validation_examples"] == 6 and "baseline_top1" in final
+    # the full-budget check on the validation split, from the retrain's two validation top-1s
+    assert results[0].report["final_beats_student_alone"] == (final["student_val_top1"] > final["baseline_val_top1"])
     assert results[0].report["student_top1"] == final["student_top1"]
 
 

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from kdkeras.experiment import DistillSpec, RunConfig, build_model, run_distillation, setup_data
-from kdkeras.tune import TuneOptions, reference_inputs, run_student_alone, trial_inputs, tune_distillation
+from kdkeras.tune import TuneOptions, final_check, reference_inputs, run_student_alone, trial_inputs, tune_distillation
 from tests.helpers import image_folder, run_recipe
 
 
@@ -91,6 +91,7 @@ def test_a_choice_below_the_student_alone_is_warned_about_and_recorded(tmp_path,
     warning = [line for line in out.splitlines() if line.startswith("[tune] WARNING")]
     assert len(warning) == 1 and "0.5000" in warning[0] and "0.6000" in warning[0]
     assert "did not beat the student alone on the validation split" in warning[0] and "--trials" in warning[0]
+    assert "at the trials' fidelity (2 epochs)" in warning[0] and "--final_data=training" in warning[0]
     assert report["warnings"] == [warning[0].removeprefix("[tune] WARNING: ")]
     line = (tmp_path / "trials.md").read_text().splitlines()[-1]
     assert line.startswith("Student alone") and "0.6000" in line and "-10.00 points" in line
@@ -160,3 +161,16 @@ def test_the_reference_equals_the_baseline_of_a_trial_run(tmp_path):
     assert "student_top1" not in reference
     record = json.loads((tmp_path / "sweep" / "student_alone" / "student_alone.json").read_text())
     assert record["student_val_top1"] == reference["student_val_top1"]
+
+
+@pytest.mark.parametrize("distilled, alone, beats", [(0.91, 0.90, True), (0.89, 0.90, False), (0.90, 0.90, False)])
+def test_the_full_budget_check_reads_the_retrains_validation_tops(distilled, alone, beats):
+    keys, warning = final_check({"student_val_top1": distilled, "baseline_val_top1": alone, "student_top1": 0.5})
+    assert keys == {"final_beats_student_alone": beats,
+                    "final_margin_over_student_alone_points": pytest.approx(100 * (distilled - alone))}
+    assert (warning is None) == beats
+    if not beats:
+        assert f"{distilled:.4f}" in warning and f"{alone:.4f}" in warning and "final/" in warning
+    # no check without both validation top-1s (a retrain on every example, or without the student alone)
+    assert final_check({"student_val_top1": distilled, "baseline_val_top1": None}) == ({}, None)
+    assert final_check({"student_top1": 0.9, "baseline_top1": 0.8}) == ({}, None)

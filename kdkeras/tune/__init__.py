@@ -22,7 +22,7 @@ _NAMES = {
     "objective": ("PruningCallback", "distillation_objective", "require_validation", "trial_fidelity",
                   "trial_inputs", "validation_score"),
     "options": ("AUTO_CANDIDATES", "TuneOptions"),
-    "reference": ("StudentAloneRun", "ensure_reference", "reference_inputs", "run_student_alone",
+    "reference": ("StudentAloneRun", "ensure_reference", "final_check", "reference_inputs", "run_student_alone",
                   "stored_reference"),
     "report": ("plot_trials", "trial_rows", "trials_markdown", "write_trials"),
     "spaces": ("candidate_space", "sample", "settings_of"),

@@ -18,7 +18,7 @@ from kdkeras.tune import report, spaces
 from kdkeras.tune.final import best_choice, retrain
 from kdkeras.tune.objective import distillation_objective, fixed_args, require_validation, trial_train_part
 from kdkeras.tune.options import TuneOptions
-from kdkeras.tune.reference import compare, ensure_reference
+from kdkeras.tune.reference import compare, ensure_reference, final_check
 from kdkeras.tune.study import make_pruner, open_study, progress_line, run_sweep, storage_url
 
 #: the `DistillSpec.method` that chooses among `TuneOptions.candidates`
@@ -128,6 +128,14 @@ def tune_distillation(config: RunConfig, spec: DistillSpec, options: TuneOptions
         m = final.metrics
         summary.update({k: m.get(k) for k in ("student_top1", "baseline_top1", "teacher_top1", "student_val_top1",
                                               "baseline_val_top1", "validation_examples", "epochs")})
+        checked, final_warning = final_check(m)
+        summary.update(checked)
+        if checked:
+            print(f"[tune] full budget, validation split: distilled {m['student_val_top1']:.4f}, student alone "
+                  f"{m['baseline_val_top1']:.4f}", flush=True)
+        if final_warning:
+            print(f"[tune] WARNING: {final_warning}", flush=True)
+            summary["warnings"] = summary.get("warnings", []) + [final_warning]
         if m.get("student_top1") is not None and m.get("baseline_top1") is not None:
             summary["gain_over_baseline"] = m["student_top1"] - m["baseline_top1"]
             print(f"[tune] test top-1 {m['student_top1']:.4f} (student alone {m['baseline_top1']:.4f})",
