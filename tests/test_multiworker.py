@@ -150,10 +150,10 @@ def _results(directory, names):
 #: run): USKD's soft target is a statistic of the global batch (gathered from the replicas), ICKD's
 #: `/ B^2` divides by the global batch once, ReviewKD's fusion modules, OFD's connectors and PAD's
 #: variance head have BatchNorms (synchronised), CTKD learns a temperature, NKD's parts are
-#: per-sample terms averaged over the batch. Left out: SRD by definition (`log` of a batch sum does
-#: not split over replicas), KDSVD (not yet run on 2 workers),
+#: per-sample terms averaged over the batch, KDSVD's connectors (the teacher is twice as wide) have
+#: BatchNorms too. Left out: SRD by definition (`log` of a batch sum does not split over replicas),
 #: MLKD (a second view of the batch), and DIST, run alone (DIST_RUN).
-NEW_METHODS = ("reviewkd", "ofd", "ickd", "nkd", "uskd", "pad_l2", "ctkd")
+NEW_METHODS = ("reviewkd", "ofd", "kdsvd", "ickd", "nkd", "uskd", "pad_l2", "ctkd")
 NEW_MIX = "new=" + "+".join(NEW_METHODS)
 #: seven terms at once, ICKD at weight 500 and OFD's in the thousands: their large steps carry float
 #: rounding (its order differs between one device and 2 replicas) to 1e-4..5e-4 in four steps, and
@@ -238,9 +238,10 @@ def test_two_workers_equal_one_process_on_a_mix_of_the_new_methods(runs):
              if _relative(a["history"][key], b["history"][key]) >= NEW_TOLERANCE]
     wrong += [("student", i) for i, (wa, wb) in enumerate(zip(a["weights"], b["weights"], strict=True))
               if _relative(wa, wb) >= NEW_TOLERANCE]
-    # the methods' own parts: ReviewKD's fusion modules, OFD's connectors, ICKD's embedding and PAD's
-    # variance head (BatchNorm statistics too), USKD's weak head, CTKD's temperature
-    assert {m for m in NEW_METHODS if a["method_weights"][m]} == {"reviewkd", "ofd", "ickd", "pad_l2", "uskd", "ctkd"}
+    # the methods' own parts: ReviewKD's fusion modules, OFD's and KDSVD's connectors, ICKD's embedding
+    # and PAD's variance head (BatchNorm statistics too), USKD's weak head, CTKD's temperature
+    assert {m for m in NEW_METHODS if a["method_weights"][m]} == {"reviewkd", "ofd", "kdsvd", "ickd", "pad_l2",
+                                                                  "uskd", "ctkd"}
     for method in NEW_METHODS:
         parts = zip(a["method_weights"][method], b["method_weights"][method], strict=True)
         wrong += [(method, i) for i, (wa, wb) in enumerate(parts) if _relative(wa, wb) >= NEW_TOLERANCE]
