@@ -27,7 +27,7 @@ from kdkeras import batch_copies, checks
 from kdkeras import taps as taps_lib
 from kdkeras.keys import INPUT_TAP, LOGITS, TEACHER, grad_key, split_inputs
 from kdkeras.methods.base import Method, StepContext, check_weight, sparse_labels
-from kdkeras.nonfinite import StopOnNonFiniteLoss, has_nonfinite_stop
+from kdkeras.nonfinite import StopOnNonFiniteLoss, all_finite, has_nonfinite_stop
 from kdkeras.replicas import num_replicas, replica_scale
 from kdkeras.split_gradients import split_packer
 from kdkeras.tap_plan import TapPlan, plan_taps
@@ -67,7 +67,7 @@ class Distiller(keras.Model):
             outputs come with each batch, so `teacher` may be None (it is
             then never needed in memory). Methods whose teacher taps are not
             given read the ones the cache was built for.
-        stop_on_nonfinite: `fit` stops at the first NaN/inf loss (weights put back
+        stop_on_nonfinite: `fit` stops at the first NaN/inf loss, logit or gradient (weights put back
             to the epoch's start) and raises `NonFiniteLossError` naming the epoch
             and batch; False trains on.
 
@@ -300,7 +300,9 @@ class Distiller(keras.Model):
         grads = [tape.gradient(part, variables) for part in scaled]
         grads = grads[0] if split is None else split(*grads, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
-        return self._update_metrics(total, logs, teacher_out, student_out, y, sample_weight)
+        # a loss-scale optimiser skips non-finite steps itself (and lowers its scale)
+        checked = None if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) else all_finite(grads)
+        return self._update_metrics(total, logs, teacher_out, student_out, y, sample_weight, checked)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -330,11 +332,16 @@ class Distiller(keras.Model):
         images, _ = split_inputs(x)
         return self.student(images, training=False)
 
-    def _update_metrics(self, total, logs, teacher_out, student_out, y, sample_weight):
+    def _update_metrics(self, total, logs, teacher_out, student_out, y, sample_weight, grads_finite=None):
         teacher_out, student_out = (batch_copies.own_rows(out, self._copier, y) for out in (teacher_out, student_out))
         logits = student_out[LOGITS]
         batch = tf.shape(logits)[0]
         unscaled = total * num_replicas() if num_replicas() > 1 else total
+        # A NaN/inf logit or gradient logs a NaN loss, so the non-finite stop sees it where a
+        # fused graph-mode CPU kernel (conv + batch norm + ReLU) hides a NaN input from the loss.
+        finite = ops.all(ops.isfinite(logits)) if grads_finite is None else ops.logical_and(
+            grads_finite, ops.all(ops.isfinite(logits)))
+        unscaled = ops.where(finite, unscaled, ops.full_like(unscaled, float("nan")))
         self._loss_tracker.update_state(unscaled, sample_weight=batch)
         for key, value in logs.items():
             tracker = self._student_loss_tracker if key == "student_loss" else self._term_trackers[key]

@@ -36,6 +36,13 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             "to those at the start of that epoch; nothing was saved as finished.")
 
 
+def all_finite(tensors):
+    """A scalar boolean tensor: whether every element of `tensors` (None skipped) is finite."""
+    values = [t.values if type(t).__name__ == "IndexedSlices" else t for t in tensors if t is not None]
+    checks = [keras.ops.all(keras.ops.isfinite(t)) for t in values]
+    return keras.ops.all(keras.ops.stack(checks)) if checks else keras.ops.convert_to_tensor(True)
+
+
 def has_nonfinite_stop(callbacks) -> bool:
     """Whether `callbacks` already stop at a non-finite loss."""
     return any(isinstance(c, StopOnNonFiniteLoss) for c in callbacks)

@@ -1,6 +1,7 @@
 """The Distiller: frozen teacher, single pass per network, logs, save/load, errors."""
 
 import keras
+import tensorflow as tf
 import numpy as np
 import pytest
 
@@ -247,3 +248,14 @@ def test_the_stop_can_be_turned_off_and_is_saved_in_the_config(tmp_path):
     assert len(history["loss"]) == 2 and not np.isfinite(history["loss"][-1])  # trained on, as asked
     d.save(tmp_path / "d.keras")
     assert keras.models.load_model(tmp_path / "d.keras").stop_on_nonfinite is False
+
+
+def test_all_finite_reads_dense_sparse_and_missing_gradients():
+    from kdkeras.nonfinite import all_finite
+
+    sparse = tf.IndexedSlices(tf.ones((2, 3)), tf.constant([0, 2]), tf.constant([4, 3]))
+    finite = [tf.ones(3), None, sparse]
+    assert bool(all_finite(finite)) and bool(all_finite([]))
+    assert not bool(all_finite(finite + [tf.constant([1.0, np.nan])]))
+    bad_rows = tf.IndexedSlices(tf.constant([[np.inf, 0.0, 0.0]]), tf.constant([1]), tf.constant([4, 3]))
+    assert not bool(all_finite([tf.ones(3), bad_rows]))
