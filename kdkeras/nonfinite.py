@@ -16,8 +16,9 @@ class NonFiniteLossError(FloatingPointError):
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Stop `fit` at the first batch whose loss is NaN or infinite, put back the
     weights the model had when that epoch began (the last known good ones) and
-    raise `NonFiniteLossError` naming the epoch and batch: unlike Keras'
-    `TerminateOnNaN` the run fails instead of saving a model of NaNs."""
+    raise `NonFiniteLossError` naming the epoch and batch (or, where every loss stayed
+    finite, the epoch whose weights became NaN): unlike Keras' `TerminateOnNaN` the run
+    fails instead of saving a model of NaNs."""
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -34,6 +35,20 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             f"{batch + 1} (1-based): a NaN/inf in the data (check the images and labels of that batch) "
             "or a learning rate that diverges (try a smaller one: --lr). The model's weights were put back "
             "to those at the start of that epoch; nothing was saved as finished.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        # a plain model's compiled loss can stay finite on a NaN batch (a fused graph-mode
+        # CPU kernel) while its gradients are NaN: its weights then tell
+        weights = self.model.get_weights()
+        if all(np.all(np.isfinite(w)) for w in weights if np.issubdtype(np.asarray(w).dtype, np.floating)):
+            return
+        self.model.set_weights(self._good)
+        self.model.stop_training = True
+        raise NonFiniteLossError(
+            f"The model's weights became NaN/inf during epoch {epoch + 1} although every logged loss was "
+            "finite: a NaN/inf in the data (check the images and labels) or a learning rate that diverges "
+            "(try a smaller one: --lr). The weights were put back to those at the start of that epoch; "
+            "nothing was saved as finished.")
 
 
 def all_finite(tensors):

@@ -259,3 +259,16 @@ def test_all_finite_reads_dense_sparse_and_missing_gradients():
     assert not bool(all_finite(finite + [tf.constant([1.0, np.nan])]))
     bad_rows = tf.IndexedSlices(tf.constant([[np.inf, 0.0, 0.0]]), tf.constant([1]), tf.constant([4, 3]))
     assert not bool(all_finite([tf.ones(3), bad_rows]))
+
+
+def test_a_plain_model_fed_a_nan_pixel_is_stopped_and_put_back():
+    """The recipes' student-alone fits: the stop holds whether the NaN shows in the loss or only in the weights."""
+    model = tiny_cnn(width=4, name="alone")
+    model.compile(optimizer=keras.optimizers.SGD(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = _nan_batch_data()
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(kdkeras.NonFiniteLossError, match=r"epoch 1.*NaN/inf in the data"):
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False,
+                  callbacks=[kdkeras.training.StopOnNonFiniteLoss()])
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
