@@ -339,8 +339,9 @@ class Distiller(keras.Model):
         unscaled = total * num_replicas() if num_replicas() > 1 else total
         # A NaN/inf logit or gradient logs a NaN loss, so the non-finite stop sees it where a
         # fused graph-mode CPU kernel (conv + batch norm + ReLU) hides a NaN input from the loss.
-        finite = ops.all(ops.isfinite(logits)) if grads_finite is None else ops.logical_and(
-            grads_finite, ops.all(ops.isfinite(logits)))
+        finite = all_finite([logits])
+        if grads_finite is not None:
+            finite = ops.logical_and(finite, grads_finite)
         unscaled = ops.where(finite, unscaled, ops.full_like(unscaled, float("nan")))
         self._loss_tracker.update_state(unscaled, sample_weight=batch)
         for key, value in logs.items():

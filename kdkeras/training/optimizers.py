@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import keras
 
-from kdkeras.distillation_optimizers import DOT_DEFAULT_DELTA as DEFAULT_DELTA
-from kdkeras.training.dot import DOT
+from kdkeras.training.dot import DEFAULT_DELTA, DOT
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "dot")
 SCHEDULES = ("cosine", "step", "constant")
