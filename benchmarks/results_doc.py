@@ -154,6 +154,7 @@ def load_runs(roots: Sequence[str]) -> tuple[list[dict], list[str]]:
             raise NoRunsError(
                 f"Run root {root!r} holds no distillation run: no metrics.json with 'method' and "
                 f"'student_top1' below it (make runs with benchmarks/methods_table.py or recipes/distill.py).")
+    tuned_runs.mark_uncommon_fidelity(runs, group_key)  # sweeps of another trial fidelity: rows of their own
     return runs, skipped
 
 

@@ -462,14 +462,14 @@ def test_method_defaults_are_read_from_the_archive_and_computed_when_missing(tmp
 
 
 def write_sweep(root, method, seed, top1, settings, *, candidates=None, val_top1=0.9, seconds=120.0,
-                scored_on="the run's whole validation split", folder_name=None):
+                scored_on="the run's whole validation split", folder_name=None, trial_train_limit=4000):
     """A recipes/tune.py output folder: tune.json and the retrained winner under final/
     (`scored_on=None`: a sweep of the earlier protocol, which did not record it)."""
     folder = root / (folder_name or "tuned") / (method if candidates is None else "auto") / f"seed{seed}"
     folder.mkdir(parents=True)
     (folder / "tune.json").write_text(json.dumps({
         "method": method, "settings": settings, "val_top1": val_top1, "candidates": candidates or [method],
-        "trials": 6, "trial_epochs": 2, "trial_train_limit": 4000, "sweep_seconds": seconds,
+        "trials": 6, "trial_epochs": 2, "trial_train_limit": trial_train_limit, "sweep_seconds": seconds,
         "validation_split": 0.1, "final_data": "all", "states": {"complete": 5, "pruned": 1},
         "student_top1": top1, **({"trials_scored_on": scored_on} if scored_on else {}),
         **({"student_alone_val_top1": 0.8, "beats_student_alone": seed != 1} if scored_on else {})}))
@@ -500,6 +500,14 @@ def test_tuned_rows_pair_each_seeds_choice_with_its_baseline_and_cite_the_sweep(
     assert _row(section, "auto (tuned)")["n"] == 1  # a sweep among candidates is the auto row
     earlier = _row(section, "crd (tuned; trials scored on their own split)")
     assert earlier["n"] == 1 and earlier["top1"]["mean"] == pytest.approx(0.5)
+    # sweeps whose trials ran on other examples than most of the section's are their own row
+    for seed, top1 in enumerate((0.90, 0.91)):
+        write_sweep(runs, "crd", seed, top1, {"crd.weight": 0.1}, folder_name="tuned_whole", trial_train_limit=None)
+    section = results_doc.main([str(runs), f"--output={page}"])["sections"][0]
+    whole = _row(section, "crd (tuned; trials of 2 epochs on the whole training part)")
+    assert whole["n"] == 2 and whole["top1"]["mean"] == pytest.approx(0.905)
+    assert _row(section, "crd (tuned)")["n"] == 3 and _row(section, "crd (tuned)")["top1"]["values"] == tuned
+    payload = results_doc.main([str(runs), f"--output={page}", f"--archive={archive}"])
     text = page.read_text()
     assert ("`crd (tuned)`: 6 trials of 2 epochs on 4,000 examples per seed (3 of 18 pruned, 1.0-3.0 min of "
             "sweep per seed), chosen on a 10% validation split") in text

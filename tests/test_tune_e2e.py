@@ -121,3 +121,7 @@ def test_tune_speed_benchmark_prints_its_ratio(capsys):
     assert out["tune_sweep_over_student_runs"] == pytest.approx(
         out["sweep_seconds"] / (2 * np.mean(out["student_run_seconds"])))
     assert out["cache_build_seconds"] > 0 and out["reference_seconds"] > 0
+    assert len(out["trial_run_seconds"]) == 2 and out["trial_over_student_run_median"] == pytest.approx(
+        np.median(out["trial_run_seconds"]) / np.median(out["student_run_seconds"]))
+    # each trial's run is part of the sweep, which also holds the study and the report
+    assert sum(out["trial_run_seconds"]) < out["sweep_seconds"]

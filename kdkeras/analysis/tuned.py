@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 #: the folder of a sweep holding its retrained winner
 FINAL_FOLDER = "final"
@@ -52,9 +52,42 @@ EARLIER_PROTOCOL = "trials scored on their own split"
 
 def row_label(method: str, sweep: dict) -> str:
     """`crd (tuned)` for a sweep of one method; `auto (tuned)` when it chose among several;
-    `crd (tuned; trials scored on their own split)` for a sweep of the earlier protocol."""
+    `crd (tuned; trials scored on their own split)` for a sweep of the earlier protocol;
+    the trial fidelity added when `mark_uncommon_fidelity` found it not its section's usual."""
     name = "auto" if len(sweep.get("candidates") or [method]) > 1 else method
-    return f"{name} (tuned)" if sweep.get("trials_scored_on") else f"{name} (tuned; {EARLIER_PROTOCOL})"
+    marks = [] if sweep.get("trials_scored_on") else [EARLIER_PROTOCOL]
+    marks += [sweep["fidelity_mark"]] if sweep.get("fidelity_mark") else []
+    return f"{name} (tuned{''.join('; ' + m for m in marks)})"
+
+
+def trial_fidelity(sweep: dict) -> tuple:
+    """What a sweep's trials trained on: (epochs, training examples; None: the whole part)."""
+    return sweep.get("trial_epochs"), sweep.get("trial_train_limit")
+
+
+def fidelity_text(sweep: dict) -> str:
+    """A sweep's trial fidelity in words: `trials of 2 epochs on 4,000 examples`."""
+    epochs, examples = trial_fidelity(sweep)
+    examples = "the whole training part" if examples is None else f"{examples:,} examples"
+    return f"trials of {epochs} epochs on {examples}"
+
+
+def mark_uncommon_fidelity(runs: Sequence[dict], section: Callable[[dict], Any]) -> None:
+    """Give each tuned run (`run["sweep"]`) whose trial fidelity is not the one most of its
+    section's sweeps ran at a `fidelity_mark`, so that sweeps of another fidelity are their
+    own row (`row_label`), never averaged with the others (ties: the cheaper fidelity is the usual)."""
+    counts: dict = {}
+    for run in runs:
+        if run.get("sweep"):
+            key = trial_fidelity(run["sweep"])
+            counts.setdefault(section(run), {}).setdefault(key, 0)
+            counts[section(run)][key] += 1
+    for run in runs:
+        if run.get("sweep"):
+            usual = max(counts[section(run)].items(),
+                        key=lambda kv: (kv[1], -(kv[0][0] or 0), -(kv[0][1] or float("inf"))))[0]
+            if trial_fidelity(run["sweep"]) != usual:
+                run["sweep"]["fidelity_mark"] = fidelity_text(run["sweep"])
 
 
 def settings_line(method: str, sweep: dict) -> str:
@@ -78,10 +111,7 @@ def budget_text(sweeps: Sequence[dict]) -> str:
     # sweeps before `trials_scored_on` carved each trial's validation split from its own examples
     scored = ("of the training examples, the same for every trial" if first.get("trials_scored_on")
               else "of each trial's examples")
-    examples = first.get("trial_train_limit")
-    examples = "the whole training part" if examples is None else f"{examples:,} examples"
-    return (f"{first.get('trials')} trials of {first.get('trial_epochs')} epochs on "
-            f"{examples} per seed ({pruned} of {trials} pruned{cost}), "
+    return (f"{first.get('trials')} {fidelity_text(first)} per seed ({pruned} of {trials} pruned{cost}), "
             f"chosen on a {split_text} validation split {scored}; the winner retrained "
             f"on {'every training example' if first.get('final_data') == 'all' else 'the training part'}"
             f"{reference_text(sweeps)}")

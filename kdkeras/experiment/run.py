@@ -201,13 +201,8 @@ def train_baseline(spec: DistillSpec, config: RunConfig, data: DataSetup, studen
     data and budget, saved as baseline.keras; adds its top-1, the teacher's margin
     over it and the weak-teacher warning to `metrics`. With a validation split the
     margin (and the warning) is measured on it, never on the test split."""
-    with strategy.scope():
-        baseline = build_model(spec.student, data, seed=config.seed, bn_momentum=spec.bn_momentum,
-                               **spec.student_args)
-        baseline.set_weights(student.initial)
-        out = fit(baseline, data.train, data.validation_data, config.train_config(), config.output_dir,
-                  tag="baseline", callbacks=data.callbacks(),
-                  test_ds=None if data.validation is None else data.test)
+    baseline, out = train_student_alone(spec, config, data, strategy, "baseline", initial=student.initial,
+                                        test_ds=None if data.validation is None else data.test)
     baseline.save(os.path.join(config.output_dir, "baseline.keras"))
     metrics.update(baseline_top1=out["top1"], baseline_train_seconds=out["train_seconds"],
                    baseline_history=out["history"],
@@ -228,6 +223,21 @@ def train_baseline(spec: DistillSpec, config: RunConfig, data: DataSetup, studen
             metrics["warnings"] = [warning]
             warnings.warn(warning, stacklevel=3)
     return baseline
+
+
+def train_student_alone(spec: DistillSpec, config: RunConfig, data: DataSetup, strategy, tag: str, *,
+                        initial: list | None = None, test_ds=None,
+                        callbacks: Sequence[keras.callbacks.Callback] = ()) -> tuple[keras.Model, dict]:
+    """`spec.student` built for `data` (seeded; from `initial` weights when given) and fit
+    alone, CE only, on its training part while watching its validation split: the core of
+    the `--baseline` run and of a sweep's student-alone reference. Returns (model, `fit`'s result)."""
+    with strategy.scope():
+        model = build_model(spec.student, data, seed=config.seed, bn_momentum=spec.bn_momentum, **spec.student_args)
+        if initial is not None:
+            model.set_weights(initial)
+        out = fit(model, data.train, data.validation_data, config.train_config(), config.output_dir, tag=tag,
+                  callbacks=data.callbacks() + list(callbacks), test_ds=test_ds)
+    return model, out
 
 
 def finish_run(config: RunConfig, strategy, metrics: dict) -> None:

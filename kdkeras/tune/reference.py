@@ -71,20 +71,15 @@ def run_student_alone(config: RunConfig, spec: DistillSpec, callbacks: Sequence 
     scored on the validation split (never the test split); writes OUTPUT_DIR/student_alone.json."""
     from kdkeras import training
     from kdkeras.experiment.data import setup_data, validation_keys
-    from kdkeras.experiment.fitting import fit
     from kdkeras.experiment.output import finish_worker
-    from kdkeras.experiment.run import start_run
-    from kdkeras.experiment.teacher import build_model
+    from kdkeras.experiment.run import start_run, train_student_alone
 
     config, strategy = start_run(config, spec)
     data = setup_data(config, spec.input_shape)
     if data.validation is None:  # `fit` would score the test split instead
         raise ValueError(f"The student-alone reference needs a validation split, got "
                          f"validation_split={config.validation_split!r}.")
-    with strategy.scope():
-        model = build_model(spec.student, data, seed=config.seed, bn_momentum=spec.bn_momentum, **spec.student_args)
-        out = fit(model, data.train, data.validation_data, config.train_config(), config.output_dir,
-                  tag="student_alone", callbacks=data.callbacks() + list(callbacks))
+    model, out = train_student_alone(spec, config, data, strategy, "student_alone", callbacks=callbacks)
     metrics = {"method": NO_METHOD, "teacher": None, "student": spec.student, "student_args": spec.student_args,
                "dataset": config.dataset, "epochs": config.epochs, "train_limit": config.train_limit,
                "batch_size": config.batch_size, "lr": config.lr, "seed": config.seed,
