@@ -174,3 +174,22 @@ def test_the_full_budget_check_reads_the_retrains_validation_tops(distilled, alo
     # no check without both validation top-1s (a retrain on every example, or without the student alone)
     assert final_check({"student_val_top1": distilled, "baseline_val_top1": None}) == ({}, None)
     assert final_check({"student_top1": 0.9, "baseline_top1": 0.8}) == ({}, None)
+
+
+def test_a_memory_bank_method_on_subset_trials_is_warned_about_and_on_the_whole_part_is_not(tmp_path, capsys):
+    def sweep(folder, method, **options):
+        config = ValConfig(output_dir=str(tmp_path / folder), epochs=30, train_limit=1000, seed=4)
+        return tune_distillation(
+            config, DistillSpec(teacher="t.keras", method=method),
+            TuneOptions(**{"trials": 1, "trial_epochs": 2, "retrain": False, "pruner": "none", **options}),
+            runner=fixed_trials(0.5), reference_runner=fixed_reference(0.4, []))
+
+    subset = sweep("crd_subset", "crd", trial_train_limit=200).report
+    warning = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[tune] WARNING")]
+    assert len(warning) == 1 and "crd keeps a slot per training example" in warning[0]
+    assert "trials on 200 examples" in warning[0] and "--trial_train_limit" in warning[0]
+    assert subset["warnings"] == [warning[0].removeprefix("[tune] WARNING: ")]
+    # CRD on the whole training part, and KD (no per-example state) on a subset: no warning
+    for folder, method, options in (("crd_whole", "crd", {}), ("kd_subset", "kd", {"trial_train_limit": 200})):
+        assert "warnings" not in sweep(folder, method, **options).report
+        assert "WARNING" not in capsys.readouterr().out, folder

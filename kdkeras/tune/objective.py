@@ -101,6 +101,26 @@ def trial_train_part(config: RunConfig, options: TuneOptions) -> int | None:
     return min(caps) if caps else None
 
 
+def subset_warning(config: RunConfig, options: TuneOptions, candidates: list[str]) -> str | None:
+    """A warning when trials train on a subset (`trial_train_part`) and a candidate keeps a
+    slot per training example (`requires_index`: CRD's memory bank), whose size and draws
+    of negatives then differ in kind from the full run's; None otherwise."""
+    from kdkeras.methods.registry import method_class
+
+    part = trial_train_part(config, options)
+    if part is None or (config.train_part_limit is not None and part >= config.train_part_limit):
+        return None
+    banked = sorted({name for c in candidates for name in spaces.member_names(c)
+                     if getattr(method_class(name), "requires_index", False)})
+    if not banked:
+        return None
+    return (f"{', '.join(banked)} keep{'s' if len(banked) == 1 else ''} a slot per training example (a memory "
+            f"bank) and draw {'its' if len(banked) == 1 else 'their'} negatives from it: trials on {part:,} "
+            f"examples train {'it' if len(banked) == 1 else 'them'} on a bank of another size than the full run's, "
+            f"and can rank settings that lose at the full budget first. Leave --trial_train_limit unset (trials on "
+            f"the whole training part, fewer --trial_epochs) for {'it' if len(banked) == 1 else 'them'}.")
+
+
 def trial_fidelity(config: RunConfig, options: TuneOptions, output_dir: str) -> RunConfig:
     """`config` at the trial fidelity, writing into `output_dir`: `trial_epochs`, the
     trial's training subset (`trial_train_part`), one test batch, the run's whole

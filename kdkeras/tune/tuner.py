@@ -16,7 +16,9 @@ from kdkeras.experiment.teacher import shared_teachers
 from kdkeras.files import write_json
 from kdkeras.tune import report, spaces
 from kdkeras.tune.final import best_choice, retrain
-from kdkeras.tune.objective import distillation_objective, fixed_args, require_validation, trial_train_part
+from kdkeras.tune.objective import (
+    distillation_objective, fixed_args, require_validation, subset_warning, trial_train_part,
+)
 from kdkeras.tune.options import TuneOptions
 from kdkeras.tune.reference import compare, ensure_reference, final_check
 from kdkeras.tune.study import make_pruner, open_study, progress_line, run_sweep, storage_url
@@ -94,6 +96,9 @@ def tune_distillation(config: RunConfig, spec: DistillSpec, options: TuneOptions
     study = open_study(options.study_name, url, pruner=make_pruner(options.pruner, trial_epochs), seed=config.seed)
     print(f"[tune] study {options.study_name!r} at {url}: {options.trials} trials of {trial_epochs} epochs "
           f"among {candidates}, pruner {options.pruner}", flush=True)
+    subset = subset_warning(config, options, candidates)
+    if subset:
+        print(f"[tune] WARNING: {subset}", flush=True)
     reference = ensure_reference(study, config, spec, options, reference_runner) if options.reference else None
     if options.start_from_defaults:
         enqueue_defaults(study, candidates, options.tune_ce_weight and spec.student_loss_weight is None,
@@ -121,7 +126,7 @@ def tune_distillation(config: RunConfig, spec: DistillSpec, options: TuneOptions
                "start_from_defaults": options.start_from_defaults,
                "sweep_seconds": sweep_seconds, "storage": url, "study_name": options.study_name,
                "states": {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})},
-               **against, **({"warnings": [warning]} if warning else {})}
+               **against, **({"warnings": [w for w in (subset, warning) if w]} if subset or warning else {})}
     final = None
     if options.retrain:
         final = retrain(config, spec, method, settings, options)
