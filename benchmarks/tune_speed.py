@@ -13,10 +13,10 @@ Trains (or loads) a teacher, builds the teacher-output cache once (timed apart:
   time taken out of the sweep's); their mean is taken.
 
 Prints `tune_sweep_over_student_runs` = sweep seconds / (N x student-alone seconds);
-the issue's target is <= 1.2. `trial_over_student_run_median` is the median trial run over
-the median student-alone run: what one trial costs, robust to one run slowed by the machine. The sweep runs as a user's does, with its student-alone
-reference (`TuneOptions.reference`: one CE-only run at trial fidelity before the
-trials); the ratio stays defined over the N trials, so the reference's seconds are
+the issue's target is <= 1.2. `trial_over_student_run_median` is the median trial run
+over the median student-alone run: what one trial costs, robust to one run slowed by the
+machine. The sweep runs as a user's does, with its student-alone reference
+(`TuneOptions.reference`: one CE-only run at trial fidelity before the trials); the ratio stays defined over the N trials, so the reference's seconds are
 taken out of the sweep's and printed as their own key, `reference_seconds`.
 `--json PATH` writes the numbers.
 

@@ -186,7 +186,7 @@ def test_a_memory_bank_method_on_subset_trials_is_warned_about_and_on_the_whole_
 
     subset = sweep("crd_subset", "crd", trial_train_limit=200).report
     warning = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[tune] WARNING")]
-    assert len(warning) == 1 and "crd keeps a slot per training example" in warning[0]
+    assert len(warning) == 1 and "Candidate method(s) crd keep a slot per training example" in warning[0]
     assert "trials on 200 examples" in warning[0] and "--trial_train_limit" in warning[0]
     assert subset["warnings"] == [warning[0].removeprefix("[tune] WARNING: ")]
     # CRD on the whole training part, and KD (no per-example state) on a subset: no warning

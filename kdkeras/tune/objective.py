@@ -114,11 +114,11 @@ def subset_warning(config: RunConfig, options: TuneOptions, candidates: list[str
                      if getattr(method_class(name), "requires_index", False)})
     if not banked:
         return None
-    return (f"{', '.join(banked)} keep{'s' if len(banked) == 1 else ''} a slot per training example (a memory "
-            f"bank) and draw {'its' if len(banked) == 1 else 'their'} negatives from it: trials on {part:,} "
-            f"examples train {'it' if len(banked) == 1 else 'them'} on a bank of another size than the full run's, "
-            f"and can rank settings that lose at the full budget first. Leave --trial_train_limit unset (trials on "
-            f"the whole training part, fewer --trial_epochs) for {'it' if len(banked) == 1 else 'them'}.")
+    return (f"Candidate method(s) {', '.join(banked)} keep a slot per training example (a memory bank) and "
+            f"draw negatives from it: trials on {part:,} examples train on a bank of another size than the full "
+            f"run's and can rank settings that lose at the full budget first. Leave --trial_train_limit "
+            f"(TuneOptions.trial_train_limit) unset when tuning them: trials on the whole training part, with "
+            f"fewer --trial_epochs if they cost too much.")
 
 
 def trial_fidelity(config: RunConfig, options: TuneOptions, output_dir: str) -> RunConfig:
