@@ -16,8 +16,9 @@ Prints `tune_sweep_over_student_runs` = sweep seconds / (N x student-alone secon
 the issue's target is <= 1.2. `trial_over_student_run_median` is the median trial run
 over the median student-alone run: what one trial costs, robust to one run slowed by the
 machine. The sweep runs as a user's does, with its student-alone reference
-(`TuneOptions.reference`: one CE-only run at trial fidelity before the trials); the ratio stays defined over the N trials, so the reference's seconds are
-taken out of the sweep's and printed as their own key, `reference_seconds`.
+(`TuneOptions.reference`: one CE-only run at trial fidelity before the trials); the
+ratio stays defined over the N trials, so the reference's seconds are taken out of the
+sweep's and printed as their own key, `reference_seconds`.
 `--json PATH` writes the numbers.
 
     python benchmarks/tune_speed.py --trials=6 --train_limit=5000 --trial_epochs=2
