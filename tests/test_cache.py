@@ -224,6 +224,22 @@ def test_size_is_planned_before_building_and_a_limit_refused(folder, tmp_path, c
     assert f"x {per_example} bytes" in capsys.readouterr().out
 
 
+def test_a_cache_larger_than_the_free_disk_is_refused_before_writing(folder, tmp_path, monkeypatch):
+    import collections
+    import shutil
+    per_example = 4 * (3 + 8 * 8 * 6 + 4 * 4 * 6)
+    total = per_example * N * 2
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 * total, 9 * total, total - 1))
+    with pytest.raises(CacheError, match=rf"would take .*relu1 \[8, 8, 6\].*\({total - 1} bytes\) free"):
+        _build(tmp_path / "big", _teacher(), folder, [AT()], views=2)
+    assert not os.path.exists(tmp_path / "big.partial")
+    assert not os.path.exists(tmp_path / "big")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 * total, 9 * total, total))
+    cache = _build(tmp_path / "big", _teacher(), folder, [AT()], views=2)
+    assert cache.num_examples == N
+
+
 def test_topk_with_every_class_is_float32_and_fewer_spread_the_rest():
     z = np.random.default_rng(0).normal(size=(5, 7)).astype("float32") * 3
     cols = {k: tf.constant(v) for k, v in encode("logits", z, "topk", 7).items()}

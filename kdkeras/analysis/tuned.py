@@ -4,6 +4,7 @@ the page can say what was chosen on which split, with what budget and at what co
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 from typing import Any, Callable, Sequence
@@ -76,18 +77,15 @@ def mark_uncommon_fidelity(runs: Sequence[dict], section: Callable[[dict], Any])
     """Give each tuned run (`run["sweep"]`) whose trial fidelity is not the one most of its
     section's sweeps ran at a `fidelity_mark`, so that sweeps of another fidelity are their
     own row (`row_label`), never averaged with the others (ties: the cheaper fidelity is the usual)."""
-    counts: dict = {}
+    counts: dict = collections.defaultdict(collections.Counter)
     for run in runs:
         if run.get("sweep"):
-            key = trial_fidelity(run["sweep"])
-            counts.setdefault(section(run), {}).setdefault(key, 0)
-            counts[section(run)][key] += 1
+            counts[section(run)][trial_fidelity(run["sweep"])] += 1
+    usual = {name: max(seen.items(), key=lambda kv: (kv[1], -(kv[0][0] or 0), -(kv[0][1] or float("inf"))))[0]
+             for name, seen in counts.items()}
     for run in runs:
-        if run.get("sweep"):
-            usual = max(counts[section(run)].items(),
-                        key=lambda kv: (kv[1], -(kv[0][0] or 0), -(kv[0][1] or float("inf"))))[0]
-            if trial_fidelity(run["sweep"]) != usual:
-                run["sweep"]["fidelity_mark"] = fidelity_text(run["sweep"])
+        if run.get("sweep") and trial_fidelity(run["sweep"]) != usual[section(run)]:
+            run["sweep"]["fidelity_mark"] = fidelity_text(run["sweep"])
 
 
 def settings_line(method: str, sweep: dict) -> str:

@@ -148,14 +148,15 @@ def build_teacher_cache(
     described = ", ".join(f"{e} {list(s)}" for e, s in entries.items())
     print(f"[cache] {path}: {num_examples} examples x {views} views x "
           f"{plan['bytes_per_example_view']} bytes ({described}; {storage}) = {_human(plan['total_bytes'])}")
+    size = (f"{_human(plan['total_bytes'])} ({plan['total_bytes']} bytes: {plan['bytes_per_example_view']} "
+            f"per example per view for {described}, x {num_examples} examples x {views} views)")
     if max_bytes is not None and plan["total_bytes"] > max_bytes:
         raise CacheError(
-            f"The teacher cache would take {_human(plan['total_bytes'])} ({plan['total_bytes']} bytes: "
-            f"{plan['bytes_per_example_view']} per example per view for {described}, x {num_examples} "
-            f"examples x {views} views), above max_bytes={max_bytes}. Cache fewer taps or views, or use "
-            "storage='float16'/'topk'.")
+            f"The teacher cache would take {size}, above max_bytes={max_bytes}. Cache fewer taps or views, "
+            "or use storage='float16'/'topk'.")
 
     partial = path + ".partial"
+    _refuse_if_disk_short(path, partial, plan["total_bytes"], size)
     progress = _load_progress(partial, fingerprint)
     for view in range(views):
         if str(view) in progress["views"]:
@@ -177,6 +178,24 @@ def build_teacher_cache(
         os.rmdir(path)  # an empty folder given as the destination
     os.rename(partial, path)
     return TeacherCache.open(path, verify=False)
+
+
+def _refuse_if_disk_short(path: str, partial: str, total_bytes: int, size: str) -> None:
+    """Refuse a build that the disk cannot hold before writing anything: a disk that
+    fills mid-build takes the rest of the machine's work down with it."""
+    written = sum(os.path.getsize(os.path.join(root, name))
+                  for root, _, names in os.walk(partial) for name in names) if os.path.isdir(partial) else 0
+    needed = total_bytes - written
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise CacheError(
+            f"The teacher cache at {path!r} would take {size}, but the disk holding it has "
+            f"{_human(free)} ({free} bytes) free, {_human(needed)} still to write. Free space or put the cache "
+            "elsewhere, cache fewer taps (teacher_cache_methods) or views, use storage='float16'/'topk' "
+            "(--teacher_cache_storage), or train without a cache (--teacher_cache=none).")
 
 
 def _with_their_taps(fingerprint: dict, path: str) -> dict:

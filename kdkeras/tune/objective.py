@@ -111,7 +111,7 @@ def subset_warning(config: RunConfig, options: TuneOptions, candidates: list[str
     if part is None or (config.train_part_limit is not None and part >= config.train_part_limit):
         return None
     banked = sorted({name for c in candidates for name in spaces.member_names(c)
-                     if getattr(method_class(name), "requires_index", False)})
+                     if method_class(name).requires_index})
     if not banked:
         return None
     return (f"Candidate method(s) {', '.join(banked)} keep a slot per training example (a memory bank) and "
