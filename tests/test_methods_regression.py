@@ -106,6 +106,22 @@ def test_ofd_matches_numpy():
     np.testing.assert_allclose(float(got), want, rtol=1e-4)
 
 
+def test_ofd_partial_l2_gradient_matches_numpy_case_by_case():
+    """The student's gradient is `2 (s - m)` in the margin case, `2 (s - t)` in
+    the two others and 0 elsewhere, element by element (ties excluded)."""
+    s, t = RNG.normal(size=(3, 4, 4, 5)), RNG.normal(size=(3, 4, 4, 5))
+    m = RNG.uniform(-1.5, -0.2, 5)
+    below, between, positive = (s > m) & (t <= m), (s > t) & (t > m) & (t <= 0), t > 0
+    assert below.any() and between.any() and positive.any() and not (below | between | positive).all()
+    want = 2 * (s - m) * below + 2 * (s - t) * (between | positive)
+    s_var = tf.constant(s, "float32")
+    with tf.GradientTape() as tape:
+        tape.watch(s_var)
+        loss = kdkeras.methods.regression.ofd_partial_l2(s_var, tf.constant(t, "float32"),
+                                                         tf.constant(m, "float32"))
+    np.testing.assert_allclose(tape.gradient(loss, s_var).numpy(), want, rtol=1e-5, atol=1e-6)
+
+
 def test_ofd_reads_its_margins_from_the_teachers_bn_before_each_tap():
     teacher = bn_cnn(6, "teacher")
     for name in ("bn1", "bn2"):

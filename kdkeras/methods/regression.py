@@ -102,15 +102,30 @@ def bn_before(model: keras.Model, name: str) -> keras.layers.BatchNormalization:
     )
 
 
+@ops.custom_gradient
+def _clipped_square_sum(s, t, floor):
+    """`sum(max(s - t, floor)^2)` with its gradient `2 max(s - t, floor)` to `s` written
+    out (none to the teacher's `t` and `floor`): one op backward instead of autodiff's four."""
+    d = ops.maximum(s - t, floor)
+
+    def grad(*args, upstream=None):
+        upstream = args[0] if upstream is None else upstream
+        return 2.0 * upstream * d, None, None
+
+    return ops.sum(ops.square(d)), grad
+
+
 def ofd_partial_l2(s, t, margin):
-    """OFD's partial L2 per element: `(s - m)^2` where `s > m >= t`, `(s - t)^2` where
-    `s > t > m` and `t <= 0`, or where `t > 0`; 0 elsewhere."""
-    both = ops.square(s - t)
-    below = ops.logical_and(s > margin, t <= margin)
-    between = ops.logical_and(ops.logical_and(s > t, t > margin), t <= 0.0)
-    zero = ops.zeros_like(both)
-    return (ops.where(below, ops.square(s - margin), zero) + ops.where(between, both, zero)
-            + ops.where(t > 0.0, both, zero))
+    """Sum of OFD's partial L2 over every element: with the teacher's map clipped to
+    the margin, `t' = max(t, m)`, each element adds `(s - t')^2` where `s > t'` or
+    `t' > 0`, nothing elsewhere. Margins are <= 0 (`ofd_margin`), so this is
+    `(s - m)^2` where `s > m >= t`, `(s - t)^2` where `s > t > m` and `t <= 0`, or
+    where `t > 0`. A `maximum` against a floor made from the teacher alone (0 where
+    `t' <= 0`, the lowest float elsewhere) keeps the student's side, and its
+    gradient, to a few elementwise ops on the step's largest maps."""
+    t = ops.maximum(ops.stop_gradient(t), margin)
+    floor = ops.where(t > 0.0, np.finfo("float32").min, 0.0)
+    return _clipped_square_sum(s, t, floor)
 
 
 @register_method("ofd")
@@ -121,8 +136,8 @@ class OFD(FeatureMethod):
     the student's map to the teacher's channels, the teacher's map is average-pooled
     to the student's size, and the term is
     `sum_i sum_{c,h,w} mean_b partial_l2(r_i(f_s), f_t, m) / 2^(n - 1 - i)`
-    (`ofd_partial_l2`), with each channel's margin `m` from the BN feeding the
-    teacher's tap (`ofd_margin`, read from the teacher once at setup, so no teacher
+    (`ofd_partial_l2` sums each pair's elements), with each channel's margin `m`
+    from the BN feeding the teacher's tap (`ofd_margin`, read from the teacher once at setup, so no teacher
     cache can serve it).
 
     Example:
@@ -166,10 +181,9 @@ class OFD(FeatureMethod):
         total = 0.0
         for i, ((t, s), r, m) in enumerate(zip(pairs, self.connectors, self.margins)):
             s = as_float32(r(s, training=training))
-            t = pool_to(t, s.shape[1:3])
-            per = ofd_partial_l2(s, t, ops.cast(m, "float32"))
-            total = total + ops.sum(ops.mean(per, axis=0)) / float(2 ** (len(pairs) - 1 - i))
-        return total
+            t = as_float32(pool_to(t, s.shape[1:3]))
+            total = total + ofd_partial_l2(s, t, ops.cast(m, "float32")) / float(2 ** (len(pairs) - 1 - i))
+        return total / ops.cast(ops.shape(s)[0], "float32")
 
 
 # -- PAD-L2 ----------------------------------------------------------------------------
