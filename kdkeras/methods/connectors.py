@@ -14,6 +14,7 @@ from typing import Sequence
 import keras
 from keras import ops
 
+from kdkeras.methods.batch_norm import MapBatchNorm
 from kdkeras.methods.features import flatten, l2_normalize
 
 _BN = {"momentum": 0.9, "epsilon": 1e-5}
@@ -80,7 +81,7 @@ class ConvRegressor(keras.layers.Layer):
                 f"Cannot regress a {h}x{w} map to {th}x{tw}: sizes must be equal, "
                 "integer multiples, or the student's larger in both dimensions."
             )
-        self.bn = keras.layers.BatchNormalization(name="bn", **_BN)
+        self.bn = MapBatchNorm(name="bn", **_BN)
         self.conv.build(input_shape)
         self.bn.build(self.conv.compute_output_shape(input_shape))
 
@@ -111,7 +112,7 @@ class Connector1x1(keras.layers.Layer):
             ),
             name="conv",
         )
-        self.bn = keras.layers.BatchNormalization(name="bn", **_BN)
+        self.bn = MapBatchNorm(name="bn", **_BN)
 
     def build(self, input_shape):
         self.conv.build(input_shape)
@@ -212,7 +213,7 @@ def _conv_stack(channels: Sequence[int], prefix: str, use_bn: bool) -> list:
     for i, c in enumerate(channels, start=1):
         layers.append(_conv(c, 3, f"{prefix}_conv{i}"))
         if use_bn:
-            layers.append(keras.layers.BatchNormalization(name=f"{prefix}_bn{i}", **_BN))
+            layers.append(MapBatchNorm(name=f"{prefix}_bn{i}", **_BN))
         layers.append(keras.layers.LeakyReLU(0.1, name=f"{prefix}_lrelu{i}"))
     return layers
 
@@ -307,7 +308,7 @@ class Adapter3x3(keras.layers.Layer):
         self.use_bn = bool(use_bn)
         self.activation = activation
         self.conv = _conv(self.channels, 3, "conv")
-        self.bn = keras.layers.BatchNormalization(name="bn", **_BN) if self.use_bn else None
+        self.bn = MapBatchNorm(name="bn", **_BN) if self.use_bn else None
         self.act = keras.activations.get(activation) if activation else None
 
     def build(self, input_shape):

@@ -19,6 +19,7 @@ from keras import ops
 
 from kdkeras import tap_detection
 from kdkeras.methods.base import StepContext, as_float32, epoch_warmup, is_training
+from kdkeras.methods.batch_norm import MapBatchNorm
 from kdkeras.methods.features import FeatureMethod, pool_to
 from kdkeras.methods.registry import register_method
 from kdkeras.search_space import Float
@@ -111,9 +112,9 @@ class ABF(keras.layers.Layer):
         self.out_channels = int(out_channels)
         self.fuse = bool(fuse)
         self.conv1 = _conv(self.mid_channels, 1, "conv1")
-        self.bn1 = keras.layers.BatchNormalization(name="bn1", **_BN)
+        self.bn1 = MapBatchNorm(name="bn1", **_BN)
         self.conv2 = _conv(self.out_channels, 3, "conv2")
-        self.bn2 = keras.layers.BatchNormalization(name="bn2", **_BN)
+        self.bn2 = MapBatchNorm(name="bn2", **_BN)
         self.att_conv = None
         if self.fuse:
             # PyTorch's default Conv2d init: kernel and bias uniform within 1 / sqrt(fan_in).
