@@ -43,8 +43,14 @@ on the batch and its copies and again as `<method>_same_rows` on as many rows
 as KD's, the batch cut to `1 / (copies + 1)`), and
 `fitnet_over_keras_feature` <= 0.6.
 
+`--term_alone` also times each method's term by itself (forward and gradient
+on the fixed batch's taps, neither network run): `<method>_term_over_kd`, over
+KD's whole step, is the part of `<method>_over_kd` above 1 that the term's own
+work accounts for (a step costs about 1 + it).
+
     python benchmarks/methods_speed.py --quick --json runs/methods_speed.json
     python benchmarks/methods_speed.py --methods=at,nst,fitnet
+    python benchmarks/methods_speed.py --methods=ofd,kdsvd,reviewkd --term_alone --nokeras_comparison
 """
 
 from __future__ import annotations
@@ -88,6 +94,11 @@ flags.DEFINE_list("methods", None,
                   "Methods to time (registry names, at_gradient or kd_standardized); default: all of them. "
                   "KD is always timed.")
 flags.DEFINE_bool("keras_comparison", True, "Also time FitNet against keras.distillation.FeatureDistillation.")
+flags.DEFINE_bool("term_alone", False,
+                  "Also time each method's term alone: its forward pass and gradient (to the student's "
+                  "taps and the method's own weights) on the fixed batch's taps, both networks left out. "
+                  "`<method>_term_over_kd` is that time over KD's whole step: a step cannot cost less "
+                  "than about 1 + it, whatever the Distiller does.")
 flags.DEFINE_bool("quick", False, "Fewer rounds and steps (under ~3 minutes on 2 idle cores).")
 flags.DEFINE_string("json", None, "Write the ratios and timings to this JSON file.")
 
@@ -148,7 +159,7 @@ def method_variants(batch):
     teacher.trainable = False
     kd = kdkeras.methods.KD(temperature=4.0, weight=0.9)
     variants = {"kd": step_fn(compiled(kdkeras.Distiller(teacher, build(FLAGS.student, 2), [kd], 0.1)), x, y)}
-    skipped, notes, baselines = {}, {}, {}
+    skipped, notes, baselines, terms = {}, {}, {}, {}
     # every registered method once (aliases dropped), plus the extra modes
     names = FLAGS.methods or kdkeras.methods.registered_methods() + list(MODES)
     for name in names:
@@ -174,6 +185,15 @@ def method_variants(batch):
             inputs = {**(inputs if isinstance(inputs, dict) else {"image": x}), "image_strong": x[:, :, ::-1]}
         variants[name] = step_fn(distiller, inputs, y)
         copies = len(method.batch_copies(x)) if method.has_batch_copies else 0
+        # a term on copies or a second view reads rows that fixed taps of the batch lack
+        if FLAGS.term_alone and not (copies or method.requires_strong_view):
+            try:
+                terms[f"{name}_term"] = term_fn(distiller, method, inputs, y)
+                terms[f"{name}_term"]()  # traced here, so a failure is reported, not fatal
+            except Exception as err:
+                terms.pop(f"{name}_term", None)
+                last = (str(err).strip().splitlines() or [""])[-1].strip()  # tf.function's last line
+                skipped[f"{name}_term"] = f"{type(err).__name__}: {last}"
         if copies:  # the extra work is the copies' rows: timed again with as many rows as KD's
             rows = FLAGS.batch_size // (copies + 1)
             same = compiled(kdkeras.Distiller(net, build(FLAGS.student, 2), [make_method(name)], 1.0))
@@ -195,7 +215,28 @@ def method_variants(batch):
             notes[name] = "teacher-free: no teacher pass (target n/a)"
         if vit:
             baselines[name] = "kd_vit"
-    return variants, skipped, notes, baselines
+    return variants, skipped, notes, baselines, terms
+
+
+def term_fn(distiller, method, inputs, y):
+    """One compiled call of `method`'s term and its gradient on the taps of `inputs`
+    (computed once, outside): what the method adds to a step besides the two passes."""
+    images, index = (inputs["image"], inputs.get("index")) if isinstance(inputs, dict) else (inputs, None)
+    teacher = distiller.teacher_outputs(images, y) if method.requires_teacher else None
+    student = {k: tf.constant(v) for k, v in distiller._student_tap(images, training=True).items()}
+    context = kdkeras.methods.StepContext(training=True, index=index)
+    labels = tf.cast(y, "int32")
+
+    @tf.function
+    def run():
+        with tf.GradientTape() as tape:
+            tape.watch(list(student.values()))
+            term = method.compute_loss(teacher, student, labels, context)
+            term = sum(term.values()) if isinstance(term, dict) else term
+        return tape.gradient(term, [*student.values(), *method.trainable_variables],
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    return run
 
 
 def keras_variants(batch):
@@ -284,10 +325,11 @@ def main(argv):
         rounds, steps, warmup = min(rounds, 3), min(steps, 2), min(warmup, 1)
     start = time.perf_counter()
     batch = fixed_batch()
-    variants, skipped, notes, baselines = method_variants(batch)
-    times = measure(variants, rounds, steps, warmup)
+    variants, skipped, notes, baselines, terms = method_variants(batch)
+    times = measure({**variants, **terms}, rounds, steps, warmup)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratios = {f"{name}_over_kd": ratio(times, name, baselines.get(name, "kd")) for name in variants if name != "kd"}
+    ratios.update({f"{name}_over_kd": ratio(times, name, "kd") for name in terms})
 
     print(f"\nteacher={FLAGS.teacher} student={FLAGS.student} "
           f"input={FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels} batch={FLAGS.batch_size} "
@@ -300,6 +342,10 @@ def main(argv):
             target = METHOD_TARGETS.get(name, KD_TARGET)
             over = f" (student {FLAGS.vit_student}, x KD over kd_vit)" if name in baselines else ""
             print(f"{name:<17}{1000 * med[name]:>9.1f}{r:>8.2f}  {verdict(r, target, notes.get(name))}{over}")
+            if f"{name}_term" in terms:
+                alone = f"{name}_term"
+                print(f"{'  term alone':<17}{1000 * med[alone]:>9.1f}{ratios[alone + '_over_kd']:>8.2f}  "
+                      "its forward and gradient on fixed taps, over KD's whole step")
     for name, reason in skipped.items():
         print(f"{name:<17}{'skipped':>9}          {reason}")
 

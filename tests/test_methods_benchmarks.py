@@ -67,6 +67,35 @@ def test_methods_speed_json_matches_its_timings(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.e2e
+def test_methods_speed_times_each_term_alone_with_its_gradient(tmp_path, monkeypatch):
+    """`--term_alone`: `<method>_term_over_kd` is the median per-round ratio of the
+    term's own timings to KD's step; the timed call differentiates the term to the
+    student's taps and the method's weights; a term it cannot run alone is listed."""
+    out = tmp_path / "methods_speed.json"
+    rounds, steps, warmup = 3, 2, 1
+    counts = collections.Counter()
+    with benchmark(
+        "methods_speed.py", "--teacher=resnet8", "--student=resnet8", "--image_size=8", "--channels=1",
+        "--batch_size=8", "--methods=fitnet,at_gradient", "--term_alone", "--nokeras_comparison",
+        f"--rounds={rounds}", f"--steps={steps}", f"--warmup={warmup}", f"--json={out}",
+    ) as methods_speed:
+        measure = methods_speed.measure
+        monkeypatch.setattr(methods_speed, "measure", lambda variants, *a: measure(count_calls(variants, counts), *a))
+        methods_speed.main([])
+        *_, terms = methods_speed.method_variants(methods_speed.fixed_batch())
+        grads = terms["fitnet_term"]()
+    data = json.loads(out.read_text())
+    assert counts == {name: warmup + rounds * steps for name in ("kd", "fitnet", "at_gradient", "fitnet_term")}
+    t = {name: np.asarray(v) for name, v in data["step_seconds"].items()}
+    assert data["fitnet_term_over_kd"] == pytest.approx(np.median(t["fitnet_term"] / t["kd"]), rel=1e-12)
+    assert set(data["skipped"]) == {"at_gradient_term"}  # its term reads gradient taps of a second pass
+    # the student's logits (FitNet reads none: zero), its tap, then FitNet's regressor (conv kernel
+    # and bias, BN gamma and beta): all reached
+    assert len(grads) == 6 and grads[0].shape == (8, 10) and not np.any(grads[0])
+    assert all(float(np.abs(g).sum()) > 0 for g in grads[1:])
+
+
+@pytest.mark.e2e
 def test_crd_speed_json_matches_its_timings(tmp_path, capsys):
     out = tmp_path / "crd_speed.json"
     spec = importlib.util.spec_from_file_location("_benchmark_crd_speed", f"{ROOT}/benchmarks/crd_speed.py")
