@@ -26,6 +26,8 @@ from kdkeras.methods import AT, KD
 from tests.helpers import image_folder, tiny_cnn
 
 N, BATCH, SEED = 27, 8, 5  # 3 classes x 10 images, 3 held out for the test split
+#: an AT cache's float32 bytes per example and view on `_teacher()`: logits (3) and its two taps
+AT_BYTES_PER_EXAMPLE = 4 * (3 + 8 * 8 * 6 + 4 * 4 * 6)
 
 
 @pytest.fixture
@@ -220,15 +222,13 @@ def test_size_is_planned_before_building_and_a_limit_refused(folder, tmp_path, c
     with pytest.raises(CacheError, match=r"relu1 \[8, 8, 6\].*above max_bytes=1000"):
         _build(tmp_path / "big", _teacher(), folder, [AT()], views=2, max_bytes=1000)
     assert not os.path.exists(tmp_path / "big.partial")
-    per_example = 4 * (3 + 8 * 8 * 6 + 4 * 4 * 6)
-    assert f"x {per_example} bytes" in capsys.readouterr().out
+    assert f"x {AT_BYTES_PER_EXAMPLE} bytes" in capsys.readouterr().out
 
 
 def test_a_cache_larger_than_the_free_disk_is_refused_before_writing(folder, tmp_path, monkeypatch):
     import collections
     import shutil
-    per_example = 4 * (3 + 8 * 8 * 6 + 4 * 4 * 6)
-    total = per_example * N * 2
+    total = AT_BYTES_PER_EXAMPLE * N * 2
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 * total, 9 * total, total - 1))
     with pytest.raises(CacheError, match=rf"would take .*relu1 \[8, 8, 6\].*\({total - 1} bytes\) free"):
