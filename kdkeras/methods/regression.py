@@ -137,8 +137,8 @@ class OFD(FeatureMethod):
     to the student's size, and the term is
     `sum_i sum_{c,h,w} mean_b partial_l2(r_i(f_s), f_t, m) / 2^(n - 1 - i)`
     (`ofd_partial_l2` sums each pair's elements), with each channel's margin `m`
-    from the BN feeding the teacher's tap (`ofd_margin`, read from the teacher once at setup, so no teacher
-    cache can serve it).
+    from the BN feeding the teacher's tap (`ofd_margin`, read from the teacher once
+    at setup, so no teacher cache can serve it).
 
     Example:
 
