@@ -69,6 +69,7 @@ from absl import app, flags  # noqa: E402
 
 import kdkeras  # noqa: E402
 from kdkeras import training  # noqa: E402
+from kdkeras.methods.base import sparse_labels  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")  # 18 compiled steps trip tf.function's retracing warning
 FLAGS = flags.FLAGS
@@ -188,10 +189,10 @@ def method_variants(batch):
         # a term on copies or a second view reads rows that fixed taps of the batch lack
         if FLAGS.term_alone and not (copies or method.requires_strong_view):
             try:
-                terms[f"{name}_term"] = term_fn(distiller, method, inputs, y)
-                terms[f"{name}_term"]()  # traced here, so a failure is reported, not fatal
+                alone = term_fn(distiller, method, inputs, y)
+                alone()  # traced here, so a failure is reported, not fatal
+                terms[f"{name}_term"] = alone
             except Exception as err:
-                terms.pop(f"{name}_term", None)
                 last = (str(err).strip().splitlines() or [""])[-1].strip()  # tf.function's last line
                 skipped[f"{name}_term"] = f"{type(err).__name__}: {last}"
         if copies:  # the extra work is the copies' rows: timed again with as many rows as KD's
@@ -225,7 +226,7 @@ def term_fn(distiller, method, inputs, y):
     teacher = distiller.teacher_outputs(images, y) if method.requires_teacher else None
     student = {k: tf.constant(v) for k, v in distiller._student_tap(images, training=True).items()}
     context = kdkeras.methods.StepContext(training=True, index=index)
-    labels = tf.cast(y, "int32")
+    labels = sparse_labels(y)
 
     @tf.function
     def run():
@@ -342,8 +343,8 @@ def main(argv):
             target = METHOD_TARGETS.get(name, KD_TARGET)
             over = f" (student {FLAGS.vit_student}, x KD over kd_vit)" if name in baselines else ""
             print(f"{name:<17}{1000 * med[name]:>9.1f}{r:>8.2f}  {verdict(r, target, notes.get(name))}{over}")
-            if f"{name}_term" in terms:
-                alone = f"{name}_term"
+            alone = f"{name}_term"
+            if alone in terms:
                 print(f"{'  term alone':<17}{1000 * med[alone]:>9.1f}{ratios[alone + '_over_kd']:>8.2f}  "
                       "its forward and gradient on fixed taps, over KD's whole step")
     for name, reason in skipped.items():
